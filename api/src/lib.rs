@@ -1,0 +1,26 @@
+//! Tessera's contracts, shared by every binary and kept free of runtimes:
+//!
+//! - [`spec`] and [`status`]: the TrainingRun custom resource (group `tessera.dev`,
+//!   version `v1alpha1`, short name `tr`);
+//! - [`validate`]: the rules a spec must satisfy, the same ones the CRD carries ([`crd`]);
+//! - [`manifest`]: reading a TrainingRun from YAML with errors that name the field;
+//! - [`proto`]: the agent's gRPC protocol (`proto/agent.proto`);
+//! - [`checkpoint`]: the checkpoint manifest and directory layout;
+//! - [`store_keys`]: the coordination-store key layout;
+//! - [`metrics`]: every exported metric name.
+#![forbid(unsafe_code)]
+
+pub mod checkpoint;
+pub mod crd;
+pub mod manifest;
+pub mod metrics;
+pub mod proto;
+pub mod spec;
+pub mod status;
+pub mod store_keys;
+pub mod validate;
+
+pub use manifest::{ManifestError, parse_training_run};
+pub use spec::{TrainingRun, TrainingRunSpec};
+pub use status::TrainingRunStatus;
+pub use validate::{Violation, validate};

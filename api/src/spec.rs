@@ -1,0 +1,580 @@
+//! The TrainingRun custom resource: its spec (what the user asks for) and the model presets.
+//!
+//! One manifest serves both worlds: `kubectl apply` sends it to the API server, whose CRD
+//! schema (generated from these types, see [`crate::crd`]) checks it; `tessera run` reads the
+//! same YAML and checks it with [`crate::validate`], which expresses the same rules.
+//!
+//! Bounds live in the [`bounds`] module so the schema attributes and `validate()` share them.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements, Toleration};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::status::TrainingRunStatus;
+
+/// Numeric bounds shared by the CRD schema (`#[schemars(range)]`) and `validate()`.
+pub mod bounds {
+    pub const MAX_LAYERS: u32 = 256;
+    pub const MAX_HEADS: u32 = 256;
+    pub const MAX_WIDTH: u32 = 65_536;
+    pub const MAX_CONTEXT: u32 = 131_072;
+    /// Token ids are stored as u32; 2^24 is far above any real vocabulary.
+    pub const MAX_VOCAB: u32 = 16_777_216;
+    pub const MAX_NODES: u32 = 4_096;
+    pub const MAX_GPUS_PER_NODE: u32 = 64;
+    pub const MAX_MICRO_BATCH: u32 = 65_536;
+    pub const MAX_LR: f64 = 10.0;
+    pub const MAX_WEIGHT_DECAY: f64 = 10.0;
+    pub const MAX_RESTARTS: u32 = 10_000;
+    pub const MAX_BACKOFF_SECONDS: u32 = 86_400;
+    pub const MAX_HEARTBEAT_TIMEOUT_SECONDS: u32 = 86_400;
+    pub const MAX_KEEP: u32 = 10_000;
+    pub const MAX_PATH_LEN: u32 = 4_096;
+}
+use bounds::*;
+
+/// A training run: one model trained on one data set by a gang of nodes.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "tessera.dev",
+    version = "v1alpha1",
+    kind = "TrainingRun",
+    plural = "trainingruns",
+    singular = "trainingrun",
+    shortname = "tr",
+    category = "tessera",
+    namespaced,
+    status = "TrainingRunStatus",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Step","type":"integer","jsonPath":".status.step"}"#,
+    printcolumn = r#"{"name":"Loss","type":"number","jsonPath":".status.loss"}"#,
+    printcolumn = r#"{"name":"Tokens/s","type":"number","jsonPath":".status.tokensPerSecond"}"#,
+    printcolumn = r#"{"name":"Restarts","type":"integer","jsonPath":".status.restarts"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrainingRunSpec {
+    pub model: ModelSpec,
+    pub data: DataSpec,
+    #[serde(default)]
+    pub optimizer: OptimizerSpec,
+    pub training: TrainingSpec,
+    #[serde(default)]
+    pub parallelism: ParallelismSpec,
+    #[serde(default)]
+    pub checkpoint: CheckpointSpec,
+    #[serde(default)]
+    pub fault_tolerance: FaultToleranceSpec,
+    #[serde(default)]
+    pub scheduling: SchedulingSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<WorkerTemplate>,
+}
+
+// === model ===
+
+/// The model: a preset, or explicit dimensions. With a preset, `context` and `vocab` may
+/// still be set to override the preset's.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ModelSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<ModelPreset>,
+    /// Transformer blocks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = MAX_LAYERS))]
+    pub layers: Option<u32>,
+    /// Attention heads per block; must divide `width`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = MAX_HEADS))]
+    pub heads: Option<u32>,
+    /// Embedding width (d_model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = MAX_WIDTH))]
+    pub width: Option<u32>,
+    /// Context length in tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = MAX_CONTEXT))]
+    pub context: Option<u32>,
+    /// Vocabulary size; defaults to the tokenizer's. Padded to a multiple of 128 internally.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = MAX_VOCAB))]
+    pub vocab: Option<u32>,
+}
+
+/// Named model shapes. `tiny` trains in minutes on a laptop CPU; the rest are the GPT-2 family.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum ModelPreset {
+    #[serde(rename = "tiny")]
+    Tiny,
+    #[serde(rename = "gpt2")]
+    Gpt2,
+    #[serde(rename = "gpt2-medium")]
+    Gpt2Medium,
+    #[serde(rename = "gpt2-large")]
+    Gpt2Large,
+    #[serde(rename = "gpt2-xl")]
+    Gpt2Xl,
+}
+
+/// A preset's dimensions. `vocab` is the size before padding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PresetShape {
+    pub layers: u32,
+    pub heads: u32,
+    pub width: u32,
+    pub context: u32,
+    pub vocab: u32,
+}
+
+impl ModelPreset {
+    pub const ALL: [ModelPreset; 5] = [
+        ModelPreset::Tiny,
+        ModelPreset::Gpt2,
+        ModelPreset::Gpt2Medium,
+        ModelPreset::Gpt2Large,
+        ModelPreset::Gpt2Xl,
+    ];
+
+    /// The name used in manifests.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelPreset::Tiny => "tiny",
+            ModelPreset::Gpt2 => "gpt2",
+            ModelPreset::Gpt2Medium => "gpt2-medium",
+            ModelPreset::Gpt2Large => "gpt2-large",
+            ModelPreset::Gpt2Xl => "gpt2-xl",
+        }
+    }
+
+    pub fn shape(self) -> PresetShape {
+        let gpt2 = |layers, heads, width| PresetShape {
+            layers,
+            heads,
+            width,
+            context: 1024,
+            vocab: GPT2_VOCAB,
+        };
+        match self {
+            ModelPreset::Tiny => PresetShape {
+                layers: 4,
+                heads: 4,
+                width: 128,
+                context: 128,
+                vocab: BYTES_VOCAB,
+            },
+            ModelPreset::Gpt2 => gpt2(12, 12, 768),
+            ModelPreset::Gpt2Medium => gpt2(24, 16, 1024),
+            ModelPreset::Gpt2Large => gpt2(36, 20, 1280),
+            ModelPreset::Gpt2Xl => gpt2(48, 25, 1600),
+        }
+    }
+}
+
+/// GPT-2's BPE vocabulary size.
+pub const GPT2_VOCAB: u32 = 50_257;
+/// The byte tokenizer's vocabulary size.
+pub const BYTES_VOCAB: u32 = 256;
+
+/// The dimensions a model spec resolves to, after the preset and overrides are applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedModel {
+    pub layers: u32,
+    pub heads: u32,
+    pub width: u32,
+    pub context: u32,
+    pub vocab: u32,
+}
+
+impl ModelSpec {
+    /// The context length this spec trains with, if it can be known.
+    pub fn effective_context(&self) -> Option<u32> {
+        self.context.or(self.preset.map(|p| p.shape().context))
+    }
+
+    /// Resolves the preset and overrides; `None` when neither a preset nor every explicit
+    /// dimension is given (which `validate()` reports). The vocabulary defaults to the
+    /// tokenizer's.
+    pub fn resolve(&self, tokenizer: Tokenizer) -> Option<ResolvedModel> {
+        let base = self.preset.map(ModelPreset::shape);
+        Some(ResolvedModel {
+            layers: self.layers.or(base.map(|b| b.layers))?,
+            heads: self.heads.or(base.map(|b| b.heads))?,
+            width: self.width.or(base.map(|b| b.width))?,
+            context: self.effective_context()?,
+            vocab: self.vocab.unwrap_or(tokenizer.vocab_size()),
+        })
+    }
+}
+
+// === data ===
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DataSpec {
+    /// Training token shards: a shard file, a directory of `*.bin` shards, or a glob.
+    #[schemars(length(min = 1))]
+    pub train: String,
+    /// Held-out token shards for the validation loss; same forms as `train`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<String>,
+    /// How the shards were tokenized.
+    #[serde(default)]
+    pub tokenizer: Tokenizer,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Tokenizer {
+    /// GPT-2's byte-pair encoding (50,257 tokens).
+    #[default]
+    Gpt2,
+    /// Raw bytes (256 tokens).
+    Bytes,
+}
+
+impl Tokenizer {
+    pub fn vocab_size(self) -> u32 {
+        match self {
+            Tokenizer::Gpt2 => GPT2_VOCAB,
+            Tokenizer::Bytes => BYTES_VOCAB,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Tokenizer::Gpt2 => "gpt2",
+            Tokenizer::Bytes => "bytes",
+        }
+    }
+}
+
+// === optimizer ===
+
+/// AdamW with decoupled weight decay, warm-up then a decay schedule, global-norm clipping.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OptimizerSpec {
+    /// Peak learning rate; must be greater than 0.
+    #[serde(default = "defaults::lr")]
+    #[schemars(range(min = 0.0, max = MAX_LR))]
+    pub lr: f64,
+    /// The schedule decays to `minLrRatio × lr`.
+    #[serde(default = "defaults::min_lr_ratio")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub min_lr_ratio: f64,
+    /// Steps of linear warm-up from 0 to `lr`.
+    #[serde(default)]
+    pub warmup_steps: u64,
+    #[serde(default)]
+    pub schedule: LrSchedule,
+    #[serde(default = "defaults::weight_decay")]
+    #[schemars(range(min = 0.0, max = MAX_WEIGHT_DECAY))]
+    pub weight_decay: f64,
+    /// Also decay the (tied) token and the position embeddings.
+    #[serde(default)]
+    pub decay_embeddings: bool,
+    #[serde(default = "defaults::beta1")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub beta1: f64,
+    #[serde(default = "defaults::beta2")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub beta2: f64,
+    #[serde(default = "defaults::eps")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub eps: f64,
+    /// Clip the global gradient norm to this value; 0 turns clipping off.
+    #[serde(default = "defaults::grad_clip")]
+    #[schemars(range(min = 0.0))]
+    pub grad_clip: f64,
+    /// Tokens per optimizer step across the whole gang; must be a multiple of
+    /// `microBatch × context × nodes × gpusPerNode` (the rest is gradient accumulation).
+    #[serde(default = "defaults::global_batch_tokens")]
+    #[schemars(range(min = 1))]
+    pub global_batch_tokens: u64,
+    /// Sequences per rank per forward/backward pass.
+    #[serde(default = "defaults::micro_batch")]
+    #[schemars(range(min = 1, max = MAX_MICRO_BATCH))]
+    pub micro_batch: u32,
+}
+
+impl Default for OptimizerSpec {
+    fn default() -> Self {
+        OptimizerSpec {
+            lr: defaults::lr(),
+            min_lr_ratio: defaults::min_lr_ratio(),
+            warmup_steps: 0,
+            schedule: LrSchedule::default(),
+            weight_decay: defaults::weight_decay(),
+            decay_embeddings: false,
+            beta1: defaults::beta1(),
+            beta2: defaults::beta2(),
+            eps: defaults::eps(),
+            grad_clip: defaults::grad_clip(),
+            global_batch_tokens: defaults::global_batch_tokens(),
+            micro_batch: defaults::micro_batch(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    #[default]
+    Cosine,
+    Linear,
+    Constant,
+}
+
+// === training ===
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrainingSpec {
+    /// Optimizer steps to train.
+    #[schemars(range(min = 1))]
+    pub steps: u64,
+    /// Seeds initialisation and the data order: the batch of step s is a pure function of
+    /// (seed, s).
+    #[serde(default = "defaults::seed")]
+    pub seed: u64,
+    /// Compute the validation loss every this many steps; 0 turns it off.
+    #[serde(default)]
+    pub eval_interval: u64,
+    /// Micro-batches in the fixed validation set.
+    #[serde(default = "defaults::eval_batches")]
+    #[schemars(range(min = 1))]
+    pub eval_batches: u32,
+    /// Initialise from a Hugging Face GPT-2 safetensors file instead of at random.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<String>,
+}
+
+// === parallelism ===
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ParallelismSpec {
+    /// Nodes in the gang (one worker pod each).
+    #[serde(default = "defaults::one")]
+    #[schemars(range(min = 1, max = MAX_NODES))]
+    pub nodes: u32,
+    /// Trainer ranks per node: one per GPU, or CPU ranks on a node without GPUs.
+    #[serde(default = "defaults::one")]
+    #[schemars(range(min = 1, max = MAX_GPUS_PER_NODE))]
+    pub gpus_per_node: u32,
+    #[serde(default)]
+    pub sharding: Sharding,
+}
+
+impl Default for ParallelismSpec {
+    fn default() -> Self {
+        ParallelismSpec {
+            nodes: 1,
+            gpus_per_node: 1,
+            sharding: Sharding::None,
+        }
+    }
+}
+
+impl ParallelismSpec {
+    pub fn world_size(&self) -> u64 {
+        u64::from(self.nodes) * u64::from(self.gpus_per_node)
+    }
+}
+
+/// How training state is split across ranks (ZeRO stages).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Sharding {
+    /// Plain data parallel: every rank holds everything; gradients are all-reduced.
+    #[default]
+    None,
+    /// ZeRO-1: optimizer state split across ranks.
+    Optimizer,
+    /// ZeRO-2: optimizer state and gradients split.
+    Gradients,
+    /// ZeRO-3 / FSDP: parameters split too, gathered layer by layer.
+    Full,
+}
+
+// === checkpoint ===
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CheckpointSpec {
+    /// Directory holding the checkpoints. In local mode a relative path is taken from the
+    /// run's output directory; with `volume` it is where the volume is mounted and must be
+    /// absolute.
+    #[serde(default = "defaults::checkpoint_path")]
+    #[schemars(length(min = 1, max = MAX_PATH_LEN))]
+    pub path: String,
+    /// A shared volume mounted at `path` on every worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<CheckpointVolume>,
+    /// Write a checkpoint every this many steps (and always after the last step).
+    #[serde(default = "defaults::every_steps")]
+    #[schemars(range(min = 1))]
+    pub every_steps: u64,
+    /// Committed checkpoints kept; older ones are pruned.
+    #[serde(default = "defaults::keep")]
+    #[schemars(range(min = 1, max = MAX_KEEP))]
+    pub keep: u32,
+    /// Snapshot, then write in the background while training goes on.
+    #[serde(default = "defaults::yes", rename = "async")]
+    pub async_write: bool,
+}
+
+impl Default for CheckpointSpec {
+    fn default() -> Self {
+        CheckpointSpec {
+            path: defaults::checkpoint_path(),
+            volume: None,
+            every_steps: defaults::every_steps(),
+            keep: defaults::keep(),
+            async_write: true,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CheckpointVolume {
+    /// A ReadWriteMany PersistentVolumeClaim shared by the gang.
+    #[schemars(length(min = 1))]
+    pub claim_name: String,
+}
+
+// === fault tolerance ===
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FaultToleranceSpec {
+    /// Gang restarts allowed before the run is marked Failed.
+    #[serde(default = "defaults::max_restarts")]
+    #[schemars(range(max = MAX_RESTARTS))]
+    pub max_restarts: u32,
+    /// First restart delay; doubles with each further restart.
+    #[serde(default = "defaults::backoff_seconds")]
+    #[schemars(range(max = MAX_BACKOFF_SECONDS))]
+    pub backoff_seconds: u32,
+    /// A rank silent (or without step progress) this long is treated as hung.
+    #[serde(default = "defaults::heartbeat_timeout_seconds")]
+    #[schemars(range(min = 1, max = MAX_HEARTBEAT_TIMEOUT_SECONDS))]
+    pub heartbeat_timeout_seconds: u32,
+    /// Continue on fewer nodes, down to this many, when a node is lost (elastic runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = MAX_NODES))]
+    pub min_nodes: Option<u32>,
+}
+
+impl Default for FaultToleranceSpec {
+    fn default() -> Self {
+        FaultToleranceSpec {
+            max_restarts: defaults::max_restarts(),
+            backoff_seconds: defaults::backoff_seconds(),
+            heartbeat_timeout_seconds: defaults::heartbeat_timeout_seconds(),
+            min_nodes: None,
+        }
+    }
+}
+
+// === scheduling ===
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SchedulingSpec {
+    /// A Kueue LocalQueue; the run is then admitted by Kueue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// A gang scheduler (Volcano, scheduler-plugins) for the worker pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduler_name: Option<String>,
+    /// Stop the run (after a checkpoint) and keep it stopped until this is false again.
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+// === worker template ===
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkerTemplate {
+    /// The worker image (runs `tessera-agent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+}
+
+/// Serde defaults; the CRD schema carries the same values as `default:`.
+mod defaults {
+    pub fn lr() -> f64 {
+        6e-4
+    }
+    pub fn min_lr_ratio() -> f64 {
+        0.1
+    }
+    pub fn weight_decay() -> f64 {
+        0.1
+    }
+    pub fn beta1() -> f64 {
+        0.9
+    }
+    pub fn beta2() -> f64 {
+        0.95
+    }
+    pub fn eps() -> f64 {
+        1e-8
+    }
+    pub fn grad_clip() -> f64 {
+        1.0
+    }
+    pub fn global_batch_tokens() -> u64 {
+        524_288
+    }
+    pub fn micro_batch() -> u32 {
+        8
+    }
+    pub fn seed() -> u64 {
+        1337
+    }
+    pub fn eval_batches() -> u32 {
+        8
+    }
+    pub fn one() -> u32 {
+        1
+    }
+    pub fn checkpoint_path() -> String {
+        "checkpoints".to_string()
+    }
+    pub fn every_steps() -> u64 {
+        100
+    }
+    pub fn keep() -> u32 {
+        3
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn max_restarts() -> u32 {
+        10
+    }
+    pub fn backoff_seconds() -> u32 {
+        5
+    }
+    pub fn heartbeat_timeout_seconds() -> u32 {
+        60
+    }
+}

@@ -1,0 +1,122 @@
+//! The coordination-store key layout: where live run state lives.
+//!
+//! ```text
+//! /tessera/v1/runs/{namespace}/{name}/
+//!   generation                      the gang's generation (u64, bumped by compare-and-swap)
+//!   members/{node}                  one per live agent, held by its lease
+//!   rendezvous/{generation}/ranks   the rank table fixed for that generation
+//!   rendezvous/{generation}/nccl-id the NCCL unique id made by rank 0
+//!   rendezvous/{generation}/peers/{rank}  a rank's TCP address (CPU transport)
+//!   progress                        the newest progress report (JSON)
+//!   checkpoints/latest              the newest committed checkpoint (JSON)
+//! ```
+//!
+//! Names and namespaces are Kubernetes names (DNS labels), so they never contain `/`.
+
+/// The root of every key Tessera writes.
+pub const ROOT: &str = "/tessera/v1/runs";
+
+/// The keys of one run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunKeys {
+    prefix: String,
+}
+
+impl RunKeys {
+    pub fn new(namespace: &str, name: &str) -> RunKeys {
+        RunKeys {
+            prefix: format!("{ROOT}/{namespace}/{name}/"),
+        }
+    }
+
+    /// Every key of the run starts with this (ends in `/`), for watches and deletes.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn generation(&self) -> String {
+        format!("{}generation", self.prefix)
+    }
+
+    pub fn members_prefix(&self) -> String {
+        format!("{}members/", self.prefix)
+    }
+
+    pub fn member(&self, node: &str) -> String {
+        format!("{}members/{node}", self.prefix)
+    }
+
+    pub fn rendezvous_prefix(&self, generation: u64) -> String {
+        format!("{}rendezvous/{generation}/", self.prefix)
+    }
+
+    pub fn rank_table(&self, generation: u64) -> String {
+        format!("{}ranks", self.rendezvous_prefix(generation))
+    }
+
+    pub fn nccl_unique_id(&self, generation: u64) -> String {
+        format!("{}nccl-id", self.rendezvous_prefix(generation))
+    }
+
+    pub fn peer(&self, generation: u64, rank: u32) -> String {
+        format!("{}peers/{rank}", self.rendezvous_prefix(generation))
+    }
+
+    pub fn progress(&self) -> String {
+        format!("{}progress", self.prefix)
+    }
+
+    pub fn latest_checkpoint(&self) -> String {
+        format!("{}checkpoints/latest", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_the_documented_layout() {
+        let keys = RunKeys::new("ml", "gpt2-small");
+        assert_eq!(keys.prefix(), "/tessera/v1/runs/ml/gpt2-small/");
+        assert_eq!(
+            keys.generation(),
+            "/tessera/v1/runs/ml/gpt2-small/generation"
+        );
+        assert_eq!(
+            keys.member("node-a"),
+            "/tessera/v1/runs/ml/gpt2-small/members/node-a"
+        );
+        assert_eq!(
+            keys.rank_table(3),
+            "/tessera/v1/runs/ml/gpt2-small/rendezvous/3/ranks"
+        );
+        assert_eq!(
+            keys.nccl_unique_id(3),
+            "/tessera/v1/runs/ml/gpt2-small/rendezvous/3/nccl-id"
+        );
+        assert_eq!(
+            keys.peer(3, 7),
+            "/tessera/v1/runs/ml/gpt2-small/rendezvous/3/peers/7"
+        );
+        assert_eq!(keys.progress(), "/tessera/v1/runs/ml/gpt2-small/progress");
+        assert_eq!(
+            keys.latest_checkpoint(),
+            "/tessera/v1/runs/ml/gpt2-small/checkpoints/latest"
+        );
+        // Every key lives under the run's prefix, so one prefix watch sees them all.
+        for key in [
+            keys.generation(),
+            keys.members_prefix(),
+            keys.rendezvous_prefix(1),
+        ] {
+            assert!(key.starts_with(keys.prefix()));
+        }
+        // Runs whose names share a prefix do not share keys.
+        assert!(
+            !RunKeys::new("ml", "a")
+                .generation()
+                .starts_with(RunKeys::new("ml", "ab").prefix())
+        );
+    }
+}

@@ -1,0 +1,388 @@
+//! One validation for two worlds: the rules a TrainingRun spec must satisfy.
+//!
+//! ```text
+//!                 ┌── bounds (spec::bounds) ──► #[schemars(range)] ─► CRD OpenAPI minimum/maximum
+//!  the rules ─────┤                          └► validate(): the same numbers, the same words
+//!                 └── cross_field_rules() ───► CEL `x-kubernetes-validations` in the CRD (crd.rs)
+//!                                            └► validate(): each rule's Rust twin, same message
+//! ```
+//!
+//! Enums and types are enforced by serde when a manifest is read ([`crate::manifest`]) and by the
+//! schema's `enum`/`type` on the API server. Each cross-field rule carries its CEL text and a Rust
+//! function; a test evaluates both on every case of the invalid-spec table and requires them to
+//! agree, so the cluster refuses what `tessera run` refuses, with the same message.
+
+use std::fmt;
+
+use crate::spec::{ModelPreset, TrainingRunSpec, bounds::*};
+
+/// One broken rule: the field it concerns (`spec.model.heads`) and what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// A rule that relates several fields, expressed twice: as CEL for the API server and in Rust
+/// for `validate()`.
+pub struct CrossFieldRule {
+    /// Where the rule is attached in the schema: property names below `spec`.
+    pub scope: &'static [&'static str],
+    /// The field blamed, relative to the scope (the CEL rule's `fieldPath`), e.g. `.heads`;
+    /// empty to blame the scope itself.
+    pub field_path: &'static str,
+    /// The CEL expression; `self` is the object at `scope`.
+    pub cel: String,
+    /// Shown by the API server and by `validate()`.
+    pub message: &'static str,
+    /// The Rust twin of `cel`.
+    pub holds: fn(&TrainingRunSpec) -> bool,
+}
+
+impl CrossFieldRule {
+    /// The field a violation is reported on, e.g. `spec.model.heads`.
+    pub fn field(&self) -> String {
+        let mut field = String::from("spec");
+        for part in self.scope {
+            field.push('.');
+            field.push_str(part);
+        }
+        field.push_str(self.field_path);
+        field
+    }
+}
+
+/// CEL for the context length a model spec resolves to (explicit, else the preset's).
+fn cel_effective_context() -> String {
+    let table: Vec<String> = ModelPreset::ALL
+        .iter()
+        .map(|p| format!("'{}': {}", p.name(), p.shape().context))
+        .collect();
+    format!(
+        "(has(self.model.context) ? self.model.context : {{{}}}[self.model.preset])",
+        table.join(", ")
+    )
+}
+
+/// Every cross-field rule, in the order they are reported.
+pub fn cross_field_rules() -> Vec<CrossFieldRule> {
+    vec![
+        CrossFieldRule {
+            scope: &["model"],
+            field_path: "",
+            cel: "has(self.preset) || (has(self.layers) && has(self.heads) && has(self.width) \
+                  && has(self.context))"
+                .into(),
+            message: "set model.preset, or all of model.layers, model.heads, model.width and \
+                      model.context",
+            holds: |s| {
+                let m = &s.model;
+                m.preset.is_some()
+                    || (m.layers.is_some()
+                        && m.heads.is_some()
+                        && m.width.is_some()
+                        && m.context.is_some())
+            },
+        },
+        CrossFieldRule {
+            scope: &["model"],
+            field_path: "",
+            cel: "!has(self.preset) || !(has(self.layers) || has(self.heads) || has(self.width))"
+                .into(),
+            message: "model.layers, model.heads and model.width come from model.preset: remove \
+                      them, or remove the preset",
+            holds: |s| {
+                let m = &s.model;
+                m.preset.is_none()
+                    || !(m.layers.is_some() || m.heads.is_some() || m.width.is_some())
+            },
+        },
+        CrossFieldRule {
+            scope: &["model"],
+            field_path: ".heads",
+            cel: "!has(self.heads) || !has(self.width) || self.width % self.heads == 0".into(),
+            message: "model.heads must divide model.width",
+            holds: |s| match (s.model.heads, s.model.width) {
+                (Some(heads), Some(width)) => width.checked_rem(heads) == Some(0),
+                _ => true,
+            },
+        },
+        CrossFieldRule {
+            scope: &[],
+            field_path: ".model.vocab",
+            cel: "!has(self.model.vocab) || self.model.vocab >= \
+                  (self.data.tokenizer == 'bytes' ? 256 : 50257)"
+                .into(),
+            message: "model.vocab must be at least the tokenizer's vocabulary (gpt2: 50257, \
+                      bytes: 256)",
+            holds: |s| {
+                s.model
+                    .vocab
+                    .is_none_or(|v| v >= s.data.tokenizer.vocab_size())
+            },
+        },
+        CrossFieldRule {
+            scope: &[],
+            field_path: ".optimizer.globalBatchTokens",
+            cel: format!(
+                "(!has(self.model.context) && !has(self.model.preset)) || \
+                 self.optimizer.globalBatchTokens % (self.optimizer.microBatch * {} * \
+                 self.parallelism.nodes * self.parallelism.gpusPerNode) == 0",
+                cel_effective_context()
+            ),
+            message: "optimizer.globalBatchTokens must be a multiple of optimizer.microBatch × \
+                      context × parallelism.nodes × parallelism.gpusPerNode",
+            holds: |s| {
+                let Some(context) = s.model.effective_context() else {
+                    return true;
+                };
+                let per_micro_step = u64::from(s.optimizer.micro_batch)
+                    * u64::from(context)
+                    * s.parallelism.world_size();
+                s.optimizer.global_batch_tokens.checked_rem(per_micro_step) == Some(0)
+            },
+        },
+        CrossFieldRule {
+            scope: &[],
+            field_path: ".optimizer.warmupSteps",
+            cel: "self.optimizer.warmupSteps <= self.training.steps".into(),
+            message: "optimizer.warmupSteps must not exceed training.steps",
+            holds: |s| s.optimizer.warmup_steps <= s.training.steps,
+        },
+        CrossFieldRule {
+            scope: &[],
+            field_path: ".faultTolerance.minNodes",
+            cel: "!has(self.faultTolerance.minNodes) || \
+                  self.faultTolerance.minNodes <= self.parallelism.nodes"
+                .into(),
+            message: "faultTolerance.minNodes must not exceed parallelism.nodes",
+            holds: |s| {
+                s.fault_tolerance
+                    .min_nodes
+                    .is_none_or(|m| m <= s.parallelism.nodes)
+            },
+        },
+        CrossFieldRule {
+            scope: &[],
+            field_path: ".training.evalInterval",
+            cel: "self.training.evalInterval == 0 || has(self.data.validation)".into(),
+            message: "training.evalInterval needs data.validation: name validation shards, or \
+                      set evalInterval to 0",
+            holds: |s| s.training.eval_interval == 0 || s.data.validation.is_some(),
+        },
+        CrossFieldRule {
+            scope: &["optimizer"],
+            field_path: ".lr",
+            cel: "self.lr > 0.0".into(),
+            message: "optimizer.lr must be greater than 0",
+            holds: |s| s.optimizer.lr > 0.0,
+        },
+        CrossFieldRule {
+            scope: &["optimizer"],
+            field_path: ".beta1",
+            cel: "self.beta1 < 1.0".into(),
+            message: "optimizer.beta1 must be less than 1",
+            holds: |s| s.optimizer.beta1 < 1.0,
+        },
+        CrossFieldRule {
+            scope: &["optimizer"],
+            field_path: ".beta2",
+            cel: "self.beta2 < 1.0".into(),
+            message: "optimizer.beta2 must be less than 1",
+            holds: |s| s.optimizer.beta2 < 1.0,
+        },
+        CrossFieldRule {
+            scope: &["optimizer"],
+            field_path: ".eps",
+            cel: "self.eps > 0.0".into(),
+            message: "optimizer.eps must be greater than 0",
+            holds: |s| s.optimizer.eps > 0.0,
+        },
+        CrossFieldRule {
+            scope: &["checkpoint"],
+            field_path: ".path",
+            cel: "!has(self.volume) || self.path.startsWith('/')".into(),
+            message: "checkpoint.path must be absolute when checkpoint.volume is set (the volume \
+                      is mounted there)",
+            holds: |s| s.checkpoint.volume.is_none() || s.checkpoint.path.starts_with('/'),
+        },
+    ]
+}
+
+// === bounds ===
+
+/// Collects bound violations in the API server's words.
+struct Bounds {
+    violations: Vec<Violation>,
+}
+
+impl Bounds {
+    fn report(&mut self, field: &str, message: String) {
+        self.violations.push(Violation {
+            field: field.to_string(),
+            message,
+        });
+    }
+
+    fn at_least<T: PartialOrd + fmt::Display>(&mut self, field: &str, value: T, min: T) {
+        if value < min {
+            self.report(
+                field,
+                format!("should be greater than or equal to {min} (got {value})"),
+            );
+        }
+    }
+
+    fn at_most<T: PartialOrd + fmt::Display>(&mut self, field: &str, value: T, max: T) {
+        if value > max {
+            self.report(
+                field,
+                format!("should be less than or equal to {max} (got {value})"),
+            );
+        }
+    }
+
+    fn within<T: PartialOrd + fmt::Display + Copy>(
+        &mut self,
+        field: &str,
+        value: T,
+        min: T,
+        max: T,
+    ) {
+        self.at_least(field, value, min);
+        self.at_most(field, value, max);
+    }
+
+    fn not_empty(&mut self, field: &str, value: &str) {
+        if value.is_empty() {
+            self.report(field, "should be at least 1 chars long".to_string());
+        }
+    }
+}
+
+fn check_bounds(spec: &TrainingRunSpec) -> Vec<Violation> {
+    let mut b = Bounds {
+        violations: Vec::new(),
+    };
+    let m = &spec.model;
+    if let Some(v) = m.layers {
+        b.within("spec.model.layers", v, 1, MAX_LAYERS);
+    }
+    if let Some(v) = m.heads {
+        b.within("spec.model.heads", v, 1, MAX_HEADS);
+    }
+    if let Some(v) = m.width {
+        b.within("spec.model.width", v, 1, MAX_WIDTH);
+    }
+    if let Some(v) = m.context {
+        b.within("spec.model.context", v, 1, MAX_CONTEXT);
+    }
+    if let Some(v) = m.vocab {
+        b.within("spec.model.vocab", v, 1, MAX_VOCAB);
+    }
+    b.not_empty("spec.data.train", &spec.data.train);
+
+    let o = &spec.optimizer;
+    b.within("spec.optimizer.lr", o.lr, 0.0, MAX_LR);
+    b.within("spec.optimizer.minLrRatio", o.min_lr_ratio, 0.0, 1.0);
+    b.within(
+        "spec.optimizer.weightDecay",
+        o.weight_decay,
+        0.0,
+        MAX_WEIGHT_DECAY,
+    );
+    b.within("spec.optimizer.beta1", o.beta1, 0.0, 1.0);
+    b.within("spec.optimizer.beta2", o.beta2, 0.0, 1.0);
+    b.within("spec.optimizer.eps", o.eps, 0.0, 1.0);
+    b.at_least("spec.optimizer.gradClip", o.grad_clip, 0.0);
+    b.at_least("spec.optimizer.globalBatchTokens", o.global_batch_tokens, 1);
+    b.within(
+        "spec.optimizer.microBatch",
+        o.micro_batch,
+        1,
+        MAX_MICRO_BATCH,
+    );
+
+    let t = &spec.training;
+    b.at_least("spec.training.steps", t.steps, 1);
+    b.at_least("spec.training.evalBatches", t.eval_batches, 1);
+
+    let p = &spec.parallelism;
+    b.within("spec.parallelism.nodes", p.nodes, 1, MAX_NODES);
+    b.within(
+        "spec.parallelism.gpusPerNode",
+        p.gpus_per_node,
+        1,
+        MAX_GPUS_PER_NODE,
+    );
+
+    let c = &spec.checkpoint;
+    b.not_empty("spec.checkpoint.path", &c.path);
+    if c.path.chars().count() > MAX_PATH_LEN as usize {
+        b.report(
+            "spec.checkpoint.path",
+            format!("may not be longer than {MAX_PATH_LEN} chars"),
+        );
+    }
+    if let Some(volume) = &c.volume {
+        b.not_empty("spec.checkpoint.volume.claimName", &volume.claim_name);
+    }
+    b.at_least("spec.checkpoint.everySteps", c.every_steps, 1);
+    b.within("spec.checkpoint.keep", c.keep, 1, MAX_KEEP);
+
+    let f = &spec.fault_tolerance;
+    b.at_most(
+        "spec.faultTolerance.maxRestarts",
+        f.max_restarts,
+        MAX_RESTARTS,
+    );
+    b.at_most(
+        "spec.faultTolerance.backoffSeconds",
+        f.backoff_seconds,
+        MAX_BACKOFF_SECONDS,
+    );
+    b.within(
+        "spec.faultTolerance.heartbeatTimeoutSeconds",
+        f.heartbeat_timeout_seconds,
+        1,
+        MAX_HEARTBEAT_TIMEOUT_SECONDS,
+    );
+    if let Some(v) = f.min_nodes {
+        b.within("spec.faultTolerance.minNodes", v, 1, MAX_NODES);
+    }
+    // NaN passes no comparison above; name it explicitly.
+    for (field, value) in [
+        ("spec.optimizer.lr", o.lr),
+        ("spec.optimizer.minLrRatio", o.min_lr_ratio),
+        ("spec.optimizer.weightDecay", o.weight_decay),
+        ("spec.optimizer.beta1", o.beta1),
+        ("spec.optimizer.beta2", o.beta2),
+        ("spec.optimizer.eps", o.eps),
+        ("spec.optimizer.gradClip", o.grad_clip),
+    ] {
+        if !value.is_finite() {
+            b.report(field, format!("should be a finite number (got {value})"));
+        }
+    }
+    b.violations
+}
+
+/// Every violation of the spec: bounds first, then cross-field rules. Empty means valid.
+pub fn validate(spec: &TrainingRunSpec) -> Vec<Violation> {
+    let mut violations = check_bounds(spec);
+    for rule in cross_field_rules() {
+        if !(rule.holds)(spec) {
+            violations.push(Violation {
+                field: rule.field(),
+                message: rule.message.to_string(),
+            });
+        }
+    }
+    violations
+}
