@@ -61,8 +61,49 @@ struct Envelope {
 
 /// Parses and validates a TrainingRun manifest. Every rule the CRD enforces is checked.
 pub fn parse_training_run(yaml: &str) -> Result<TrainingRun, ManifestError> {
-    let envelope: Envelope =
+    parse_training_run_with(yaml, &[])
+}
+
+/// One `--set path=value` override: a dotted path under `spec` (a leading `spec.` is
+/// allowed) and a YAML value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Override {
+    pub path: Vec<String>,
+    pub value: serde_yaml::Value,
+}
+
+impl std::str::FromStr for Override {
+    type Err = ManifestError;
+
+    fn from_str(text: &str) -> Result<Override, ManifestError> {
+        let bad = |why: &str| ManifestError::Field {
+            field: format!("--set {text}"),
+            message: format!("{why}; write it as path=value, e.g. --set training.steps=200"),
+        };
+        let (path, value) = text.split_once('=').ok_or_else(|| bad("has no `=`"))?;
+        let path = path.trim();
+        let path = path.strip_prefix("spec.").unwrap_or(path);
+        let parts: Vec<String> = path.split('.').map(str::to_string).collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            return Err(bad("has an empty path segment"));
+        }
+        let value = serde_yaml::from_str(value).map_err(|_| bad("has a value that is not YAML"))?;
+        Ok(Override { path: parts, value })
+    }
+}
+
+/// Parses a manifest, applies `--set` overrides to its spec, then validates it.
+pub fn parse_training_run_with(
+    yaml: &str,
+    overrides: &[Override],
+) -> Result<TrainingRun, ManifestError> {
+    let mut envelope: Envelope =
         serde_yaml::from_str(yaml).map_err(|e| ManifestError::Yaml(e.to_string()))?;
+    if let Some(spec) = envelope.spec.as_mut() {
+        for o in overrides {
+            apply_override(spec, o)?;
+        }
+    }
     let field = |field: &str, message: String| ManifestError::Field {
         field: field.into(),
         message,
@@ -121,6 +162,28 @@ pub fn parse_spec_value(value: serde_yaml::Value) -> Result<TrainingRunSpec, Man
         }
         ManifestError::Field { field, message }
     })
+}
+
+fn apply_override(spec: &mut serde_yaml::Value, o: &Override) -> Result<(), ManifestError> {
+    let mut target = spec;
+    for (i, part) in o.path.iter().enumerate() {
+        if target.is_null() {
+            *target = serde_yaml::Value::Mapping(Default::default());
+        }
+        let mapping = target
+            .as_mapping_mut()
+            .ok_or_else(|| ManifestError::Field {
+                field: format!("spec.{}", o.path[..i].join(".")),
+                message: "is not a mapping, so --set cannot reach inside it".into(),
+            })?;
+        let key = serde_yaml::Value::String(part.clone());
+        if i + 1 == o.path.len() {
+            mapping.insert(key, o.value.clone());
+            return Ok(());
+        }
+        target = mapping.entry(key).or_insert(serde_yaml::Value::Null);
+    }
+    Ok(())
 }
 
 fn join(prefix: &str, path: &str) -> String {

@@ -611,3 +611,37 @@ fn every_violation_is_reported_not_just_the_first() {
         );
     }
 }
+
+#[test]
+fn overrides_apply_before_validation() {
+    use tessera_api::manifest::{Override, parse_training_run_with};
+    let set = |s: &str| s.parse::<Override>().unwrap();
+    let run = parse_training_run_with(
+        BASE,
+        &[set("training.steps=300"), set("spec.optimizer.lr=0.01")],
+    )
+    .unwrap();
+    assert_eq!(run.spec.training.steps, 300);
+    assert_eq!(run.spec.optimizer.lr, 0.01);
+    // An override is validated like the file: an unknown field and a bad value are refused.
+    let error = parse_training_run_with(BASE, &[set("training.epochs=3")])
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("epochs"), "{error}");
+    let error = parse_training_run_with(BASE, &[set("parallelism.nodes=0")])
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("spec.parallelism.nodes"), "{error}");
+    let error = "training.steps"
+        .parse::<Override>()
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("path=value"), "{error}");
+    let error = parse_training_run_with(BASE, &[set("model.preset.x=1")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("spec.model.preset") && error.contains("not a mapping"),
+        "{error}"
+    );
+}
