@@ -1,10 +1,22 @@
 //! `tessera`: the command line. Each subcommand is a thin shell over a library crate.
 #![forbid(unsafe_code)]
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use tessera_api::spec::Tokenizer;
+use tessera_trainer::{
+    backend::cpu::CpuBackend,
+    checkpoint::{list_checkpoints, verify_checkpoint},
+    data::prepare::{PrepareOptions, prepare},
+    hf,
+    run::model_config,
+    sample::{SampleOptions, flat_params, open_checkpoint, sample},
+};
 
 #[derive(Parser)]
 #[command(
@@ -30,6 +42,80 @@ enum Command {
         /// The TrainingRun YAML file.
         file: PathBuf,
     },
+    /// Prepare training data.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+    /// Inspect, verify and export checkpoints.
+    Ckpt {
+        #[command(subcommand)]
+        command: CkptCommand,
+    },
+    /// Generate text from a checkpoint.
+    Sample {
+        /// A checkpoint directory, or a checkpoint root (its newest valid checkpoint is used).
+        checkpoint: PathBuf,
+        #[arg(long, default_value = "")]
+        prompt: String,
+        /// Tokens to generate.
+        #[arg(long, default_value_t = 200)]
+        tokens: usize,
+        /// 0 always picks the most likely token.
+        #[arg(long, default_value_t = 0.8)]
+        temperature: f64,
+        /// Sample among the k most likely tokens; 0 for all.
+        #[arg(long, default_value_t = 40)]
+        top_k: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Tokenize text files into train and validation token shards.
+    Prepare {
+        /// gpt2 (GPT-2 BPE, 50257 tokens) or bytes (256 tokens).
+        #[arg(long, value_parser = parse_tokenizer)]
+        tokenizer: Tokenizer,
+        /// Output directory for train-*.bin, val-*.bin and dataset.json.
+        #[arg(long)]
+        out: PathBuf,
+        /// Fraction of each input (its end) kept for validation, in [0, 1).
+        #[arg(long, default_value_t = 0.1)]
+        val_fraction: f64,
+        /// Text files or directories (read recursively).
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CkptCommand {
+    /// List the checkpoints under a checkpoint root.
+    Ls { root: PathBuf },
+    /// Verify a checkpoint directory: commit marker, sizes and checksums.
+    Verify { dir: PathBuf },
+    /// Export a checkpoint's weights.
+    Export {
+        /// A checkpoint directory, or a root (its newest valid checkpoint).
+        checkpoint: PathBuf,
+        /// Write the Hugging Face GPT-2 safetensors layout (the only format so far).
+        #[arg(long, required = true)]
+        hf: bool,
+        /// The output file, e.g. model.safetensors.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn parse_tokenizer(name: &str) -> Result<Tokenizer, String> {
+    match name {
+        "gpt2" => Ok(Tokenizer::Gpt2),
+        "bytes" => Ok(Tokenizer::Bytes),
+        other => Err(format!("unknown tokenizer {other:?}; use gpt2 or bytes")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -58,11 +144,140 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Data {
+            command:
+                DataCommand::Prepare {
+                    tokenizer,
+                    out,
+                    val_fraction,
+                    inputs,
+                },
+        } => {
+            let mut options = PrepareOptions::new(tokenizer, out, inputs);
+            options.val_fraction = val_fraction;
+            let report = prepare(&options)?;
+            let d = &report.description;
+            println!(
+                "{}: {} train tokens in {} shard(s), {} validation tokens in {} shard(s) ({})",
+                report.out_dir.display(),
+                d.train_tokens,
+                report.train_shards.len(),
+                d.val_tokens,
+                report.val_shards.len(),
+                tokenizer.name()
+            );
+            Ok(())
+        }
+        Command::Ckpt { command } => ckpt(command),
+        Command::Sample {
+            checkpoint,
+            prompt,
+            tokens,
+            temperature,
+            top_k,
+            seed,
+        } => {
+            let loaded = open_checkpoint(&checkpoint)?;
+            let text = sample(
+                CpuBackend::<f32>::new(),
+                &loaded,
+                &SampleOptions {
+                    prompt,
+                    tokens,
+                    temperature,
+                    top_k,
+                    seed,
+                },
+            )?;
+            println!("{text}");
+            Ok(())
+        }
     }
 }
 
+fn ckpt(command: CkptCommand) -> Result<()> {
+    match command {
+        CkptCommand::Ls { root } => {
+            if !root.is_dir() {
+                bail!(
+                    "{} is not a directory; name a checkpoint root (checkpoint.path)",
+                    root.display()
+                );
+            }
+            for c in list_checkpoints(&root)? {
+                let state = if c.committed {
+                    "committed"
+                } else {
+                    "uncommitted"
+                };
+                let loss = c
+                    .manifest
+                    .as_ref()
+                    .and_then(|m| m.loss)
+                    .map_or_else(|| "-".to_string(), |l| format!("{l:.4}"));
+                println!(
+                    "{:>10}  {state:<11}  loss {loss:>8}  {:>12} bytes  {}",
+                    c.step,
+                    c.bytes,
+                    c.dir.display()
+                );
+            }
+            Ok(())
+        }
+        CkptCommand::Verify { dir } => {
+            let report = verify_checkpoint(&dir);
+            for file in &report.files {
+                let verdict = file
+                    .problem
+                    .as_ref()
+                    .map_or_else(|| "ok".to_string(), ToString::to_string);
+                println!("{:<24} {verdict}", file.entry.path);
+            }
+            if report.is_valid() {
+                println!(
+                    "{}: valid, step {}",
+                    dir.display(),
+                    report.step.unwrap_or(0)
+                );
+                Ok(())
+            } else {
+                let problems: Vec<String> =
+                    report.problems.iter().map(ToString::to_string).collect();
+                bail!(
+                    "{} is not a valid checkpoint: {}",
+                    dir.display(),
+                    problems.join("; ")
+                )
+            }
+        }
+        CkptCommand::Export {
+            checkpoint,
+            hf: _,
+            out,
+        } => export_hf(&checkpoint, &out),
+    }
+}
+
+fn export_hf(checkpoint: &Path, out: &Path) -> Result<()> {
+    let loaded = open_checkpoint(checkpoint)?;
+    let run = tessera_api::TrainingRun::new("export", loaded.manifest.config.clone());
+    let (config, _) = model_config(&run)?;
+    let layout = tessera_trainer::model::ParamLayout::new(&config);
+    // A batch-1 model only to reuse the checkpoint-to-flat-layout mapping.
+    let model = tessera_trainer::model::Gpt::new(CpuBackend::<f32>::new(), config, 1, 1, 0)?;
+    let params = flat_params(&loaded, &model)?;
+    hf::export_gpt2(&params, &config, &layout, out)?;
+    println!(
+        "{}: step {} exported as Hugging Face GPT-2 to {}",
+        loaded.dir.display(),
+        loaded.manifest.step,
+        out.display()
+    );
+    Ok(())
+}
+
 /// Reads and validates a manifest, naming the file in every error.
-fn read_training_run(file: &std::path::Path) -> Result<tessera_api::TrainingRun> {
+fn read_training_run(file: &Path) -> Result<tessera_api::TrainingRun> {
     let yaml = std::fs::read_to_string(file).with_context(|| {
         format!(
             "cannot read the manifest {}: check the path (it is relative to the current directory)",

@@ -1,0 +1,357 @@
+//! The `Backend` trait: every operation the GPT model needs, over device buffers the backend
+//! owns. The model is written once against this trait; the CPU backend ([`cpu`]) implements it
+//! in f32 (or f64, for gradient checks), and a CUDA backend can implement it later with bf16
+//! activations/parameters, fp32 master weights and fp32 optimizer state, without model changes.
+//!
+//! ```text
+//!   host f32 ──upload──▶ Buf (backend dtype) ──view / view_mut──▶ Ref<'a> / Mut<'a> ──▶ kernels
+//!   host u32 ──upload_tokens──▶ Tokens
+//!   OptState (m, v, and master weights where the backend keeps them) is opaque and addressed by
+//!   ranges of the flat parameter space.
+//! ```
+//!
+//! # Flat parameter layout
+//! Parameters, gradients and the AdamW moments each live in ONE flat buffer of
+//! `ModelConfig::num_params()` elements. Tensors are contiguous row-major ranges in a fixed
+//! order (see `model::ParamLayout`): wte, wpe, then each per-layer family stacked over layers
+//! (ln1w, ln1b, qkvw, qkvb, attprojw, attprojb, ln2w, ln2b, fcw, fcb, fcprojw, fcprojb), then
+//! lnfw, lnfb. Splitting the flat range evenly across ranks later (ZeRO-1) needs nothing but
+//! ranges, which is why the optimizer calls take `Range<usize>`.
+//!
+//! # Gradient semantics
+//! Parameter gradients always ACCUMULATE (`+=`), so micro-batches add up. Activation gradients
+//! say per call whether they overwrite or accumulate; the docs of each method state it.
+// Kernels take one argument per tensor plus dimensions, like CUDA launchers.
+#![allow(clippy::too_many_arguments)]
+
+pub mod cpu;
+
+use std::ops::Range;
+use thiserror::Error;
+
+/// What a backend operation can refuse.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum BackendError {
+    #[error("range {start}..{end} is outside a buffer of {len} elements")]
+    OutOfBounds {
+        start: usize,
+        end: usize,
+        len: usize,
+    },
+    #[error("ranges passed to views_mut overlap ({a:?} and {b:?})")]
+    OverlappingRanges { a: Range<usize>, b: Range<usize> },
+    #[error("{op}: buffer `{name}` has {got} elements, the shape needs {want}")]
+    ShapeMismatch {
+        op: &'static str,
+        name: &'static str,
+        want: usize,
+        got: usize,
+    },
+    #[error("{op}: token id {token} at position {position} is not below {limit}")]
+    TokenOutOfRange {
+        op: &'static str,
+        token: u32,
+        position: usize,
+        limit: usize,
+    },
+    #[error("{op}: invalid dimensions: {detail}")]
+    BadDimensions { op: &'static str, detail: String },
+    #[error("device allocation of {len} elements failed: {detail}")]
+    Allocation { len: usize, detail: String },
+}
+
+/// Shape of one matrix product `out (m×n) [+]= op(a) (m×k) · op(b) (k×n) [+ bias (n)]`, all
+/// row-major. `a_transposed` means `a` is stored as (k×m); `b_transposed` means `b` is stored as
+/// (n×k) — the common case for a linear layer whose weight is (out_features × in_features).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatmulShape {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a_transposed: bool,
+    pub b_transposed: bool,
+}
+
+/// Shape of causal self-attention over a fused qkv tensor of (B, T, 3C).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionShape {
+    pub batch: usize,
+    pub seq_len: usize,
+    pub channels: usize,
+    pub heads: usize,
+}
+
+/// Hyper-parameters of one AdamW update over a range, already resolved for this step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWStep {
+    /// Learning rate for this step (after the schedule).
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    /// Decoupled weight decay for this range (0 for ranges the mask excludes).
+    pub weight_decay: f32,
+    /// Multiplier applied to every gradient before use (global-norm clipping folds in here).
+    pub grad_scale: f32,
+    /// 1 - beta1^t and 1 - beta2^t for the 1-based step t.
+    pub bias_correction1: f32,
+    pub bias_correction2: f32,
+}
+
+/// The operations the GPT model needs. Every kernel takes views (`Ref`/`Mut`) so the model can
+/// address per-layer slices of stacked tensors, and shapes so launchers can check their
+/// preconditions and return [`BackendError`] instead of panicking.
+pub trait Backend: Send + Sync {
+    /// An owned device buffer of the backend's storage type (f32 on CPU; bf16 on CUDA).
+    type Buf: Send;
+    /// An owned device buffer of u32 token ids.
+    type Tokens: Send;
+    /// Optimizer state for the flat parameter space: AdamW m and v (fp32), plus fp32 master
+    /// weights on backends whose parameters are stored in lower precision.
+    type OptState: Send;
+    /// A shared view of part of a `Buf`.
+    type Ref<'a>: Copy
+    where
+        Self: 'a;
+    /// An exclusive view of part of a `Buf`.
+    type Mut<'a>
+    where
+        Self: 'a;
+
+    /// A short name for logs ("cpu-f32", "cuda-bf16").
+    fn name(&self) -> &'static str;
+
+    /// The device's peak dense FLOP/s for this backend's matrix products, the denominator of
+    /// model FLOPs utilisation (MFU).
+    fn peak_flops(&self) -> f64;
+
+    // === memory ===
+
+    /// A zero-filled buffer of `len` elements.
+    fn alloc(&self, len: usize) -> Result<Self::Buf, BackendError>;
+    /// Number of elements in `buf`.
+    fn buf_len(&self, buf: &Self::Buf) -> usize;
+    /// Copies `src` into `dst[offset..offset + src.len()]`, converting from f32.
+    fn upload(&self, dst: &mut Self::Buf, offset: usize, src: &[f32]) -> Result<(), BackendError>;
+    /// Copies `src[offset..offset + dst.len()]` into `dst`, converting to f32.
+    fn download(&self, src: &Self::Buf, offset: usize, dst: &mut [f32])
+    -> Result<(), BackendError>;
+    /// A zero-filled token buffer of `len` ids.
+    fn alloc_tokens(&self, len: usize) -> Result<Self::Tokens, BackendError>;
+    /// Copies `src` into the start of `dst`.
+    fn upload_tokens(&self, dst: &mut Self::Tokens, src: &[u32]) -> Result<(), BackendError>;
+    /// A shared view of `buf[range]`.
+    fn view<'a>(
+        &self,
+        buf: &'a Self::Buf,
+        range: Range<usize>,
+    ) -> Result<Self::Ref<'a>, BackendError>;
+    /// An exclusive view of `buf[range]`.
+    fn view_mut<'a>(
+        &self,
+        buf: &'a mut Self::Buf,
+        range: Range<usize>,
+    ) -> Result<Self::Mut<'a>, BackendError>;
+    /// Exclusive views of several disjoint ranges of one buffer, in the order given.
+    fn views_mut<'a, const N: usize>(
+        &self,
+        buf: &'a mut Self::Buf,
+        ranges: [Range<usize>; N],
+    ) -> Result<[Self::Mut<'a>; N], BackendError>;
+    /// `x = 0`.
+    fn fill_zero(&self, x: Self::Mut<'_>) -> Result<(), BackendError>;
+    /// `x *= factor`.
+    fn scale(&self, x: Self::Mut<'_>, factor: f32) -> Result<(), BackendError>;
+
+    // === embedding ===
+
+    /// `out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:]`; out (B,T,C), wte (Vp,C), wpe (>=T,C).
+    fn encoder_forward(
+        &self,
+        out: Self::Mut<'_>,
+        tokens: &Self::Tokens,
+        wte: Self::Ref<'_>,
+        wpe: Self::Ref<'_>,
+        batch: usize,
+        seq_len: usize,
+        channels: usize,
+    ) -> Result<(), BackendError>;
+    /// `dwte[tokens[b,t],:] += dout[b,t,:]`, `dwpe[t,:] += dout[b,t,:]` (deterministic order).
+    fn encoder_backward(
+        &self,
+        dwte: Self::Mut<'_>,
+        dwpe: Self::Mut<'_>,
+        dout: Self::Ref<'_>,
+        tokens: &Self::Tokens,
+        batch: usize,
+        seq_len: usize,
+        channels: usize,
+    ) -> Result<(), BackendError>;
+
+    // === layernorm ===
+
+    /// Per row of `inp` (rows, C): `out = (x - mean) * rstd * weight + bias`, saving mean and
+    /// rstd (rows) for the backward pass; eps = 1e-5.
+    fn layernorm_forward(
+        &self,
+        out: Self::Mut<'_>,
+        mean: Self::Mut<'_>,
+        rstd: Self::Mut<'_>,
+        inp: Self::Ref<'_>,
+        weight: Self::Ref<'_>,
+        bias: Self::Ref<'_>,
+        rows: usize,
+        channels: usize,
+    ) -> Result<(), BackendError>;
+    /// ACCUMULATES into `dinp` (rows, C), `dweight` (C) and `dbias` (C).
+    fn layernorm_backward(
+        &self,
+        dinp: Self::Mut<'_>,
+        dweight: Self::Mut<'_>,
+        dbias: Self::Mut<'_>,
+        dout: Self::Ref<'_>,
+        inp: Self::Ref<'_>,
+        weight: Self::Ref<'_>,
+        mean: Self::Ref<'_>,
+        rstd: Self::Ref<'_>,
+        rows: usize,
+        channels: usize,
+    ) -> Result<(), BackendError>;
+
+    // === matmul ===
+
+    /// `out (m×n) = op(a)·op(b) + bias` (bias broadcast over rows), or `out += op(a)·op(b)` when
+    /// `accumulate` (bias must then be `None`). Forward uses it as `inp · Wᵀ + b`; backward as
+    /// `dinp = dout · W` and `dW += doutᵀ · inp`.
+    fn matmul(
+        &self,
+        out: Self::Mut<'_>,
+        a: Self::Ref<'_>,
+        b: Self::Ref<'_>,
+        bias: Option<Self::Ref<'_>>,
+        shape: MatmulShape,
+        accumulate: bool,
+    ) -> Result<(), BackendError>;
+    /// `dbias[j] += Σ_i dout[i, j]` over `rows` rows of `cols` columns (deterministic order).
+    fn bias_backward(
+        &self,
+        dbias: Self::Mut<'_>,
+        dout: Self::Ref<'_>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(), BackendError>;
+
+    // === attention ===
+
+    /// Elements of per-layer state the forward saves for the backward (CPU: the softmax
+    /// probabilities, B·NH·T·T; a flash kernel: the log-sum-exp, B·NH·T).
+    fn attention_state_len(&self, shape: AttentionShape) -> usize;
+    /// Elements of scratch the backward needs (shared by all layers).
+    fn attention_scratch_len(&self, shape: AttentionShape) -> usize;
+    /// Causal multi-head attention: out (B,T,C) from qkv (B,T,3C) (q | k | v, heads contiguous
+    /// within each), scale 1/sqrt(C/NH). Writes `state`.
+    fn attention_forward(
+        &self,
+        out: Self::Mut<'_>,
+        state: Self::Mut<'_>,
+        qkv: Self::Ref<'_>,
+        shape: AttentionShape,
+    ) -> Result<(), BackendError>;
+    /// OVERWRITES `dqkv` (B,T,3C) given `dout` (B,T,C) and the forward's `qkv`, `out`, `state`.
+    fn attention_backward(
+        &self,
+        dqkv: Self::Mut<'_>,
+        scratch: Self::Mut<'_>,
+        dout: Self::Ref<'_>,
+        qkv: Self::Ref<'_>,
+        out: Self::Ref<'_>,
+        state: Self::Ref<'_>,
+        shape: AttentionShape,
+    ) -> Result<(), BackendError>;
+
+    // === pointwise ===
+
+    /// `out = gelu(inp)`, tanh approximation (GPT-2).
+    fn gelu_forward(&self, out: Self::Mut<'_>, inp: Self::Ref<'_>) -> Result<(), BackendError>;
+    /// OVERWRITES `dinp = gelu'(inp) * dout`.
+    fn gelu_backward(
+        &self,
+        dinp: Self::Mut<'_>,
+        inp: Self::Ref<'_>,
+        dout: Self::Ref<'_>,
+    ) -> Result<(), BackendError>;
+    /// `out = a + b`.
+    fn residual_forward(
+        &self,
+        out: Self::Mut<'_>,
+        a: Self::Ref<'_>,
+        b: Self::Ref<'_>,
+    ) -> Result<(), BackendError>;
+
+    // === loss ===
+
+    /// Fused softmax + cross-entropy + logits gradient over `rows` rows of `padded_vocab`
+    /// columns, of which only the first `vocab` take part. Writes `losses[r] = -log p[target]`
+    /// and REPLACES the logits with `dloss · (softmax - onehot)` (padded columns set to 0).
+    fn softmax_cross_entropy(
+        &self,
+        logits: Self::Mut<'_>,
+        losses: Self::Mut<'_>,
+        targets: &Self::Tokens,
+        rows: usize,
+        vocab: usize,
+        padded_vocab: usize,
+        dloss: f64,
+    ) -> Result<(), BackendError>;
+
+    // === reductions (fixed order: deterministic) ===
+
+    /// `Σ x` returned to the host.
+    fn sum(&self, x: Self::Ref<'_>) -> Result<f64, BackendError>;
+    /// `Σ x²` returned to the host (the global gradient norm is its square root, after a
+    /// cross-rank sum when sharded).
+    fn sum_squares(&self, x: Self::Ref<'_>) -> Result<f64, BackendError>;
+
+    // === optimizer ===
+
+    /// Optimizer state for a flat parameter buffer: moments zeroed, master weights (where the
+    /// backend keeps them) copied from `params`.
+    fn alloc_opt_state(&self, params: &Self::Buf) -> Result<Self::OptState, BackendError>;
+    /// One AdamW update of `params[range]` from `grads[range]` and the state's moments there.
+    fn adamw_update(
+        &self,
+        params: &mut Self::Buf,
+        grads: &Self::Buf,
+        state: &mut Self::OptState,
+        range: Range<usize>,
+        step: &AdamWStep,
+    ) -> Result<(), BackendError>;
+    /// Copies the state's moments `m` and `v` (fp32, each the length of the flat space) out.
+    fn download_opt_state(
+        &self,
+        state: &Self::OptState,
+        m: &mut [f32],
+        v: &mut [f32],
+    ) -> Result<(), BackendError>;
+    /// Restores moments saved with [`Backend::download_opt_state`]; master weights (where kept)
+    /// are refreshed from `params`.
+    fn upload_opt_state(
+        &self,
+        state: &mut Self::OptState,
+        params: &Self::Buf,
+        m: &[f32],
+        v: &[f32],
+    ) -> Result<(), BackendError>;
+}
+
+/// Checks that a range lies inside a buffer of `len` elements.
+pub(crate) fn check_range(range: &Range<usize>, len: usize) -> Result<(), BackendError> {
+    if range.start > range.end || range.end > len {
+        return Err(BackendError::OutOfBounds {
+            start: range.start,
+            end: range.end,
+            len,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,17 @@
+//! Training data: token shards on disk, the tokenizers that make them, `prepare` (text to
+//! shards), and the loader that turns shards into deterministic batches.
+//!
+//! ```text
+//! text files ──prepare──▶ DIR/train-*.bin, DIR/val-*.bin, DIR/dataset.json
+//!                              │
+//!                  TokenStream::open("DIR/train-*.bin")   (shards concatenated)
+//!                              │
+//!         TrainBatches: batch(step, micro_step) = f(seed, step, row)   EvalBatches: fixed
+//! ```
+
+#![forbid(unsafe_code)]
+
+pub mod loader;
+pub mod prepare;
+pub mod shard;
+pub mod tokenizer;

@@ -1,0 +1,560 @@
+//! `tessera data prepare`: text files in, token shards and a data set description out.
+//!
+//! ```text
+//! INPUT... (files, or directories walked recursively, sorted by path; dot-files skipped)
+//!    │ tokenize each file (gpt2: <|endoftext|> before each file; bytes: nothing added)
+//!    ▼
+//! [ first (1-F) of each file's tokens ] ──▶ DIR/train-000000.bin, train-000001.bin, ...
+//! [ last F of each file's tokens      ] ──▶ DIR/val-000000.bin, ...   (none when F = 0)
+//!                                           DIR/dataset.json  (tokenizer, counts, files)
+//! ```
+//!
+//! Shards hold at most `shard_tokens` tokens each (100M by default). The output is a pure
+//! function of the inputs' contents, their order and the options. Shards and the description
+//! left in DIR by an earlier run are replaced.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tessera_api::spec::Tokenizer;
+
+use super::shard::{ShardError, write_shard};
+use super::tokenizer::{TextTokenizer, TokenizerError};
+
+/// Default fraction of every input held out for validation.
+pub const DEFAULT_VAL_FRACTION: f64 = 0.1;
+/// Default tokens per shard file.
+pub const DEFAULT_SHARD_TOKENS: u64 = 100_000_000;
+/// The data set description written beside the shards.
+pub const DATASET_FILE: &str = "dataset.json";
+
+#[derive(Clone, Debug)]
+pub struct PrepareOptions {
+    pub tokenizer: Tokenizer,
+    pub out_dir: PathBuf,
+    /// Fraction in [0, 1) of each input's tokens (its end) kept for validation.
+    pub val_fraction: f64,
+    /// Most tokens in one shard file; at least 1.
+    pub shard_tokens: u64,
+    pub inputs: Vec<PathBuf>,
+}
+
+impl PrepareOptions {
+    /// Options with the defaults for the validation fraction and shard size.
+    pub fn new(tokenizer: Tokenizer, out_dir: impl Into<PathBuf>, inputs: Vec<PathBuf>) -> Self {
+        PrepareOptions {
+            tokenizer,
+            out_dir: out_dir.into(),
+            val_fraction: DEFAULT_VAL_FRACTION,
+            shard_tokens: DEFAULT_SHARD_TOKENS,
+            inputs,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error("no input files given; name at least one text file or directory")]
+    NoInputs,
+    #[error("input {path} does not exist; check the path")]
+    MissingInput { path: PathBuf },
+    #[error("input {path} is empty; remove it from the inputs")]
+    EmptyInput { path: PathBuf },
+    #[error(
+        "input directory {path} holds no files (dot-files are skipped); name a directory with text files"
+    )]
+    EmptyDirectory { path: PathBuf },
+    #[error(
+        "input {path} is not UTF-8 (first bad byte at offset {offset}); the gpt2 tokenizer reads UTF-8 text, use --tokenizer bytes for other data"
+    )]
+    NotUtf8 { path: PathBuf, offset: usize },
+    #[error(
+        "--val-fraction {value} is outside [0, 1); use e.g. 0.1 to hold out 10%, or 0 for no validation split"
+    )]
+    ValFraction { value: f64 },
+    #[error("shard size {value} tokens is too small; use at least 1")]
+    ShardTokens { value: u64 },
+    #[error(
+        "the validation split is empty: {tokens} tokens with --val-fraction {val_fraction} hold out none; give more text, a larger fraction, or --val-fraction 0"
+    )]
+    EmptyValidation { tokens: u64, val_fraction: f64 },
+    #[error("cannot read input {path}: {source}")]
+    ReadInput {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write to output directory {path}: {source}")]
+    Output {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Shard(#[from] ShardError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+}
+
+/// `dataset.json`: what was tokenized, how, and where the tokens went.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DatasetDescription {
+    pub tokenizer: Tokenizer,
+    pub vocab_size: u32,
+    pub val_fraction: f64,
+    pub train_tokens: u64,
+    pub val_tokens: u64,
+    /// The largest token id in any shard.
+    pub max_token: u32,
+    pub train_shards: Vec<ShardEntry>,
+    pub val_shards: Vec<ShardEntry>,
+    pub inputs: Vec<InputEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ShardEntry {
+    /// File name, relative to the data set directory.
+    pub file: String,
+    pub tokens: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InputEntry {
+    pub path: String,
+    pub train_tokens: u64,
+    pub val_tokens: u64,
+}
+
+/// What [`prepare`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PrepareReport {
+    pub out_dir: PathBuf,
+    pub description: DatasetDescription,
+    pub train_shards: Vec<PathBuf>,
+    pub val_shards: Vec<PathBuf>,
+    pub description_path: PathBuf,
+}
+
+/// Tokenizes the inputs into train and validation shards under `options.out_dir`.
+pub fn prepare(options: &PrepareOptions) -> Result<PrepareReport, PrepareError> {
+    let val_fraction = options.val_fraction;
+    if !(0.0..1.0).contains(&val_fraction) {
+        return Err(PrepareError::ValFraction {
+            value: val_fraction,
+        });
+    }
+    if options.shard_tokens == 0 {
+        return Err(PrepareError::ShardTokens { value: 0 });
+    }
+    let files = collect_inputs(&options.inputs)?;
+    let tokenizer = TextTokenizer::new(options.tokenizer)?;
+    let vocab_size = tokenizer.vocab_size();
+
+    let out_dir = &options.out_dir;
+    let output_err = |source| PrepareError::Output {
+        path: out_dir.clone(),
+        source,
+    };
+    std::fs::create_dir_all(out_dir).map_err(output_err)?;
+    remove_previous_output(out_dir).map_err(output_err)?;
+
+    let mut train = ShardSink::new(out_dir, "train", options.shard_tokens, vocab_size);
+    let mut val = ShardSink::new(out_dir, "val", options.shard_tokens, vocab_size);
+    let mut inputs = Vec::with_capacity(files.len());
+    for path in &files {
+        let tokens = tokenize_file(&tokenizer, path)?;
+        let val_tokens = (tokens.len() as f64 * val_fraction).floor() as usize;
+        let split = tokens.len() - val_tokens;
+        train.push(&tokens[..split])?;
+        val.push(&tokens[split..])?;
+        inputs.push(InputEntry {
+            path: path.display().to_string(),
+            train_tokens: split as u64,
+            val_tokens: val_tokens as u64,
+        });
+    }
+    train.finish()?;
+    val.finish()?;
+    if val_fraction > 0.0 && val.total == 0 {
+        return Err(PrepareError::EmptyValidation {
+            tokens: train.total,
+            val_fraction,
+        });
+    }
+
+    let description = DatasetDescription {
+        tokenizer: options.tokenizer,
+        vocab_size,
+        val_fraction,
+        train_tokens: train.total,
+        val_tokens: val.total,
+        max_token: train.max_token.max(val.max_token),
+        train_shards: train.entries,
+        val_shards: val.entries,
+        inputs,
+    };
+    let description_path = out_dir.join(DATASET_FILE);
+    let json = serde_json::to_vec_pretty(&description).expect("plain data serializes");
+    std::fs::write(&description_path, json).map_err(output_err)?;
+    Ok(PrepareReport {
+        out_dir: out_dir.clone(),
+        train_shards: train.paths,
+        val_shards: val.paths,
+        description,
+        description_path,
+    })
+}
+
+/// Reads `DIR/dataset.json`, if the directory has one.
+pub fn read_dataset_description(dir: &Path) -> Option<DatasetDescription> {
+    let bytes = std::fs::read(dir.join(DATASET_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Every input file, directories expanded recursively, each argument's files sorted by path.
+fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, PrepareError> {
+    if inputs.is_empty() {
+        return Err(PrepareError::NoInputs);
+    }
+    let mut files = Vec::new();
+    for input in inputs {
+        let meta = std::fs::metadata(input).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => PrepareError::MissingInput {
+                path: input.clone(),
+            },
+            _ => PrepareError::ReadInput {
+                path: input.clone(),
+                source,
+            },
+        })?;
+        if meta.is_dir() {
+            let mut found = Vec::new();
+            walk(input, &mut found)?;
+            if found.is_empty() {
+                return Err(PrepareError::EmptyDirectory {
+                    path: input.clone(),
+                });
+            }
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(input.clone());
+        }
+    }
+    Ok(files)
+}
+
+fn walk(dir: &Path, found: &mut Vec<PathBuf>) -> Result<(), PrepareError> {
+    let read_err = |source| PrepareError::ReadInput {
+        path: dir.to_path_buf(),
+        source,
+    };
+    for entry in std::fs::read_dir(dir).map_err(read_err)? {
+        let entry = entry.map_err(read_err)?;
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        // Follows symlinks, so a linked file or directory counts as what it points to.
+        let meta = std::fs::metadata(&path).map_err(|source| PrepareError::ReadInput {
+            path: path.clone(),
+            source,
+        })?;
+        if meta.is_dir() {
+            walk(&path, found)?;
+        } else {
+            found.push(path);
+        }
+    }
+    Ok(())
+}
+
+fn tokenize_file(tokenizer: &TextTokenizer, path: &Path) -> Result<Vec<u32>, PrepareError> {
+    let bytes = std::fs::read(path).map_err(|source| PrepareError::ReadInput {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if bytes.is_empty() {
+        return Err(PrepareError::EmptyInput {
+            path: path.to_path_buf(),
+        });
+    }
+    match tokenizer {
+        TextTokenizer::Bytes => Ok(bytes.iter().map(|&b| u32::from(b)).collect()),
+        TextTokenizer::Gpt2(_) => {
+            let text = String::from_utf8(bytes).map_err(|e| PrepareError::NotUtf8 {
+                path: path.to_path_buf(),
+                offset: e.utf8_error().valid_up_to(),
+            })?;
+            let mut tokens = Vec::with_capacity(text.len() / 3 + 1);
+            // Documents start with <|endoftext|>, as GPT-2's training data did.
+            tokens.extend(tokenizer.end_of_text());
+            tokens.extend(tokenizer.encode(&text));
+            Ok(tokens)
+        }
+    }
+}
+
+/// Deletes `train-NNNNNN.bin`, `val-NNNNNN.bin` and `dataset.json` from an earlier run, so a
+/// smaller new data set does not leave stale shards behind.
+fn remove_previous_output(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name == DATASET_FILE || is_shard_name(&name) {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+fn is_shard_name(name: &str) -> bool {
+    let Some(rest) = name
+        .strip_prefix("train-")
+        .or_else(|| name.strip_prefix("val-"))
+    else {
+        return false;
+    };
+    let Some(digits) = rest.strip_suffix(".bin") else {
+        return false;
+    };
+    digits.len() == 6 && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Buffers one split's tokens and writes a shard whenever `shard_tokens` have gathered.
+struct ShardSink<'a> {
+    dir: &'a Path,
+    split: &'static str,
+    shard_tokens: usize,
+    vocab_size: u32,
+    buffer: Vec<u32>,
+    total: u64,
+    max_token: u32,
+    entries: Vec<ShardEntry>,
+    paths: Vec<PathBuf>,
+}
+
+impl<'a> ShardSink<'a> {
+    fn new(dir: &'a Path, split: &'static str, shard_tokens: u64, vocab_size: u32) -> Self {
+        ShardSink {
+            dir,
+            split,
+            shard_tokens: usize::try_from(shard_tokens).unwrap_or(usize::MAX),
+            vocab_size,
+            buffer: Vec::new(),
+            total: 0,
+            max_token: 0,
+            entries: Vec::new(),
+            paths: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, mut tokens: &[u32]) -> Result<(), ShardError> {
+        while !tokens.is_empty() {
+            let room = self.shard_tokens - self.buffer.len();
+            let take = room.min(tokens.len());
+            self.buffer.extend_from_slice(&tokens[..take]);
+            tokens = &tokens[take..];
+            if self.buffer.len() == self.shard_tokens {
+                self.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), ShardError> {
+        if !self.buffer.is_empty() {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), ShardError> {
+        let file = format!("{}-{:06}.bin", self.split, self.entries.len());
+        let path = self.dir.join(&file);
+        let summary = write_shard(&path, &self.buffer, self.vocab_size)?;
+        self.max_token = self
+            .max_token
+            .max(self.buffer.iter().copied().max().unwrap_or(0));
+        self.total += summary.tokens;
+        self.entries.push(ShardEntry {
+            file,
+            tokens: summary.tokens,
+        });
+        self.paths.push(path);
+        self.buffer.clear();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::shard::read_shard;
+
+    const SHAKESPEARE: &str = "/work/shared/data/tinyshakespeare.txt";
+
+    fn shakespeare() -> PathBuf {
+        let path = PathBuf::from(SHAKESPEARE);
+        assert!(
+            path.exists(),
+            "{SHAKESPEARE} is missing: the test corpus lives in shared/data"
+        );
+        path
+    }
+
+    #[test]
+    fn tinyshakespeare_with_bytes_splits_ninety_ten() {
+        let input = shakespeare();
+        let out = tempfile::tempdir().unwrap();
+        let options = PrepareOptions::new(Tokenizer::Bytes, out.path(), vec![input]);
+        let report = prepare(&options).unwrap();
+        let d = &report.description;
+        assert_eq!(d.train_tokens + d.val_tokens, 1_115_394);
+        assert_eq!(d.val_tokens, 111_539); // floor(1_115_394 * 0.1)
+        assert_eq!(d.train_tokens, 1_003_855);
+        assert_eq!(
+            report.train_shards,
+            vec![out.path().join("train-000000.bin")]
+        );
+        assert_eq!(report.val_shards, vec![out.path().join("val-000000.bin")]);
+        let train = read_shard(&report.train_shards[0]).unwrap();
+        let val = read_shard(&report.val_shards[0]).unwrap();
+        assert_eq!(train.tokens.len() as u64, d.train_tokens);
+        assert_eq!(val.tokens.len() as u64, d.val_tokens);
+        // The split is the file itself, cut at the boundary.
+        let text = std::fs::read(SHAKESPEARE).unwrap();
+        let expected_train: Vec<u32> = text[..1_003_855].iter().map(|&b| u32::from(b)).collect();
+        let expected_val: Vec<u32> = text[1_003_855..].iter().map(|&b| u32::from(b)).collect();
+        assert_eq!(train.tokens.to_u32(), expected_train);
+        assert_eq!(val.tokens.to_u32(), expected_val);
+        let json = read_dataset_description(out.path()).unwrap();
+        assert_eq!(&json, d);
+        assert_eq!(json.vocab_size, 256);
+        assert_eq!(json.max_token, *text.iter().max().unwrap() as u32);
+    }
+
+    #[test]
+    fn gpt2_prepare_starts_documents_with_end_of_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("a.txt");
+        std::fs::write(&input, "Hello world").unwrap();
+        let mut options = PrepareOptions::new(Tokenizer::Gpt2, dir.path().join("out"), vec![input]);
+        options.val_fraction = 0.0;
+        let report = prepare(&options).unwrap();
+        assert!(report.val_shards.is_empty());
+        let train = read_shard(&report.train_shards[0]).unwrap();
+        assert_eq!(train.tokens.to_u32(), vec![50_256, 15496, 995]);
+        assert_eq!(train.vocab_size, 50_257);
+    }
+
+    #[test]
+    fn directories_are_walked_sorted_and_shards_split_at_the_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let corpus = dir.path().join("corpus");
+        std::fs::create_dir_all(corpus.join("sub")).unwrap();
+        std::fs::write(corpus.join("b.txt"), "bbbbbbbbbb").unwrap();
+        std::fs::write(corpus.join("a.txt"), "aaaaaaaaaa").unwrap();
+        std::fs::write(corpus.join("sub/c.txt"), "cccccccccc").unwrap();
+        std::fs::write(corpus.join(".hidden"), "zzzz").unwrap();
+        let out = dir.path().join("out");
+        let mut options = PrepareOptions::new(Tokenizer::Bytes, &out, vec![corpus.clone()]);
+        options.val_fraction = 0.2;
+        options.shard_tokens = 7;
+        let report = prepare(&options).unwrap();
+        let d = &report.description;
+        assert_eq!((d.train_tokens, d.val_tokens), (24, 6));
+        let names: Vec<_> = d
+            .train_shards
+            .iter()
+            .map(|s| (s.file.as_str(), s.tokens))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("train-000000.bin", 7),
+                ("train-000001.bin", 7),
+                ("train-000002.bin", 7),
+                ("train-000003.bin", 3)
+            ]
+        );
+        let mut train = Vec::new();
+        for p in &report.train_shards {
+            train.extend(read_shard(p).unwrap().tokens.to_u32());
+        }
+        assert_eq!(
+            train,
+            "aaaaaaaabbbbbbbbcccccccc"
+                .bytes()
+                .map(u32::from)
+                .collect::<Vec<_>>()
+        );
+        let mut val = Vec::new();
+        for p in &report.val_shards {
+            val.extend(read_shard(p).unwrap().tokens.to_u32());
+        }
+        assert_eq!(val, "aabbcc".bytes().map(u32::from).collect::<Vec<_>>());
+        let inputs: Vec<_> = d.inputs.iter().map(|i| i.path.clone()).collect();
+        assert!(inputs[0].ends_with("a.txt") && inputs[1].ends_with("b.txt"));
+        assert!(inputs[2].ends_with("c.txt") && inputs.len() == 3);
+
+        // A second, smaller run over the same directory leaves no stale shard behind.
+        options.shard_tokens = 100;
+        let again = prepare(&options).unwrap();
+        assert_eq!(again.train_shards.len(), 1);
+        assert!(!out.join("train-000001.bin").exists());
+    }
+
+    #[test]
+    fn bad_options_and_inputs_are_typed_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let text = dir.path().join("t.txt");
+        std::fs::write(&text, "some text here").unwrap();
+        let with = |inputs: Vec<PathBuf>, f: f64| {
+            let mut o = PrepareOptions::new(Tokenizer::Bytes, &out, inputs);
+            o.val_fraction = f;
+            prepare(&o)
+        };
+        assert!(matches!(with(vec![], 0.1), Err(PrepareError::NoInputs)));
+        let missing = with(vec![dir.path().join("nope.txt")], 0.1).unwrap_err();
+        assert!(matches!(missing, PrepareError::MissingInput { .. }));
+        assert!(missing.to_string().contains("nope.txt"));
+        for f in [1.0, -0.1, f64::NAN, 2.0] {
+            assert!(matches!(
+                with(vec![text.clone()], f),
+                Err(PrepareError::ValFraction { .. })
+            ));
+        }
+        let empty = dir.path().join("empty.txt");
+        std::fs::write(&empty, "").unwrap();
+        assert!(matches!(
+            with(vec![empty], 0.1),
+            Err(PrepareError::EmptyInput { .. })
+        ));
+        let empty_dir = dir.path().join("nothing");
+        std::fs::create_dir(&empty_dir).unwrap();
+        assert!(matches!(
+            with(vec![empty_dir], 0.1),
+            Err(PrepareError::EmptyDirectory { .. })
+        ));
+        let short = dir.path().join("short.txt");
+        std::fs::write(&short, "abc").unwrap();
+        assert!(matches!(
+            with(vec![short], 0.1),
+            Err(PrepareError::EmptyValidation { .. })
+        ));
+        let binary = dir.path().join("b.bin");
+        std::fs::write(&binary, [0xFFu8, 0xFE, 0x00]).unwrap();
+        let mut o = PrepareOptions::new(Tokenizer::Gpt2, &out, vec![binary]);
+        o.val_fraction = 0.0;
+        assert!(matches!(
+            prepare(&o),
+            Err(PrepareError::NotUtf8 { offset: 0, .. })
+        ));
+    }
+}

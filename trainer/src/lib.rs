@@ -1,0 +1,18 @@
+//! The trainer: the GPT model written once against the `Backend` trait, the CPU backend,
+//! the optimizer, data shards and loader, and checkpoints.
+// `deny`, not `forbid`: backend/cpu/matmul.rs is the one audited `allow` (gemm takes raw
+// pointers); every other module is unsafe-free.
+#![deny(unsafe_code)]
+
+pub mod backend;
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod hf;
+pub mod metrics;
+pub mod model;
+pub mod optimizer;
+pub mod rng;
+pub mod run;
+pub mod sample;
+pub mod train;

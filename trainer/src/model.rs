@@ -1,0 +1,909 @@
+//! The GPT-2 model, written once against [`Backend`]: the flat parameter layout, GPT-2
+//! initialisation, activation memory for a fixed (B, T), forward (mean cross-entropy loss) and
+//! backward (gradients accumulated into the flat gradient buffer). Reads top to bottom like
+//! llm.c's train_gpt2: layout, parameters, activations, forward, backward.
+//!
+//! ```text
+//! tokens ─▶ wte[tok] + wpe[t] ─▶ L × [ x += attproj(attn(qkv(ln1(x)))) ; x += fcproj(gelu(fc(ln2(x)))) ]
+//!        ─▶ lnf ─▶ logits = lnf · wteᵀ (tied head) ─▶ softmax cross-entropy ─▶ loss
+//! ```
+
+use crate::backend::{AttentionShape, Backend, BackendError, MatmulShape};
+use crate::config::{ConfigError, ModelConfig};
+use crate::rng::{Rng, RngState};
+use std::ops::Range;
+use thiserror::Error;
+
+/// Why the model refused a call.
+#[derive(Debug, Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("{what} must be greater than 0")]
+    ZeroDimension { what: &'static str },
+    #[error("sequence length {seq_len} exceeds the model context {context}")]
+    SeqLenTooLong { seq_len: usize, context: usize },
+    #[error("{what} has {got} tokens, expected batch × seq_len = {want}")]
+    BatchShape {
+        what: &'static str,
+        want: usize,
+        got: usize,
+    },
+    #[error("{what}: token id {token} at position {position} is not below vocab {vocab}")]
+    TokenOutOfRange {
+        what: &'static str,
+        token: u32,
+        position: usize,
+        vocab: usize,
+    },
+    #[error("row {row}, position {position} is outside the batch ({batch} × {seq_len})")]
+    PositionOutOfRange {
+        row: usize,
+        position: usize,
+        batch: usize,
+        seq_len: usize,
+    },
+    #[error("backward() called without a preceding forward()")]
+    BackwardBeforeForward,
+    #[error("{what} has {got} values, the model has {want} parameters")]
+    ParamCount {
+        what: &'static str,
+        want: usize,
+        got: usize,
+    },
+}
+
+// === parameter layout ===
+
+/// What a parameter tensor is, which decides its initialisation and weight decay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamKind {
+    Embedding,
+    MatmulWeight,
+    MatmulBias,
+    LayerNormWeight,
+    LayerNormBias,
+}
+
+/// One tensor's place in the flat parameter space.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamTensor {
+    pub name: &'static str,
+    pub offset: usize,
+    pub len: usize,
+    /// Row-major shape; per-layer families lead with L.
+    pub shape: Vec<usize>,
+    pub kind: ParamKind,
+    /// Initialised with std 0.02/√(2L) instead of 0.02 (projections into the residual stream).
+    pub residual_projection: bool,
+}
+
+impl ParamTensor {
+    pub fn range(&self) -> Range<usize> {
+        self.offset..self.offset + self.len
+    }
+}
+
+/// Indices into [`ParamLayout::tensors`], in flat-buffer order.
+pub mod tensor {
+    pub const WTE: usize = 0;
+    pub const WPE: usize = 1;
+    pub const LN1W: usize = 2;
+    pub const LN1B: usize = 3;
+    pub const QKVW: usize = 4;
+    pub const QKVB: usize = 5;
+    pub const ATTPROJW: usize = 6;
+    pub const ATTPROJB: usize = 7;
+    pub const LN2W: usize = 8;
+    pub const LN2B: usize = 9;
+    pub const FCW: usize = 10;
+    pub const FCB: usize = 11;
+    pub const FCPROJW: usize = 12;
+    pub const FCPROJB: usize = 13;
+    pub const LNFW: usize = 14;
+    pub const LNFB: usize = 15;
+    pub const COUNT: usize = 16;
+}
+
+/// The flat parameter layout: 16 contiguous tensors (per-layer families stacked over L), in
+/// llm.c's order. Gradients and AdamW moments use the same layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamLayout {
+    pub tensors: Vec<ParamTensor>,
+    pub total: usize,
+    layers: usize,
+}
+
+impl ParamLayout {
+    pub fn new(cfg: &ModelConfig) -> Self {
+        use ParamKind::*;
+        let (l, c, vp, maxt) = (cfg.layers, cfg.width, cfg.padded_vocab, cfg.context);
+        let specs: [(&'static str, Vec<usize>, ParamKind, bool); tensor::COUNT] = [
+            ("wte", vec![vp, c], Embedding, false),
+            ("wpe", vec![maxt, c], Embedding, false),
+            ("ln1w", vec![l, c], LayerNormWeight, false),
+            ("ln1b", vec![l, c], LayerNormBias, false),
+            ("qkvw", vec![l, 3 * c, c], MatmulWeight, false),
+            ("qkvb", vec![l, 3 * c], MatmulBias, false),
+            ("attprojw", vec![l, c, c], MatmulWeight, true),
+            ("attprojb", vec![l, c], MatmulBias, false),
+            ("ln2w", vec![l, c], LayerNormWeight, false),
+            ("ln2b", vec![l, c], LayerNormBias, false),
+            ("fcw", vec![l, 4 * c, c], MatmulWeight, false),
+            ("fcb", vec![l, 4 * c], MatmulBias, false),
+            ("fcprojw", vec![l, c, 4 * c], MatmulWeight, true),
+            ("fcprojb", vec![l, c], MatmulBias, false),
+            ("lnfw", vec![c], LayerNormWeight, false),
+            ("lnfb", vec![c], LayerNormBias, false),
+        ];
+        let mut offset = 0;
+        let tensors = specs
+            .into_iter()
+            .map(|(name, shape, kind, residual_projection)| {
+                let len = shape.iter().product();
+                let t = ParamTensor {
+                    name,
+                    offset,
+                    len,
+                    shape,
+                    kind,
+                    residual_projection,
+                };
+                offset += len;
+                t
+            })
+            .collect();
+        Self {
+            tensors,
+            total: offset,
+            layers: l,
+        }
+    }
+
+    /// The whole range of tensor `id`.
+    pub fn range(&self, id: usize) -> Range<usize> {
+        self.tensors[id].range()
+    }
+
+    /// Layer `layer`'s slice of a per-layer tensor family `id`.
+    pub fn layer(&self, id: usize, layer: usize) -> Range<usize> {
+        let t = &self.tensors[id];
+        let per = t.len / self.layers;
+        t.offset + layer * per..t.offset + (layer + 1) * per
+    }
+
+    /// The tensor called `name`.
+    pub fn by_name(&self, name: &str) -> Option<&ParamTensor> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+}
+
+// === activations ===
+
+/// Forward activations for one (B, T), allocated once.
+struct Activations<B: Backend> {
+    encoded: B::Buf,   // (B, T, C)
+    ln1: B::Buf,       // (L, B, T, C)
+    ln1_mean: B::Buf,  // (L, B, T)
+    ln1_rstd: B::Buf,  // (L, B, T)
+    qkv: B::Buf,       // (L, B, T, 3C)
+    atty: B::Buf,      // (L, B, T, C)
+    att_state: B::Buf, // (L, attention_state_len)
+    residual2: B::Buf, // (L, B, T, C)
+    ln2: B::Buf,       // (L, B, T, C)
+    ln2_mean: B::Buf,  // (L, B, T)
+    ln2_rstd: B::Buf,  // (L, B, T)
+    fch: B::Buf,       // (L, B, T, 4C)
+    fch_gelu: B::Buf,  // (L, B, T, 4C)
+    residual3: B::Buf, // (L, B, T, C)
+    lnf: B::Buf,       // (B, T, C)
+    lnf_mean: B::Buf,  // (B, T)
+    lnf_rstd: B::Buf,  // (B, T)
+    logits: B::Buf,    // (B, T, Vp); holds dlogits after forward
+    losses: B::Buf,    // (B, T)
+    proj_out: B::Buf,  // (B, T, C) scratch: a projection's output before the residual add
+}
+
+/// Activation gradients, reused by every layer.
+struct ActGrads<B: Backend> {
+    dresidual: B::Buf, // (B, T, C) gradient of the residual stream at the current layer
+    dbtc: B::Buf,      // (B, T, C) scratch: dlnf, dln2, datty, dln1
+    dqkv: B::Buf,      // (B, T, 3C)
+    dfch_gelu: B::Buf, // (B, T, 4C)
+    dfch: B::Buf,      // (B, T, 4C)
+    att_scratch: B::Buf, // (attention_scratch_len)
+}
+
+// === the model ===
+
+/// GPT-2 on backend `B`, with activation memory for batches of (batch, seq_len).
+pub struct Gpt<B: Backend> {
+    backend: B,
+    config: ModelConfig,
+    layout: ParamLayout,
+    batch: usize,
+    seq_len: usize,
+    params: B::Buf, // (num_params) flat, see ParamLayout
+    grads: B::Buf,  // (num_params) flat, accumulated by backward()
+    acts: Activations<B>,
+    act_grads: ActGrads<B>,
+    inputs: B::Tokens,  // (B, T)
+    targets: B::Tokens, // (B, T)
+    /// Host staging for the next micro-batch, so a training step allocates nothing.
+    staged_inputs: Vec<u32>,
+    staged_targets: Vec<u32>,
+    att_state_len: usize,
+    forward_done: bool,
+    init_rng: RngState,
+}
+
+impl<B: Backend> Gpt<B> {
+    /// Builds the model with GPT-2 initialisation from `seed`, with activations for batches of
+    /// `batch` sequences of `seq_len` tokens (`seq_len <= config.context`).
+    pub fn new(
+        backend: B,
+        config: ModelConfig,
+        batch: usize,
+        seq_len: usize,
+        seed: u64,
+    ) -> Result<Self, ModelError> {
+        config.validate()?;
+        if batch == 0 {
+            return Err(ModelError::ZeroDimension { what: "batch" });
+        }
+        if seq_len == 0 {
+            return Err(ModelError::ZeroDimension { what: "seq_len" });
+        }
+        if seq_len > config.context {
+            return Err(ModelError::SeqLenTooLong {
+                seq_len,
+                context: config.context,
+            });
+        }
+        let layout = ParamLayout::new(&config);
+        let (l, c, vp, bt) = (
+            config.layers,
+            config.width,
+            config.padded_vocab,
+            batch * seq_len,
+        );
+        let att = AttentionShape {
+            batch,
+            seq_len,
+            channels: c,
+            heads: config.heads,
+        };
+        let att_state_len = backend.attention_state_len(att);
+        let a = |len: usize| backend.alloc(len);
+        let acts = Activations {
+            encoded: a(bt * c)?,
+            ln1: a(l * bt * c)?,
+            ln1_mean: a(l * bt)?,
+            ln1_rstd: a(l * bt)?,
+            qkv: a(l * bt * 3 * c)?,
+            atty: a(l * bt * c)?,
+            att_state: a(l * att_state_len)?,
+            residual2: a(l * bt * c)?,
+            ln2: a(l * bt * c)?,
+            ln2_mean: a(l * bt)?,
+            ln2_rstd: a(l * bt)?,
+            fch: a(l * bt * 4 * c)?,
+            fch_gelu: a(l * bt * 4 * c)?,
+            residual3: a(l * bt * c)?,
+            lnf: a(bt * c)?,
+            lnf_mean: a(bt)?,
+            lnf_rstd: a(bt)?,
+            logits: a(bt * vp)?,
+            losses: a(bt)?,
+            proj_out: a(bt * c)?,
+        };
+        let act_grads = ActGrads {
+            dresidual: a(bt * c)?,
+            dbtc: a(bt * c)?,
+            dqkv: a(bt * 3 * c)?,
+            dfch_gelu: a(bt * 4 * c)?,
+            dfch: a(bt * 4 * c)?,
+            att_scratch: a(backend.attention_scratch_len(att))?,
+        };
+        let mut params = a(layout.total)?;
+        let grads = a(layout.total)?;
+        let mut rng = Rng::new(seed);
+        let host = init_params(&config, &layout, &mut rng);
+        backend.upload(&mut params, 0, &host)?;
+        let inputs = backend.alloc_tokens(bt)?;
+        let targets = backend.alloc_tokens(bt)?;
+        Ok(Self {
+            backend,
+            config,
+            layout,
+            batch,
+            seq_len,
+            params,
+            grads,
+            acts,
+            act_grads,
+            inputs,
+            targets,
+            staged_inputs: vec![0; bt],
+            staged_targets: vec![0; bt],
+            att_state_len,
+            forward_done: false,
+            init_rng: rng.state(),
+        })
+    }
+
+    // === accessors ===
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+    pub fn layout(&self) -> &ParamLayout {
+        &self.layout
+    }
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+    pub fn seq_len(&self) -> usize {
+        self.seq_len
+    }
+    pub fn num_params(&self) -> usize {
+        self.layout.total
+    }
+    /// The initialisation RNG's state after drawing every parameter (a checkpoint can save it
+    /// to continue the stream, e.g. for dropout or sampling later).
+    pub fn rng_state_after_init(&self) -> RngState {
+        self.init_rng
+    }
+    /// The flat parameter buffer (layout: [`ParamLayout`]).
+    pub fn params(&self) -> &B::Buf {
+        &self.params
+    }
+    pub fn params_mut(&mut self) -> &mut B::Buf {
+        &mut self.params
+    }
+    /// The flat gradient buffer (same layout as the parameters).
+    pub fn grads(&self) -> &B::Buf {
+        &self.grads
+    }
+    /// The backend, the parameters (mutable) and the gradients together, for the optimizer.
+    pub fn update_parts(&mut self) -> (&B, &mut B::Buf, &B::Buf, &ParamLayout) {
+        (&self.backend, &mut self.params, &self.grads, &self.layout)
+    }
+
+    /// All parameters as f32 on the host, in flat-layout order.
+    pub fn params_to_host(&self) -> Result<Vec<f32>, ModelError> {
+        let mut out = vec![0.0; self.layout.total];
+        self.backend.download(&self.params, 0, &mut out)?;
+        Ok(out)
+    }
+
+    /// All gradients as f32 on the host, in flat-layout order.
+    pub fn grads_to_host(&self) -> Result<Vec<f32>, ModelError> {
+        let mut out = vec![0.0; self.layout.total];
+        self.backend.download(&self.grads, 0, &mut out)?;
+        Ok(out)
+    }
+
+    /// Replaces every parameter (flat-layout order), e.g. from a checkpoint.
+    pub fn load_params_from_host(&mut self, values: &[f32]) -> Result<(), ModelError> {
+        if values.len() != self.layout.total {
+            return Err(ModelError::ParamCount {
+                what: "parameter values",
+                want: self.layout.total,
+                got: values.len(),
+            });
+        }
+        self.backend.upload(&mut self.params, 0, values)?;
+        Ok(())
+    }
+
+    /// Host buffers to fill with the next micro-batch's inputs and targets (B·T each), then
+    /// call [`Gpt::forward_staged`].
+    pub fn staging_mut(&mut self) -> (&mut [u32], &mut [u32]) {
+        (&mut self.staged_inputs, &mut self.staged_targets)
+    }
+
+    /// [`Gpt::forward_scaled`] on the staged micro-batch.
+    pub fn forward_staged(&mut self, grad_scale: f64) -> Result<f64, ModelError> {
+        let inputs = std::mem::take(&mut self.staged_inputs);
+        let targets = std::mem::take(&mut self.staged_targets);
+        let result = self.forward_scaled(&inputs, &targets, grad_scale);
+        self.staged_inputs = inputs;
+        self.staged_targets = targets;
+        result
+    }
+
+    /// Mean cross-entropy loss over the batch (nats per token); prepares the logits gradient
+    /// for [`Gpt::backward`] with the loss scaled by 1.
+    pub fn forward(&mut self, inputs: &[u32], targets: &[u32]) -> Result<f64, ModelError> {
+        self.forward_scaled(inputs, targets, 1.0)
+    }
+
+    // === forward ===
+
+    /// Mean loss; the gradient the next backward() accumulates is that of `grad_scale × loss`
+    /// (1/accum for gradient accumulation).
+    pub fn forward_scaled(
+        &mut self,
+        inputs: &[u32],
+        targets: &[u32],
+        grad_scale: f64,
+    ) -> Result<f64, ModelError> {
+        let cfg = self.config;
+        let bt = self.batch * self.seq_len;
+        check_tokens("targets", targets, bt, cfg.vocab)?;
+        self.forward_logits(inputs)?;
+        let be = &self.backend;
+        let acts = &mut self.acts;
+        be.upload_tokens(&mut self.targets, targets)?;
+        be.softmax_cross_entropy(
+            be.view_mut(&mut acts.logits, 0..bt * cfg.padded_vocab)?,
+            be.view_mut(&mut acts.losses, 0..bt)?,
+            &self.targets,
+            bt,
+            cfg.vocab,
+            cfg.padded_vocab,
+            grad_scale / bt as f64,
+        )?;
+        let loss = be.sum(be.view(&acts.losses, 0..bt)?)? / bt as f64;
+        self.forward_done = true;
+        Ok(loss)
+    }
+
+    /// The logits of sequence `row`, position `position` of the last forward pass that did not
+    /// compute a loss ([`Gpt::forward_logits`]), first `vocab` entries: for sampling.
+    pub fn logits_at(&self, row: usize, position: usize) -> Result<Vec<f32>, ModelError> {
+        if row >= self.batch || position >= self.seq_len {
+            return Err(ModelError::PositionOutOfRange {
+                row,
+                position,
+                batch: self.batch,
+                seq_len: self.seq_len,
+            });
+        }
+        let vp = self.config.padded_vocab;
+        let mut out = vec![0.0; self.config.vocab];
+        let offset = (row * self.seq_len + position) * vp;
+        self.backend.download(&self.acts.logits, offset, &mut out)?;
+        Ok(out)
+    }
+
+    /// Runs the network up to the logits (B, T, Vp) without a loss (inference); read them with
+    /// [`Gpt::logits_at`]. A following backward() is refused.
+    pub fn forward_logits(&mut self, inputs: &[u32]) -> Result<(), ModelError> {
+        self.forward_done = false;
+        let cfg = self.config;
+        let (b, t, c, l, nh) = (self.batch, self.seq_len, cfg.width, cfg.layers, cfg.heads);
+        let (v, vp, bt) = (cfg.vocab, cfg.padded_vocab, b * t);
+        check_tokens("inputs", inputs, bt, v)?;
+        let be = &self.backend;
+        let lay = &self.layout;
+        let p = &self.params;
+        let acts = &mut self.acts;
+        be.upload_tokens(&mut self.inputs, inputs)?;
+        let att = AttentionShape {
+            batch: b,
+            seq_len: t,
+            channels: c,
+            heads: nh,
+        };
+        let lin = |n: usize, k: usize| MatmulShape {
+            m: bt,
+            n,
+            k,
+            a_transposed: false,
+            b_transposed: true,
+        };
+        let per = |i: usize, n: usize| i * n..(i + 1) * n;
+        use tensor::*;
+
+        be.encoder_forward(
+            be.view_mut(&mut acts.encoded, 0..bt * c)?,
+            &self.inputs,
+            be.view(p, lay.range(WTE))?,
+            be.view(p, lay.range(WPE))?,
+            b,
+            t,
+            c,
+        )?;
+        for layer in 0..l {
+            let residual = if layer == 0 {
+                be.view(&acts.encoded, 0..bt * c)?
+            } else {
+                be.view(&acts.residual3, per(layer - 1, bt * c))?
+            };
+            // attention sub-block: residual2 = residual + attproj(attention(qkv(ln1(residual))))
+            be.layernorm_forward(
+                be.view_mut(&mut acts.ln1, per(layer, bt * c))?,
+                be.view_mut(&mut acts.ln1_mean, per(layer, bt))?,
+                be.view_mut(&mut acts.ln1_rstd, per(layer, bt))?,
+                residual,
+                be.view(p, lay.layer(LN1W, layer))?,
+                be.view(p, lay.layer(LN1B, layer))?,
+                bt,
+                c,
+            )?;
+            be.matmul(
+                be.view_mut(&mut acts.qkv, per(layer, bt * 3 * c))?,
+                be.view(&acts.ln1, per(layer, bt * c))?,
+                be.view(p, lay.layer(QKVW, layer))?,
+                Some(be.view(p, lay.layer(QKVB, layer))?),
+                lin(3 * c, c),
+                false,
+            )?;
+            be.attention_forward(
+                be.view_mut(&mut acts.atty, per(layer, bt * c))?,
+                be.view_mut(&mut acts.att_state, per(layer, self.att_state_len))?,
+                be.view(&acts.qkv, per(layer, bt * 3 * c))?,
+                att,
+            )?;
+            be.matmul(
+                be.view_mut(&mut acts.proj_out, 0..bt * c)?,
+                be.view(&acts.atty, per(layer, bt * c))?,
+                be.view(p, lay.layer(ATTPROJW, layer))?,
+                Some(be.view(p, lay.layer(ATTPROJB, layer))?),
+                lin(c, c),
+                false,
+            )?;
+            be.residual_forward(
+                be.view_mut(&mut acts.residual2, per(layer, bt * c))?,
+                residual,
+                be.view(&acts.proj_out, 0..bt * c)?,
+            )?;
+            // MLP sub-block: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2))))
+            be.layernorm_forward(
+                be.view_mut(&mut acts.ln2, per(layer, bt * c))?,
+                be.view_mut(&mut acts.ln2_mean, per(layer, bt))?,
+                be.view_mut(&mut acts.ln2_rstd, per(layer, bt))?,
+                be.view(&acts.residual2, per(layer, bt * c))?,
+                be.view(p, lay.layer(LN2W, layer))?,
+                be.view(p, lay.layer(LN2B, layer))?,
+                bt,
+                c,
+            )?;
+            be.matmul(
+                be.view_mut(&mut acts.fch, per(layer, bt * 4 * c))?,
+                be.view(&acts.ln2, per(layer, bt * c))?,
+                be.view(p, lay.layer(FCW, layer))?,
+                Some(be.view(p, lay.layer(FCB, layer))?),
+                lin(4 * c, c),
+                false,
+            )?;
+            be.gelu_forward(
+                be.view_mut(&mut acts.fch_gelu, per(layer, bt * 4 * c))?,
+                be.view(&acts.fch, per(layer, bt * 4 * c))?,
+            )?;
+            be.matmul(
+                be.view_mut(&mut acts.proj_out, 0..bt * c)?,
+                be.view(&acts.fch_gelu, per(layer, bt * 4 * c))?,
+                be.view(p, lay.layer(FCPROJW, layer))?,
+                Some(be.view(p, lay.layer(FCPROJB, layer))?),
+                lin(c, 4 * c),
+                false,
+            )?;
+            be.residual_forward(
+                be.view_mut(&mut acts.residual3, per(layer, bt * c))?,
+                be.view(&acts.residual2, per(layer, bt * c))?,
+                be.view(&acts.proj_out, 0..bt * c)?,
+            )?;
+        }
+        be.layernorm_forward(
+            be.view_mut(&mut acts.lnf, 0..bt * c)?,
+            be.view_mut(&mut acts.lnf_mean, 0..bt)?,
+            be.view_mut(&mut acts.lnf_rstd, 0..bt)?,
+            be.view(&acts.residual3, per(l - 1, bt * c))?,
+            be.view(p, lay.range(LNFW))?,
+            be.view(p, lay.range(LNFB))?,
+            bt,
+            c,
+        )?;
+        // Tied output head: logits = lnf · wteᵀ over all Vp rows.
+        be.matmul(
+            be.view_mut(&mut acts.logits, 0..bt * vp)?,
+            be.view(&acts.lnf, 0..bt * c)?,
+            be.view(p, lay.range(WTE))?,
+            None,
+            lin(vp, c),
+            false,
+        )?;
+        Ok(())
+    }
+
+    // === backward ===
+
+    /// Sets every parameter gradient to zero.
+    pub fn zero_grad(&mut self) -> Result<(), ModelError> {
+        let n = self.layout.total;
+        self.backend
+            .fill_zero(self.backend.view_mut(&mut self.grads, 0..n)?)?;
+        Ok(())
+    }
+
+    /// Accumulates the gradient of the last forward's (scaled) loss into the gradients.
+    pub fn backward(&mut self) -> Result<(), ModelError> {
+        if !self.forward_done {
+            return Err(ModelError::BackwardBeforeForward);
+        }
+        let cfg = self.config;
+        let (b, t, c, l, nh) = (self.batch, self.seq_len, cfg.width, cfg.layers, cfg.heads);
+        let (vp, bt) = (cfg.padded_vocab, b * t);
+        let be = &self.backend;
+        let lay = &self.layout;
+        let p = &self.params;
+        let g = &mut self.grads;
+        let acts = &self.acts;
+        let d = &mut self.act_grads;
+        let att = AttentionShape {
+            batch: b,
+            seq_len: t,
+            channels: c,
+            heads: nh,
+        };
+        // dinp (m×k) = dout (m×n) · W (n×k)
+        let dinp_shape = |n: usize, k: usize| MatmulShape {
+            m: bt,
+            n: k,
+            k: n,
+            a_transposed: false,
+            b_transposed: false,
+        };
+        // dW (n×k) += doutᵀ (n×BT) · inp (BT×k)
+        let dw_shape = |n: usize, k: usize| MatmulShape {
+            m: n,
+            n: k,
+            k: bt,
+            a_transposed: true,
+            b_transposed: false,
+        };
+        let per = |i: usize, n: usize| i * n..(i + 1) * n;
+        use tensor::*;
+
+        // Output head (tied): dlnf = dlogits · wte, dwte += dlogitsᵀ · lnf.
+        let dlogits = be.view(&acts.logits, 0..bt * vp)?;
+        be.matmul(
+            be.view_mut(&mut d.dbtc, 0..bt * c)?,
+            dlogits,
+            be.view(p, lay.range(WTE))?,
+            None,
+            dinp_shape(vp, c),
+            false,
+        )?;
+        be.matmul(
+            be.view_mut(g, lay.range(WTE))?,
+            dlogits,
+            be.view(&acts.lnf, 0..bt * c)?,
+            None,
+            dw_shape(vp, c),
+            true,
+        )?;
+        be.fill_zero(be.view_mut(&mut d.dresidual, 0..bt * c)?)?;
+        let [dw, db] = be.views_mut(g, [lay.range(LNFW), lay.range(LNFB)])?;
+        be.layernorm_backward(
+            be.view_mut(&mut d.dresidual, 0..bt * c)?,
+            dw,
+            db,
+            be.view(&d.dbtc, 0..bt * c)?,
+            be.view(&acts.residual3, per(l - 1, bt * c))?,
+            be.view(p, lay.range(LNFW))?,
+            be.view(&acts.lnf_mean, 0..bt)?,
+            be.view(&acts.lnf_rstd, 0..bt)?,
+            bt,
+            c,
+        )?;
+        for layer in (0..l).rev() {
+            let residual = if layer == 0 {
+                be.view(&acts.encoded, 0..bt * c)?
+            } else {
+                be.view(&acts.residual3, per(layer - 1, bt * c))?
+            };
+            // MLP sub-block; dresidual is the gradient of residual3 = of fcproj's output.
+            be.matmul(
+                be.view_mut(&mut d.dfch_gelu, 0..bt * 4 * c)?,
+                be.view(&d.dresidual, 0..bt * c)?,
+                be.view(p, lay.layer(FCPROJW, layer))?,
+                None,
+                dinp_shape(c, 4 * c),
+                false,
+            )?;
+            be.matmul(
+                be.view_mut(g, lay.layer(FCPROJW, layer))?,
+                be.view(&d.dresidual, 0..bt * c)?,
+                be.view(&acts.fch_gelu, per(layer, bt * 4 * c))?,
+                None,
+                dw_shape(c, 4 * c),
+                true,
+            )?;
+            be.bias_backward(
+                be.view_mut(g, lay.layer(FCPROJB, layer))?,
+                be.view(&d.dresidual, 0..bt * c)?,
+                bt,
+                c,
+            )?;
+            be.gelu_backward(
+                be.view_mut(&mut d.dfch, 0..bt * 4 * c)?,
+                be.view(&acts.fch, per(layer, bt * 4 * c))?,
+                be.view(&d.dfch_gelu, 0..bt * 4 * c)?,
+            )?;
+            be.matmul(
+                be.view_mut(&mut d.dbtc, 0..bt * c)?,
+                be.view(&d.dfch, 0..bt * 4 * c)?,
+                be.view(p, lay.layer(FCW, layer))?,
+                None,
+                dinp_shape(4 * c, c),
+                false,
+            )?;
+            be.matmul(
+                be.view_mut(g, lay.layer(FCW, layer))?,
+                be.view(&d.dfch, 0..bt * 4 * c)?,
+                be.view(&acts.ln2, per(layer, bt * c))?,
+                None,
+                dw_shape(4 * c, c),
+                true,
+            )?;
+            be.bias_backward(
+                be.view_mut(g, lay.layer(FCB, layer))?,
+                be.view(&d.dfch, 0..bt * 4 * c)?,
+                bt,
+                4 * c,
+            )?;
+            let [dw, db] = be.views_mut(g, [lay.layer(LN2W, layer), lay.layer(LN2B, layer)])?;
+            be.layernorm_backward(
+                be.view_mut(&mut d.dresidual, 0..bt * c)?,
+                dw,
+                db,
+                be.view(&d.dbtc, 0..bt * c)?,
+                be.view(&acts.residual2, per(layer, bt * c))?,
+                be.view(p, lay.layer(LN2W, layer))?,
+                be.view(&acts.ln2_mean, per(layer, bt))?,
+                be.view(&acts.ln2_rstd, per(layer, bt))?,
+                bt,
+                c,
+            )?;
+            // Attention sub-block; dresidual is now the gradient of residual2.
+            be.matmul(
+                be.view_mut(&mut d.dbtc, 0..bt * c)?,
+                be.view(&d.dresidual, 0..bt * c)?,
+                be.view(p, lay.layer(ATTPROJW, layer))?,
+                None,
+                dinp_shape(c, c),
+                false,
+            )?;
+            be.matmul(
+                be.view_mut(g, lay.layer(ATTPROJW, layer))?,
+                be.view(&d.dresidual, 0..bt * c)?,
+                be.view(&acts.atty, per(layer, bt * c))?,
+                None,
+                dw_shape(c, c),
+                true,
+            )?;
+            be.bias_backward(
+                be.view_mut(g, lay.layer(ATTPROJB, layer))?,
+                be.view(&d.dresidual, 0..bt * c)?,
+                bt,
+                c,
+            )?;
+            be.attention_backward(
+                be.view_mut(&mut d.dqkv, 0..bt * 3 * c)?,
+                be.view_mut(&mut d.att_scratch, 0..be.attention_scratch_len(att))?,
+                be.view(&d.dbtc, 0..bt * c)?,
+                be.view(&acts.qkv, per(layer, bt * 3 * c))?,
+                be.view(&acts.atty, per(layer, bt * c))?,
+                be.view(&acts.att_state, per(layer, self.att_state_len))?,
+                att,
+            )?;
+            be.matmul(
+                be.view_mut(&mut d.dbtc, 0..bt * c)?,
+                be.view(&d.dqkv, 0..bt * 3 * c)?,
+                be.view(p, lay.layer(QKVW, layer))?,
+                None,
+                dinp_shape(3 * c, c),
+                false,
+            )?;
+            be.matmul(
+                be.view_mut(g, lay.layer(QKVW, layer))?,
+                be.view(&d.dqkv, 0..bt * 3 * c)?,
+                be.view(&acts.ln1, per(layer, bt * c))?,
+                None,
+                dw_shape(3 * c, c),
+                true,
+            )?;
+            be.bias_backward(
+                be.view_mut(g, lay.layer(QKVB, layer))?,
+                be.view(&d.dqkv, 0..bt * 3 * c)?,
+                bt,
+                3 * c,
+            )?;
+            let [dw, db] = be.views_mut(g, [lay.layer(LN1W, layer), lay.layer(LN1B, layer)])?;
+            be.layernorm_backward(
+                be.view_mut(&mut d.dresidual, 0..bt * c)?,
+                dw,
+                db,
+                be.view(&d.dbtc, 0..bt * c)?,
+                residual,
+                be.view(p, lay.layer(LN1W, layer))?,
+                be.view(&acts.ln1_mean, per(layer, bt))?,
+                be.view(&acts.ln1_rstd, per(layer, bt))?,
+                bt,
+                c,
+            )?;
+        }
+        let [dwte, dwpe] = be.views_mut(g, [lay.range(WTE), lay.range(WPE)])?;
+        be.encoder_backward(
+            dwte,
+            dwpe,
+            be.view(&d.dresidual, 0..bt * c)?,
+            &self.inputs,
+            b,
+            t,
+            c,
+        )?;
+        Ok(())
+    }
+}
+
+fn check_tokens(
+    what: &'static str,
+    tokens: &[u32],
+    want: usize,
+    vocab: usize,
+) -> Result<(), ModelError> {
+    if tokens.len() != want {
+        return Err(ModelError::BatchShape {
+            what,
+            want,
+            got: tokens.len(),
+        });
+    }
+    if let Some((position, &token)) = tokens
+        .iter()
+        .enumerate()
+        .find(|&(_, &t)| t as usize >= vocab)
+    {
+        return Err(ModelError::TokenOutOfRange {
+            what,
+            token,
+            position,
+            vocab,
+        });
+    }
+    Ok(())
+}
+
+// === initialisation ===
+
+/// GPT-2 initialisation on the host, tensor by tensor in layout order: matmul weights and
+/// embeddings ~ N(0, 0.02) (residual projections N(0, 0.02/√(2L))), biases 0, LayerNorm
+/// weights 1. Padded embedding rows (V..Vp) stay 0: no token selects them and their logits are
+/// ignored, so they never change.
+pub fn init_params(cfg: &ModelConfig, layout: &ParamLayout, rng: &mut Rng) -> Vec<f32> {
+    let mut out = vec![0.0f32; layout.total];
+    let residual_std = 0.02 / (2.0 * cfg.layers as f64).sqrt();
+    for t in &layout.tensors {
+        let dst = &mut out[t.range()];
+        match t.kind {
+            ParamKind::MatmulBias | ParamKind::LayerNormBias => {}
+            ParamKind::LayerNormWeight => dst.fill(1.0),
+            ParamKind::Embedding | ParamKind::MatmulWeight => {
+                let std = if t.residual_projection {
+                    residual_std
+                } else {
+                    0.02
+                };
+                let live = if t.name == "wte" {
+                    cfg.vocab * cfg.width
+                } else {
+                    t.len
+                };
+                for x in &mut dst[..live] {
+                    *x = (rng.normal() * std) as f32;
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,535 @@
+//! A whole training run in one process: a TrainingRun spec in, committed checkpoints and a
+//! summary out. Reads top to bottom: resolve the model, open the data, build the model and the
+//! optimizer, resume from the newest committed checkpoint, then the step loop with evaluation,
+//! checkpoints and metrics.
+//!
+//! ```text
+//! spec ─► ModelConfig ─► Gpt + AdamW ─► resume? (find_latest_valid) ─┐
+//!                                                                    ▼
+//!   for step in start..steps: train_step ─► log/metrics ─► eval? ─► checkpoint?
+//!                                                                    ▼
+//!                                                         final checkpoint, summary
+//! ```
+//!
+//! Determinism: the batch of step s is a pure function of (seed, s) and the global batch;
+//! the checkpoint holds parameters, AdamW moments and the update count, so a run resumed from
+//! a checkpoint takes exactly the steps an uninterrupted run takes.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use sha2::{Digest, Sha256};
+use tessera_api::{
+    TrainingRun,
+    checkpoint::{CheckpointManifest, DataCursor, FORMAT_VERSION, RngState},
+    spec::{LrSchedule as SpecSchedule, ResolvedModel},
+};
+use tracing::{info, warn};
+
+use crate::{
+    backend::Backend,
+    checkpoint::{
+        BackgroundWriter, CheckpointError, CheckpointSnapshot, CheckpointTensors, NamedTensor,
+        find_latest_valid, write_checkpoint,
+    },
+    config::{ConfigError, ModelConfig},
+    data::loader::{BatchLayout, EvalBatches, LoaderError, TokenStream, TrainBatches},
+    hf,
+    metrics::{MetricsError, StepReport, TrainerMetrics},
+    model::{Gpt, ModelError},
+    optimizer::{AdamW, AdamWConfig, LrSchedule, OptimizerError, OptimizerState},
+    train::{TrainError, train_step},
+};
+
+/// How this process runs the spec.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Relative data and checkpoint paths are taken from here (the manifest's directory, or
+    /// the run's output directory).
+    pub base_dir: PathBuf,
+    /// Labels the metrics.
+    pub run_name: String,
+    /// Serve Prometheus `/metrics` here.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Log a step line every this many steps (and the first and last).
+    pub log_every: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("spec.model does not resolve to dimensions; run `tessera validate` on the manifest")]
+    UnresolvedModel,
+    #[error("spec.model: {0}")]
+    Model(#[from] ConfigError),
+    #[error("spec.data: {0}")]
+    Data(#[from] LoaderError),
+    #[error(
+        "spec.model.vocab is {model}, but the data in {data} was tokenized with {data_vocab} \
+         tokens; raise model.vocab to at least {data_vocab} or use data made with the model's tokenizer"
+    )]
+    VocabTooSmall {
+        model: usize,
+        data_vocab: u32,
+        data: String,
+    },
+    #[error(
+        "spec.optimizer.globalBatchTokens ({global}) is not a multiple of microBatch × context \
+         ({per_micro}); change either"
+    )]
+    BatchShape { global: u64, per_micro: u64 },
+    #[error("spec.optimizer: {0}")]
+    Optimizer(#[from] OptimizerError),
+    #[error(transparent)]
+    Build(#[from] ModelError),
+    #[error(transparent)]
+    Step(#[from] TrainError),
+    #[error("checkpoint: {0}")]
+    Checkpoint(#[from] CheckpointError),
+    #[error(
+        "the checkpoint in {dir} was made for a model of {found:?}, but the spec asks for \
+         {want:?}; point checkpoint.path elsewhere or restore the spec's model section"
+    )]
+    CheckpointModel {
+        dir: PathBuf,
+        found: ResolvedModel,
+        want: ResolvedModel,
+    },
+    #[error(
+        "the checkpoint in {dir} lacks tensor {name}; it is not a Tessera checkpoint of this model"
+    )]
+    CheckpointTensor { dir: PathBuf, name: String },
+    #[error("spec.training.initFrom: {0}")]
+    InitFrom(#[from] hf::HfError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] MetricsError),
+}
+
+/// What a run did, for the CLI's summary.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunSummary {
+    /// Steps completed in total (including steps before a resume).
+    pub steps: u64,
+    /// The step this process resumed from, if it did.
+    pub resumed_from: Option<u64>,
+    pub final_loss: Option<f64>,
+    pub final_val_loss: Option<f64>,
+    /// Mean over the steps this process ran.
+    pub tokens_per_second: f64,
+    pub mfu: f64,
+    pub wall_seconds: f64,
+    pub checkpoint_dir: PathBuf,
+    /// SHA-256 of the final parameters' bytes (little-endian f32): equal hashes mean
+    /// bit-identical weights.
+    pub weights_sha256: String,
+}
+
+/// Resolves a path from the spec against the base directory.
+pub fn resolve_path(base: &Path, path: &str) -> PathBuf {
+    let p = Path::new(path);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+/// The model dimensions a spec asks for.
+pub fn model_config(run: &TrainingRun) -> Result<(ModelConfig, ResolvedModel), RunError> {
+    let resolved = run
+        .spec
+        .model
+        .resolve(run.spec.data.tokenizer)
+        .ok_or(RunError::UnresolvedModel)?;
+    let config = ModelConfig::new(
+        resolved.layers as usize,
+        resolved.heads as usize,
+        resolved.width as usize,
+        resolved.context as usize,
+        resolved.vocab as usize,
+    )?;
+    Ok((config, resolved))
+}
+
+/// Trains `run` on `backend` to its last step, resuming from the newest committed checkpoint.
+pub fn train<B: Backend>(
+    backend: B,
+    run: &TrainingRun,
+    options: &RunOptions,
+) -> Result<RunSummary, RunError> {
+    let spec = &run.spec;
+    let started = Instant::now();
+
+    // === model shape and data ===
+    let (config, resolved) = model_config(run)?;
+    let train_stream =
+        TokenStream::open(&resolve_path(&options.base_dir, &spec.data.train).to_string_lossy())?;
+    if (train_stream.vocab_size() as usize) > config.vocab {
+        return Err(RunError::VocabTooSmall {
+            model: config.vocab,
+            data_vocab: train_stream.vocab_size(),
+            data: spec.data.train.clone(),
+        });
+    }
+    let micro_batch = spec.optimizer.micro_batch;
+    let context = resolved.context;
+    let per_micro = u64::from(micro_batch) * u64::from(context);
+    let global = spec.optimizer.global_batch_tokens;
+    if !global.is_multiple_of(per_micro) {
+        return Err(RunError::BatchShape { global, per_micro });
+    }
+    // One process holds the whole global batch: what ranks would share, it accumulates.
+    let grad_accum = (global / per_micro) as u32;
+    let batches = TrainBatches::new(
+        train_stream,
+        spec.training.seed,
+        BatchLayout {
+            rank: 0,
+            world_size: 1,
+            micro_batch,
+            grad_accum,
+            context,
+        },
+    )?;
+    let eval = match &spec.data.validation {
+        Some(val) => {
+            let stream =
+                TokenStream::open(&resolve_path(&options.base_dir, val).to_string_lossy())?;
+            if (stream.vocab_size() as usize) > config.vocab {
+                return Err(RunError::VocabTooSmall {
+                    model: config.vocab,
+                    data_vocab: stream.vocab_size(),
+                    data: val.clone(),
+                });
+            }
+            Some(EvalBatches::new(
+                stream,
+                micro_batch,
+                context,
+                spec.training.eval_batches,
+            )?)
+        }
+        None => None,
+    };
+
+    // === model and optimizer ===
+    let mut model = Gpt::new(
+        backend,
+        config,
+        micro_batch as usize,
+        context as usize,
+        spec.training.seed,
+    )?;
+    let mut optimizer = AdamW::new(adamw_config(run), &model)?;
+    let peak_flops = model.backend().peak_flops();
+    let flops_per_step = config.flops_per_token(context as usize) * global as f64;
+
+    // === resume ===
+    let checkpoint_root = resolve_path(&options.base_dir, &spec.checkpoint.path);
+    let scan = find_latest_valid(&checkpoint_root)?;
+    for skipped in &scan.skipped {
+        warn!(dir = %skipped.dir.display(), reason = %skipped.reason, "skipping checkpoint");
+    }
+    let mut start = 0;
+    let mut last_loss = None;
+    let mut last_val_loss = None;
+    if let Some(loaded) = scan.loaded {
+        if loaded.manifest.model != resolved {
+            return Err(RunError::CheckpointModel {
+                dir: loaded.dir,
+                found: loaded.manifest.model,
+                want: resolved,
+            });
+        }
+        let layout = model.layout().clone();
+        let mut params = vec![0.0f32; model.num_params()];
+        let mut m = vec![0.0f32; model.num_params()];
+        let mut v = vec![0.0f32; model.num_params()];
+        for tensor in &layout.tensors {
+            let range = tensor.range();
+            let missing = |name: String| RunError::CheckpointTensor {
+                dir: loaded.dir.clone(),
+                name,
+            };
+            let p = loaded
+                .model_tensor(tensor.name)
+                .ok_or_else(|| missing(tensor.name.to_string()))?;
+            let m_name = format!("m.{}", tensor.name);
+            let v_name = format!("v.{}", tensor.name);
+            let mt = loaded
+                .optimizer_tensor(&m_name)
+                .ok_or_else(|| missing(m_name.clone()))?;
+            let vt = loaded
+                .optimizer_tensor(&v_name)
+                .ok_or_else(|| missing(v_name.clone()))?;
+            for (dst, src, name) in [
+                (&mut params, p, tensor.name),
+                (&mut m, mt, &m_name),
+                (&mut v, vt, &v_name),
+            ] {
+                if src.values.len() != tensor.len {
+                    return Err(missing(format!("{name} with {} values", tensor.len)));
+                }
+                dst[range.clone()].copy_from_slice(&src.values);
+            }
+        }
+        model.load_params_from_host(&params)?;
+        optimizer.load_state(
+            &model,
+            &OptimizerState {
+                updates: loaded.optimizer_step,
+                m,
+                v,
+            },
+        )?;
+        start = loaded.manifest.step;
+        last_loss = loaded.manifest.loss;
+        last_val_loss = loaded.manifest.val_loss;
+        info!(step = start, dir = %loaded.dir.display(), "resumed from checkpoint");
+    } else if let Some(path) = &spec.training.init_from {
+        let weights = hf::load_gpt2(
+            &resolve_path(&options.base_dir, path),
+            &config,
+            model.layout(),
+        )?;
+        model.load_params_from_host(&weights)?;
+        info!(path = %path, "initialised from Hugging Face GPT-2 weights");
+    }
+    let resumed_from = (start > 0).then_some(start);
+
+    let metrics = TrainerMetrics::new(&options.run_name, 0)?;
+    if let Some(addr) = options.metrics_addr {
+        let bound = metrics.serve(addr)?;
+        info!(addr = %bound, "serving /metrics");
+    }
+    let mut writer = spec
+        .checkpoint
+        .async_write
+        .then(|| BackgroundWriter::new(&checkpoint_root, spec.checkpoint.keep))
+        .transpose()?;
+
+    // === the step loop ===
+    let steps = spec.training.steps;
+    let mut tokens_per_second_sum = 0.0;
+    let mut mfu_sum = 0.0;
+    for step in start..steps {
+        let t0 = Instant::now();
+        let stats = train_step(
+            &mut model,
+            &mut optimizer,
+            step,
+            grad_accum as usize,
+            &mut |s, micro, inputs, targets| {
+                let batch = batches.batch(s, micro as u32)?;
+                inputs.copy_from_slice(&batch.inputs);
+                targets.copy_from_slice(&batch.targets);
+                Ok(())
+            },
+        )?;
+        let seconds = t0.elapsed().as_secs_f64();
+        let completed = step + 1;
+        let report = StepReport {
+            step: completed,
+            loss: stats.loss,
+            lr: f64::from(stats.lr),
+            grad_norm: stats.grad_norm,
+            tokens_per_second: global as f64 / seconds,
+            step_seconds: seconds,
+            mfu: flops_per_step / seconds / peak_flops,
+        };
+        metrics.record_step(&report);
+        tokens_per_second_sum += report.tokens_per_second;
+        mfu_sum += report.mfu;
+        last_loss = Some(stats.loss);
+        if completed == start + 1 || completed % options.log_every.max(1) == 0 || completed == steps
+        {
+            info!(
+                step = completed,
+                loss = format_args!("{:.4}", stats.loss),
+                lr = format_args!("{:.3e}", stats.lr),
+                grad_norm = format_args!("{:.3}", stats.grad_norm),
+                tokens_per_second = format_args!("{:.0}", report.tokens_per_second),
+                step_ms = format_args!("{:.1}", seconds * 1e3),
+                mfu = format_args!("{:.4}", report.mfu),
+                "step"
+            );
+        }
+
+        let interval = spec.training.eval_interval;
+        if let Some(eval) = &eval
+            && interval > 0
+            && (completed % interval == 0 || completed == steps)
+        {
+            let val_loss = evaluate(&mut model, eval)?;
+            metrics.record_val_loss(val_loss);
+            last_val_loss = Some(val_loss);
+            info!(
+                step = completed,
+                val_loss = format_args!("{:.4}", val_loss),
+                "eval"
+            );
+        }
+
+        if completed % spec.checkpoint.every_steps == 0 || completed == steps {
+            let manifest = CheckpointManifest {
+                format_version: FORMAT_VERSION,
+                step: completed,
+                generation: 0,
+                world_size: 1,
+                sharding: spec.parallelism.sharding,
+                config: spec.clone(),
+                model: resolved,
+                parameter_count: model.num_params() as u64,
+                data_cursor: DataCursor {
+                    seed: spec.training.seed,
+                    next_step: completed,
+                    tokens_seen: completed * global,
+                },
+                rng: vec![RngState {
+                    name: "init".into(),
+                    words: vec![model.rng_state_after_init()],
+                }],
+                files: Vec::new(),
+                loss: last_loss,
+                val_loss: last_val_loss,
+                created_unix_ms: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+            };
+            let t_stall = Instant::now();
+            let params = model.params_to_host()?;
+            let state = optimizer.state_to_host(&model)?;
+            let names = optimizer_names(&model);
+            let tensors = checkpoint_tensors(&model, &params, &state, &names);
+            match writer.as_mut() {
+                Some(writer) => {
+                    let snapshot = CheckpointSnapshot::capture(&tensors);
+                    if let Some(done) = writer.submit(manifest, snapshot)? {
+                        info!(step = done.manifest.step, dir = %done.dir.display(), "checkpoint committed");
+                    }
+                }
+                None => {
+                    let done = write_checkpoint(
+                        &checkpoint_root,
+                        manifest,
+                        &tensors,
+                        spec.checkpoint.keep,
+                    )?;
+                    info!(step = done.manifest.step, dir = %done.dir.display(), "checkpoint committed");
+                }
+            }
+            metrics.record_checkpoint(0.0, t_stall.elapsed().as_secs_f64());
+        }
+        if let Some(writer) = writer.as_mut()
+            && let Some(done) = writer.poll()?
+        {
+            info!(step = done.manifest.step, dir = %done.dir.display(), "checkpoint committed");
+        }
+    }
+    if let Some(writer) = writer.as_mut()
+        && let Some(done) = writer.wait()?
+    {
+        info!(step = done.manifest.step, dir = %done.dir.display(), "checkpoint committed");
+    }
+
+    let ran = steps.saturating_sub(start).max(1) as f64;
+    let params = model.params_to_host()?;
+    Ok(RunSummary {
+        steps,
+        resumed_from,
+        final_loss: last_loss,
+        final_val_loss: last_val_loss,
+        tokens_per_second: tokens_per_second_sum / ran,
+        mfu: mfu_sum / ran,
+        wall_seconds: started.elapsed().as_secs_f64(),
+        checkpoint_dir: checkpoint_root,
+        weights_sha256: weights_sha256(&params),
+    })
+}
+
+/// Mean loss over the fixed validation set.
+pub fn evaluate<B: Backend>(model: &mut Gpt<B>, eval: &EvalBatches) -> Result<f64, RunError> {
+    let mut total = 0.0;
+    for i in 0..eval.len() {
+        let batch = eval.batch(i)?;
+        total += model.forward(&batch.inputs, &batch.targets)?;
+    }
+    Ok(total / f64::from(eval.len()))
+}
+
+/// SHA-256 of parameters as little-endian f32 bytes.
+pub fn weights_sha256(params: &[f32]) -> String {
+    let mut hasher = Sha256::new();
+    for value in params {
+        hasher.update(value.to_le_bytes());
+    }
+    hex::encode(hasher.finalize())
+}
+
+fn adamw_config(run: &TrainingRun) -> AdamWConfig {
+    let o = &run.spec.optimizer;
+    AdamWConfig {
+        lr: o.lr as f32,
+        beta1: o.beta1 as f32,
+        beta2: o.beta2 as f32,
+        eps: o.eps as f32,
+        weight_decay: o.weight_decay as f32,
+        decay_embeddings: o.decay_embeddings,
+        grad_clip: o.grad_clip as f32,
+        warmup_steps: o.warmup_steps,
+        total_steps: run.spec.training.steps,
+        min_lr_ratio: o.min_lr_ratio as f32,
+        schedule: match o.schedule {
+            SpecSchedule::Cosine => LrSchedule::Cosine,
+            SpecSchedule::Linear => LrSchedule::Linear,
+            SpecSchedule::Constant => LrSchedule::Constant,
+        },
+    }
+}
+
+/// `m.<tensor>` and `v.<tensor>` names, in layout order.
+fn optimizer_names<B: Backend>(model: &Gpt<B>) -> Vec<(String, String)> {
+    model
+        .layout()
+        .tensors
+        .iter()
+        .map(|t| (format!("m.{}", t.name), format!("v.{}", t.name)))
+        .collect()
+}
+
+/// Views of the flat host buffers as named tensors, for the checkpoint writer.
+fn checkpoint_tensors<'a, B: Backend>(
+    model: &'a Gpt<B>,
+    params: &'a [f32],
+    state: &'a OptimizerState,
+    names: &'a [(String, String)],
+) -> CheckpointTensors<'a> {
+    let layout = &model.layout().tensors;
+    let mut optimizer = Vec::with_capacity(2 * layout.len());
+    for (tensor, (m_name, v_name)) in layout.iter().zip(names) {
+        optimizer.push(NamedTensor {
+            name: m_name,
+            shape: &tensor.shape,
+            values: &state.m[tensor.range()],
+        });
+        optimizer.push(NamedTensor {
+            name: v_name,
+            shape: &tensor.shape,
+            values: &state.v[tensor.range()],
+        });
+    }
+    CheckpointTensors {
+        model: layout
+            .iter()
+            .map(|t| NamedTensor {
+                name: t.name,
+                shape: &t.shape,
+                values: &params[t.range()],
+            })
+            .collect(),
+        optimizer,
+        optimizer_step: state.updates,
+    }
+}

@@ -1,0 +1,95 @@
+//! Helpers shared by the trainer's integration tests: seeded random tensors, central finite
+//! differences, and error measures.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use tessera_trainer::rng::Rng;
+
+/// `n` values ~ N(0, std²) from `seed`.
+pub fn randn(seed: u64, n: usize, std: f64) -> Vec<f64> {
+    let mut rng = Rng::new(seed);
+    (0..n).map(|_| rng.normal() * std).collect()
+}
+
+/// `n` token ids below `limit`.
+pub fn tokens(seed: u64, n: usize, limit: u32) -> Vec<u32> {
+    let mut rng = Rng::new(seed);
+    (0..n)
+        .map(|_| (rng.next_u64() % limit as u64) as u32)
+        .collect()
+}
+
+/// Rounds f64 values to f32-representable ones (so f32 and f64 kernels see identical inputs).
+pub fn f32_exact(x: &[f64]) -> Vec<f64> {
+    x.iter().map(|&v| v as f32 as f64).collect()
+}
+
+pub fn to_f32(x: &[f64]) -> Vec<f32> {
+    x.iter().map(|&v| v as f32).collect()
+}
+
+/// ‖a − b‖ / max(‖a‖, ‖b‖) (0 when both are zero).
+pub fn rel_err(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let diff: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f64>()
+        .sqrt();
+    let na: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let denom = na.max(nb);
+    if denom == 0.0 { 0.0 } else { diff / denom }
+}
+
+/// Central finite differences of `f` at `x` for the indices in `which` (all when `None`).
+pub fn numeric_grad(
+    x: &[f64],
+    which: Option<&[usize]>,
+    eps: f64,
+    mut f: impl FnMut(&[f64]) -> f64,
+) -> Vec<f64> {
+    let mut xp = x.to_vec();
+    let all: Vec<usize> = (0..x.len()).collect();
+    let idx = which.unwrap_or(&all);
+    idx.iter()
+        .map(|&i| {
+            let orig = xp[i];
+            xp[i] = orig + eps;
+            let fp = f(&xp);
+            xp[i] = orig - eps;
+            let fm = f(&xp);
+            xp[i] = orig;
+            (fp - fm) / (2.0 * eps)
+        })
+        .collect()
+}
+
+/// Asserts the analytic gradient matches finite differences to `tol` (relative, by norm),
+/// and that the gradient is not trivially zero.
+pub fn assert_grad_close(name: &str, analytic: &[f64], numeric: &[f64], tol: f64) {
+    let err = rel_err(analytic, numeric);
+    let norm: f64 = numeric.iter().map(|x| x * x).sum::<f64>().sqrt();
+    assert!(
+        norm > 1e-8,
+        "{name}: numeric gradient is ~0 ({norm}); the check would be vacuous"
+    );
+    assert!(
+        err < tol,
+        "{name}: relative error {err:e} >= {tol:e} (analytic {:?}.. vs numeric {:?}..)",
+        &analytic[..analytic.len().min(4)],
+        &numeric[..numeric.len().min(4)]
+    );
+}
+
+/// max |a − b| / max(max |b|, 1e-30).
+pub fn max_rel(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let m = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
+    let s = b.iter().map(|x| x.abs()).fold(0.0, f64::max).max(1e-30);
+    m / s
+}

@@ -1,0 +1,191 @@
+//! The trainer binary end to end: a run killed mid-way and resumed ends with bit-identical
+//! weights, and corrupt or uncommitted checkpoints are skipped for the previous good one.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value as Json;
+use tessera_api::spec::Tokenizer;
+use tessera_trainer::data::prepare::{PrepareOptions, prepare};
+
+const MANIFEST: &str = r#"
+apiVersion: tessera.dev/v1alpha1
+kind: TrainingRun
+metadata:
+  name: resume-test
+spec:
+  model: {layers: 2, heads: 2, width: 32, context: 32}
+  data: {train: data/train-*.bin, validation: data/val-*.bin, tokenizer: bytes}
+  optimizer: {lr: 0.003, warmupSteps: 5, globalBatchTokens: 256, microBatch: 4}
+  training: {steps: 60, seed: 7, evalInterval: 20, evalBatches: 2}
+  checkpoint: {path: checkpoints, everySteps: 10, keep: 3}
+"#;
+
+/// A run directory with the manifest and byte-level shards of a generated text.
+fn run_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let words = [
+        "tessera", "trains", "models", "on", "many", "nodes", "and", "keeps", "going", "after",
+        "failures",
+    ];
+    let mut state = 12345u64;
+    let mut text = String::new();
+    while text.len() < 60_000 {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        text.push_str(words[(state >> 33) as usize % words.len()]);
+        text.push(if (state >> 20).is_multiple_of(9) {
+            '\n'
+        } else {
+            ' '
+        });
+    }
+    let input = dir.path().join("corpus.txt");
+    std::fs::write(&input, text).unwrap();
+    prepare(&PrepareOptions::new(
+        Tokenizer::Bytes,
+        dir.path().join("data"),
+        vec![input],
+    ))
+    .unwrap();
+    std::fs::write(dir.path().join("run.yaml"), MANIFEST).unwrap();
+    dir
+}
+
+fn trainer(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera-trainer"));
+    cmd.arg("--config")
+        .arg(dir.join("run.yaml"))
+        .arg("--base-dir")
+        .arg(dir)
+        .arg("--log-every")
+        .arg("1")
+        .env("RUST_LOG", "info");
+    cmd
+}
+
+/// Runs the trainer to completion; returns its JSON summary and its log.
+fn train(dir: &Path) -> (Json, String) {
+    let out = trainer(dir).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "trainer failed:\n{log}");
+    let summary =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("summary: {e}\n{log}"));
+    (summary, log)
+}
+
+fn checkpoint(dir: &Path, step: u64) -> PathBuf {
+    dir.join("checkpoints")
+        .join(tessera_api::checkpoint::checkpoint_dir_name(step))
+}
+
+#[test]
+fn a_killed_run_resumes_bit_identically() {
+    let straight = run_dir();
+    let (uninterrupted, _) = train(straight.path());
+    assert_eq!(uninterrupted["resumedFrom"], Json::Null);
+
+    let dir = run_dir();
+    let mut child = trainer(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        if line.contains("checkpoint committed") && line.contains("step=20") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint at step 20 within 120 s"
+        );
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run finished before it could be killed"
+    );
+    child.kill().unwrap(); // SIGKILL: no chance to checkpoint on the way out
+    child.wait().unwrap();
+    assert!(
+        !checkpoint(dir.path(), 60).exists(),
+        "the killed run must not have finished"
+    );
+
+    let (resumed, log) = train(dir.path());
+    let from = resumed["resumedFrom"]
+        .as_u64()
+        .expect("the second run resumed");
+    assert!((20..60).contains(&from), "resumed from {from}");
+    assert!(log.contains("resumed from checkpoint"), "{log}");
+    assert_eq!(
+        resumed["weightsSha256"], uninterrupted["weightsSha256"],
+        "weights differ after resume"
+    );
+    assert_eq!(resumed["finalValLoss"], uninterrupted["finalValLoss"]);
+}
+
+/// Damages the newest checkpoint (step 30) of a 30-step run, reruns, and checks the run
+/// resumed from step 20, said why it skipped 30, and still ends with the same weights.
+fn skips_damaged_checkpoint(damage: impl Fn(&Path), reason: &str) {
+    let dir = run_dir();
+    let yaml = MANIFEST
+        .replace("steps: 60", "steps: 30")
+        .replace("evalInterval: 20", "evalInterval: 10");
+    std::fs::write(dir.path().join("run.yaml"), &yaml).unwrap();
+    let (first, _) = train(dir.path());
+    damage(&checkpoint(dir.path(), 30));
+    let (second, log) = train(dir.path());
+    assert!(
+        log.contains("skipping checkpoint") && log.contains(reason),
+        "expected a log line skipping step 30 for {reason:?}:\n{log}"
+    );
+    assert_eq!(second["resumedFrom"], 20, "{log}");
+    assert_eq!(second["weightsSha256"], first["weightsSha256"]);
+}
+
+#[test]
+fn a_truncated_checkpoint_is_skipped() {
+    skips_damaged_checkpoint(
+        |dir| {
+            let file = dir.join("model.safetensors");
+            let len = std::fs::metadata(&file).unwrap().len();
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&file)
+                .unwrap()
+                .set_len(len / 2)
+                .unwrap();
+        },
+        "truncated: model.safetensors",
+    );
+}
+
+#[test]
+fn a_bit_flipped_checkpoint_is_skipped() {
+    skips_damaged_checkpoint(
+        |dir| {
+            let file = dir.join("optimizer.safetensors");
+            let mut bytes = std::fs::read(&file).unwrap();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x10;
+            std::fs::write(&file, bytes).unwrap();
+        },
+        "checksum mismatch: optimizer.safetensors",
+    );
+}
+
+#[test]
+fn an_uncommitted_checkpoint_is_skipped() {
+    skips_damaged_checkpoint(
+        |dir| std::fs::remove_file(dir.join(tessera_api::checkpoint::COMMIT_MARKER)).unwrap(),
+        "no commit marker",
+    );
+}
