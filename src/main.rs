@@ -123,7 +123,10 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!(
+                "error: {}",
+                tessera_api::report::error_chain(error.as_ref())
+            );
             ExitCode::FAILURE
         }
     }

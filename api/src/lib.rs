@@ -15,6 +15,7 @@ pub mod crd;
 pub mod manifest;
 pub mod metrics;
 pub mod proto;
+pub mod report;
 pub mod spec;
 pub mod status;
 pub mod store_keys;

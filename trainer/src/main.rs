@@ -48,7 +48,10 @@ fn main() -> ExitCode {
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!(
+                "error: {}",
+                tessera_api::report::error_chain(error.as_ref())
+            );
             ExitCode::FAILURE
         }
     }

@@ -124,9 +124,15 @@ impl TrainerMetrics {
         self.val_loss.set(loss);
     }
 
-    pub fn record_checkpoint(&self, write_seconds: f64, stall_seconds: f64) {
-        self.checkpoint_seconds.set(write_seconds);
-        self.checkpoint_stall_seconds.set(stall_seconds);
+    /// Time training waited to hand a checkpoint over (snapshot, or the whole write when
+    /// checkpoints are synchronous).
+    pub fn record_checkpoint_stall(&self, seconds: f64) {
+        self.checkpoint_stall_seconds.set(seconds);
+    }
+
+    /// Time from starting a checkpoint to seeing it committed.
+    pub fn record_checkpoint_written(&self, seconds: f64) {
+        self.checkpoint_seconds.set(seconds);
     }
 
     /// The Prometheus text exposition of every gauge.
@@ -215,14 +221,25 @@ mod tests {
         let addr = metrics.serve("127.0.0.1:0".parse().unwrap()).unwrap();
         let response = get(addr, "/metrics");
         assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
-        assert!(
-            response.contains(r#"tessera_trainer_step{rank="0",run="tiny"} 42"#),
-            "{response}"
-        );
-        assert!(
-            response.contains(r#"tessera_trainer_val_loss{rank="0",run="tiny"} 2.25"#),
-            "{response}"
-        );
+        // Label order is not fixed by the exposition format; look for each part.
+        let sample = |name: &str| {
+            response
+                .lines()
+                .find(|l| l.starts_with(&format!("{name}{{")))
+                .unwrap_or_else(|| panic!("no {name} sample in {response}"))
+                .to_string()
+        };
+        for (name, value) in [
+            ("tessera_trainer_step", " 42"),
+            ("tessera_trainer_val_loss", " 2.25"),
+        ] {
+            let line = sample(name);
+            assert!(
+                line.contains(r#"run="tiny""#) && line.contains(r#"rank="0""#),
+                "{line}"
+            );
+            assert!(line.ends_with(value), "{line}");
+        }
         assert!(get(addr, "/other").starts_with("HTTP/1.1 404"));
     }
 

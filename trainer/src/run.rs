@@ -312,6 +312,8 @@ pub fn train<B: Backend>(
 
     // === the step loop ===
     let steps = spec.training.steps;
+    // When the checkpoint being written was started.
+    let mut write_started: Option<Instant> = None;
     let mut tokens_per_second_sum = 0.0;
     let mut mfu_sum = 0.0;
     for step in start..steps {
@@ -406,9 +408,9 @@ pub fn train<B: Backend>(
             match writer.as_mut() {
                 Some(writer) => {
                     let snapshot = CheckpointSnapshot::capture(&tensors);
-                    if let Some(done) = writer.submit(manifest, snapshot)? {
-                        info!(step = done.manifest.step, dir = %done.dir.display(), "checkpoint committed");
-                    }
+                    let done = writer.submit(manifest, snapshot)?;
+                    committed(&metrics, &mut write_started, done);
+                    write_started = Some(t_stall);
                 }
                 None => {
                     let done = write_checkpoint(
@@ -417,21 +419,18 @@ pub fn train<B: Backend>(
                         &tensors,
                         spec.checkpoint.keep,
                     )?;
-                    info!(step = done.manifest.step, dir = %done.dir.display(), "checkpoint committed");
+                    write_started = Some(t_stall);
+                    committed(&metrics, &mut write_started, Some(done));
                 }
             }
-            metrics.record_checkpoint(0.0, t_stall.elapsed().as_secs_f64());
+            metrics.record_checkpoint_stall(t_stall.elapsed().as_secs_f64());
         }
-        if let Some(writer) = writer.as_mut()
-            && let Some(done) = writer.poll()?
-        {
-            info!(step = done.manifest.step, dir = %done.dir.display(), "checkpoint committed");
+        if let Some(writer) = writer.as_mut() {
+            committed(&metrics, &mut write_started, writer.poll()?);
         }
     }
-    if let Some(writer) = writer.as_mut()
-        && let Some(done) = writer.wait()?
-    {
-        info!(step = done.manifest.step, dir = %done.dir.display(), "checkpoint committed");
+    if let Some(writer) = writer.as_mut() {
+        committed(&metrics, &mut write_started, writer.wait()?);
     }
 
     let ran = steps.saturating_sub(start).max(1) as f64;
@@ -447,6 +446,20 @@ pub fn train<B: Backend>(
         checkpoint_dir: checkpoint_root,
         weights_sha256: weights_sha256(&params),
     })
+}
+
+/// Logs a checkpoint commit and records how long it took since it was started.
+fn committed(
+    metrics: &TrainerMetrics,
+    write_started: &mut Option<Instant>,
+    done: Option<crate::checkpoint::CommittedCheckpoint>,
+) {
+    if let Some(done) = done {
+        if let Some(started) = write_started.take() {
+            metrics.record_checkpoint_written(started.elapsed().as_secs_f64());
+        }
+        info!(step = done.manifest.step, dir = %done.dir.display(), bytes = done.bytes, "checkpoint committed");
+    }
 }
 
 /// Mean loss over the fixed validation set.

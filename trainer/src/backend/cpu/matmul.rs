@@ -6,25 +6,13 @@
 //! depend on thread scheduling.
 #![allow(unsafe_code)]
 
-use super::{Float, par_col_chunks};
+use super::{Float, check_len, par_col_chunks};
 use crate::backend::{BackendError, MatmulShape};
 use rayon::prelude::*;
 
 /// Products smaller than this many multiply-adds run single-threaded (thread start-up costs
 /// more than the work).
 const PARALLEL_MIN_FLOPS: usize = 1 << 18;
-
-fn need(op: &'static str, name: &'static str, want: usize, got: usize) -> Result<(), BackendError> {
-    if got != want {
-        return Err(BackendError::ShapeMismatch {
-            op,
-            name,
-            want,
-            got,
-        });
-    }
-    Ok(())
-}
 
 /// `out (m×n) = op(a)·op(b) [+ bias]`, or `out += op(a)·op(b)` when `accumulate`.
 pub fn matmul<F: Float>(
@@ -37,9 +25,9 @@ pub fn matmul<F: Float>(
 ) -> Result<(), BackendError> {
     const OP: &str = "matmul";
     let (m, n, k) = (s.m, s.n, s.k);
-    need(OP, "out", m * n, out.len())?;
-    need(OP, "a", m * k, a.len())?;
-    need(OP, "b", k * n, b.len())?;
+    check_len(OP, "out", m * n, out.len())?;
+    check_len(OP, "a", m * k, a.len())?;
+    check_len(OP, "b", k * n, b.len())?;
     if accumulate && bias.is_some() {
         return Err(BackendError::BadDimensions {
             op: OP,
@@ -52,7 +40,7 @@ pub fn matmul<F: Float>(
     // Start from the bias (then accumulate the product onto it) or from zero.
     let read_dst = match bias {
         Some(bias) => {
-            need(OP, "bias", n, bias.len())?;
+            check_len(OP, "bias", n, bias.len())?;
             out.par_chunks_mut(n)
                 .for_each(|row| row.copy_from_slice(bias));
             true
@@ -110,8 +98,8 @@ pub fn bias_backward<F: Float>(
     rows: usize,
     cols: usize,
 ) -> Result<(), BackendError> {
-    need("bias_backward", "dbias", cols, dbias.len())?;
-    need("bias_backward", "dout", rows * cols, dout.len())?;
+    check_len("bias_backward", "dbias", cols, dbias.len())?;
+    check_len("bias_backward", "dout", rows * cols, dout.len())?;
     par_col_chunks(dbias, |c0, chunk| {
         for r in 0..rows {
             let row = &dout[r * cols + c0..r * cols + c0 + chunk.len()];
