@@ -120,16 +120,7 @@ fn parse_tokenizer(name: &str) -> Result<Tokenizer, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!(
-                "error: {}",
-                tessera_api::report::error_chain(error.as_ref())
-            );
-            ExitCode::FAILURE
-        }
-    }
+    tessera_api::report::exit_code(run(cli))
 }
 
 fn run(cli: Cli) -> Result<()> {

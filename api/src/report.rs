@@ -3,7 +3,18 @@
 //! Many errors already quote their cause in their own message; printing the chain naively
 //! would repeat it, so a cause whose text is already shown is skipped.
 
-use std::error::Error;
+use std::{error::Error, process::ExitCode};
+
+/// A binary's exit: 0 on success; otherwise the error chain on stderr and exit 1.
+pub fn exit_code<E: AsRef<dyn Error + Send + Sync + 'static>>(result: Result<(), E>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {}", error_chain(error.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
 
 /// `outer: cause: root cause`, without repeating a cause already quoted.
 pub fn error_chain(error: &(dyn Error + 'static)) -> String {

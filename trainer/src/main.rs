@@ -45,16 +45,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!(
-                "error: {}",
-                tessera_api::report::error_chain(error.as_ref())
-            );
-            ExitCode::FAILURE
-        }
-    }
+    tessera_api::report::exit_code(run(Args::parse()))
 }
 
 fn run(args: Args) -> Result<()> {
