@@ -2,12 +2,10 @@
 # CPU throughput: tokens/s and MFU of a few training steps of `tiny` and `gpt2` (124M).
 # Usage: bash bench/cpu-throughput.sh [CORPUS] [GPT2_STEPS]
 set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/lib.sh"
 corpus=${1:-../shared/data/tinyshakespeare.txt}
 gpt2_steps=${2:-3}
-cargo build --release --locked -q -p tessera -p tessera-trainer
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+bench_setup
 ./target/release/tessera data prepare --tokenizer bytes --out "$work/bytes" "$corpus" >/dev/null
 ./target/release/tessera data prepare --tokenizer gpt2 --out "$work/gpt2" "$corpus" >/dev/null
 bench() { # name preset data micro steps

@@ -3,11 +3,9 @@
 # loss reached and the wall time. Target: validation loss < 2.0 nats/byte within 5 minutes
 # on a 2-core machine. Usage: bash bench/cpu-tiny-shakespeare.sh [CORPUS]
 set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/lib.sh"
 corpus=${1:-../shared/data/tinyshakespeare.txt}
-cargo build --release --locked -q -p tessera -p tessera-trainer
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+bench_setup
 ./target/release/tessera data prepare --tokenizer bytes --out "$work" "$corpus"
 start=$(date +%s.%N)
 ./target/release/tessera-trainer --config bench/tiny-shakespeare.yaml --base-dir "$work" --log-every 100 \

@@ -6,6 +6,8 @@
 //!   step-0000000100/              committed (renamed into place after the manifest is durable)
 //!     model.safetensors           parameters by name, f32, with shapes
 //!     optimizer.safetensors       AdamW moments ("m.<param>", "v.<param>"), step in metadata
+//!       or optimizer-rank-NNNNN.safetensors, one per rank of a sharded run: flat "m" and "v"
+//!       over the rank's range of the flat parameter space (listed in the manifest)
 //!     manifest.json               commit marker, written last: every file's size and SHA-256
 //!   step-0000000200.partial/      being written, or left by a crash: never loaded
 //!
@@ -32,8 +34,8 @@ use std::path::PathBuf;
 pub use background::BackgroundWriter;
 pub use load::{
     CheckpointListing, CheckpointScan, FileCheck, InvalidReason, LoadedCheckpoint,
-    SkippedCheckpoint, VerifyReport, find_latest_valid, list_checkpoints, load_checkpoint,
-    verify_checkpoint,
+    SkippedCheckpoint, VerifyReport, find_latest_valid, flat_optimizer_state, list_checkpoints,
+    load_checkpoint, verify_checkpoint,
 };
 pub use write::{CommittedCheckpoint, PartialCheckpoint, remove_stale_partials, write_checkpoint};
 
@@ -41,6 +43,20 @@ pub use write::{CommittedCheckpoint, PartialCheckpoint, remove_stale_partials, w
 pub const MODEL_FILE: &str = "model.safetensors";
 /// The optimizer state's file in a checkpoint directory.
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// A sharded run's optimizer file for `rank`.
+pub fn optimizer_shard_file(rank: u32) -> String {
+    format!("optimizer-rank-{rank:05}.safetensors")
+}
+
+/// One rank's slice of the AdamW moments, from a sharded checkpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OptimizerShard {
+    pub rank: u32,
+    pub flat_range: std::ops::Range<usize>,
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
+}
+
 /// Key in `optimizer.safetensors`' metadata holding the optimizer's step count.
 pub const OPTIMIZER_STEP_KEY: &str = "optimizer_step";
 

@@ -6,12 +6,14 @@
 
 pub mod backend;
 pub mod checkpoint;
+pub mod collective;
 pub mod config;
 pub mod data;
 pub mod hf;
 pub mod metrics;
 pub mod model;
 pub mod optimizer;
+pub mod parallel;
 pub mod rng;
 pub mod run;
 pub mod sample;

@@ -1,14 +1,15 @@
-//! `tessera-trainer`: trains one process from a TrainingRun manifest, standalone (no agent).
-//! The agent's supervised mode is added by the agent work.
+//! `tessera-trainer`: trains from a TrainingRun manifest, standalone (no agent): one process,
+//! or one rank of a gang that meets at rank 0's `--master-addr`.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Parser;
 use tessera_api::manifest::{Override, parse_training_run_with};
 use tessera_trainer::{
     backend::cpu::CpuBackend,
-    run::{RunOptions, train},
+    collective::rendezvous::{StaticRendezvous, rendezvous},
+    run::{RunOptions, train_ranked},
 };
 
 #[derive(Parser)]
@@ -33,6 +34,24 @@ struct Args {
     /// Log a step line every N steps.
     #[arg(long, default_value_t = 10)]
     log_every: u64,
+    /// This process's rank in a data-parallel gang (0-based).
+    #[arg(long, default_value_t = 0)]
+    rank: u32,
+    /// Ranks in the gang; with more than 1, every rank meets rank 0 at --master-addr.
+    #[arg(long, default_value_t = 1)]
+    world_size: u32,
+    /// host:port where rank 0 listens for the other ranks (needed with --world-size > 1).
+    #[arg(long)]
+    master_addr: Option<String>,
+    /// Seconds to wait for every rank to arrive.
+    #[arg(long, default_value_t = 60)]
+    rendezvous_timeout: u64,
+    /// Seconds a collective waits for a silent peer before failing.
+    #[arg(long, default_value_t = 300)]
+    collective_timeout: u64,
+    /// The gang generation (ranks of another generation are refused at rendezvous).
+    #[arg(long, default_value_t = 0)]
+    generation: u64,
 }
 
 fn main() -> ExitCode {
@@ -62,8 +81,22 @@ fn run(args: Args) -> Result<()> {
         run_name: run.metadata.name.clone().unwrap_or_default(),
         metrics_addr: args.metrics_addr,
         log_every: args.log_every,
+        generation: args.generation,
     };
-    let summary = train(CpuBackend::<f32>::new(), &run, &options)?;
+    let master_addr = match (&args.master_addr, args.world_size) {
+        (Some(addr), _) => addr.clone(),
+        (None, 1) => String::new(),
+        (None, n) => bail!("--world-size {n} needs --master-addr host:port (rank 0's address)"),
+    };
+    let comm = rendezvous(&StaticRendezvous {
+        master_addr,
+        rank: args.rank,
+        world_size: args.world_size,
+        generation: args.generation,
+        timeout: Duration::from_secs(args.rendezvous_timeout),
+        collective_timeout: Duration::from_secs(args.collective_timeout),
+    })?;
+    let summary = train_ranked(CpuBackend::<f32>::new(), &run, &options, comm)?;
     println!("{}", serde_json::to_string(&summary_json(&summary))?);
     Ok(())
 }
@@ -79,5 +112,10 @@ fn summary_json(s: &tessera_trainer::run::RunSummary) -> serde_json::Value {
         "wallSeconds": s.wall_seconds,
         "checkpointDir": s.checkpoint_dir,
         "weightsSha256": s.weights_sha256,
+        "rank": s.rank,
+        "worldSize": s.world_size,
+        "stepSeconds": s.step_seconds,
+        "commSecondsPerStep": s.comm_seconds_per_step,
+        "optimizerStateBytes": s.optimizer_state_bytes,
     })
 }

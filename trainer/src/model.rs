@@ -14,6 +14,10 @@ use crate::rng::{Rng, RngState};
 use std::ops::Range;
 use thiserror::Error;
 
+/// Called by [`Gpt::backward_with`] when the gradients of some ranges are final.
+pub type GradientReady<'a, B> =
+    dyn FnMut(&B, &<B as Backend>::Buf, &[Range<usize>]) -> Result<(), ModelError> + 'a;
+
 /// Why the model refused a call.
 #[derive(Debug, Error)]
 pub enum ModelError {
@@ -45,6 +49,8 @@ pub enum ModelError {
         batch: usize,
         seq_len: usize,
     },
+    #[error("gradient reduction during backward failed: {0}")]
+    GradientSync(String),
     #[error("backward() called without a preceding forward()")]
     BackwardBeforeForward,
     #[error("{what} has {got} values, the model has {want} parameters")]
@@ -371,6 +377,11 @@ impl<B: Backend> Gpt<B> {
         &self.grads
     }
     /// The backend, the parameters (mutable) and the gradients together, for the optimizer.
+    /// The backend and the gradient buffer, to write reduced gradients back.
+    pub fn grads_mut(&mut self) -> (&B, &mut B::Buf) {
+        (&self.backend, &mut self.grads)
+    }
+
     pub fn update_parts(&mut self) -> (&B, &mut B::Buf, &B::Buf, &ParamLayout) {
         (&self.backend, &mut self.params, &self.grads, &self.layout)
     }
@@ -626,6 +637,15 @@ impl<B: Backend> Gpt<B> {
 
     /// Accumulates the gradient of the last forward's (scaled) loss into the gradients.
     pub fn backward(&mut self) -> Result<(), ModelError> {
+        self.backward_with(&mut |_, _, _| Ok(()))
+    }
+
+    /// [`Gpt::backward`], calling `ready(backend, grads, ranges)` as soon as the gradients of
+    /// `ranges` of the flat space are final for this backward: each layer's slices of the 12
+    /// per-layer tensors as the layer finishes (last layer first), then wte, wpe, lnfw, lnfb
+    /// at the end (the tied wte collects its last contribution there). Data parallelism starts
+    /// reducing a bucket while the backward goes on.
+    pub fn backward_with(&mut self, ready: &mut GradientReady<'_, B>) -> Result<(), ModelError> {
         if !self.forward_done {
             return Err(ModelError::BackwardBeforeForward);
         }
@@ -831,6 +851,9 @@ impl<B: Backend> Gpt<B> {
                 bt,
                 c,
             )?;
+            let layer_ranges: Vec<Range<usize>> =
+                (LN1W..=FCPROJB).map(|id| lay.layer(id, layer)).collect();
+            ready(be, g, &layer_ranges)?;
         }
         let [dwte, dwpe] = be.views_mut(g, [lay.range(WTE), lay.range(WPE)])?;
         be.encoder_backward(
@@ -842,6 +865,8 @@ impl<B: Backend> Gpt<B> {
             t,
             c,
         )?;
+        let last = [WTE, WPE, LNFW, LNFB].map(|id| lay.range(id));
+        ready(be, g, &last)?;
         Ok(())
     }
 }

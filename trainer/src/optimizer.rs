@@ -24,7 +24,7 @@ pub enum OptimizerError {
     },
     #[error("gradient norm is not finite ({norm}); the update was skipped")]
     NonFiniteGradNorm { norm: f64 },
-    #[error("optimizer state has {got} values, the model has {want} parameters")]
+    #[error("optimizer state has {got} values, the optimizer owns {want} parameters")]
     StateSize { want: usize, got: usize },
     #[error(transparent)]
     Backend(#[from] BackendError),
@@ -158,7 +158,8 @@ pub struct UpdateStats {
     pub clipped: bool,
 }
 
-/// The optimizer state a checkpoint saves (flat layout, f32).
+/// The optimizer state a checkpoint saves: the moments of the optimizer's owned range of the
+/// flat space (all of it unless sharded), f32.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OptimizerState {
     /// Updates applied so far (t of the bias correction is `updates + 1` for the next one).
@@ -167,30 +168,63 @@ pub struct OptimizerState {
     pub v: Vec<f32>,
 }
 
-/// AdamW over a model's flat parameter space.
+/// AdamW over a model's flat parameter space, or over one rank's shard of it (ZeRO-1).
 pub struct AdamW<B: Backend> {
     config: AdamWConfig,
     state: B::OptState,
     updates: u64,
-    /// Contiguous ranges of the flat space with whether they decay.
+    /// The part of the flat space this optimizer updates and keeps moments for.
+    owned: Range<usize>,
+    /// Contiguous ranges of the owned space with whether they decay.
     segments: Vec<(Range<usize>, bool)>,
 }
 
 impl<B: Backend> AdamW<B> {
-    /// Validates `config` and allocates zeroed moments for `model`'s parameters.
+    /// Validates `config` and allocates zeroed moments for all of `model`'s parameters.
     pub fn new(config: AdamWConfig, model: &Gpt<B>) -> Result<Self, OptimizerError> {
+        Self::sharded(config, model, 0..model.num_params())
+    }
+
+    /// Like [`AdamW::new`], but keeping moments for (and updating) only `owned`.
+    pub fn sharded(
+        config: AdamWConfig,
+        model: &Gpt<B>,
+        owned: Range<usize>,
+    ) -> Result<Self, OptimizerError> {
         config.validate()?;
-        let state = model.backend().alloc_opt_state(model.params())?;
+        let state = model
+            .backend()
+            .alloc_opt_state(model.params(), owned.clone())?;
+        let segments = decay_segments(model.layout(), config.decay_embeddings)
+            .into_iter()
+            .filter_map(|(range, decay)| {
+                let start = range.start.max(owned.start);
+                let end = range.end.min(owned.end);
+                (start < end).then_some((start..end, decay))
+            })
+            .collect();
         Ok(Self {
             config,
             state,
             updates: 0,
-            segments: decay_segments(model.layout(), config.decay_embeddings),
+            owned,
+            segments,
         })
     }
 
     pub fn config(&self) -> &AdamWConfig {
         &self.config
+    }
+
+    /// The part of the flat parameter space this optimizer owns.
+    pub fn owned(&self) -> Range<usize> {
+        self.owned.clone()
+    }
+
+    /// Bytes of optimizer state held (moments, and master weights where the backend keeps
+    /// them): the figure ZeRO-1 divides by the world size.
+    pub fn state_bytes(&self, model: &Gpt<B>) -> usize {
+        model.backend().opt_state_bytes(&self.state)
     }
 
     /// Learning rate of 0-based `step`.
@@ -203,12 +237,28 @@ impl<B: Backend> AdamW<B> {
         self.updates
     }
 
-    /// One update from the model's accumulated gradients, with the learning rate of `step`.
-    /// Returns the pre-clipping global gradient norm.
+    /// One update from the model's accumulated gradients, with the learning rate of `step`:
+    /// the single-process path, where this optimizer owns the whole space.
     pub fn step(&mut self, model: &mut Gpt<B>, step: u64) -> Result<UpdateStats, OptimizerError> {
         let (backend, params, grads, _) = model.update_parts();
         let n = backend.buf_len(grads);
         let grad_norm = backend.sum_squares(backend.view(grads, 0..n)?)?.sqrt();
+        self.apply(backend, params, grads, 0, grad_norm, step)
+    }
+
+    /// One update of the owned range given the global gradient norm (summed across ranks by
+    /// the caller). `grads[i - grads_offset]` is the gradient of flat element `i` for every
+    /// owned `i`: a full-space buffer with offset 0, or a shard buffer with offset
+    /// `owned.start`.
+    pub fn apply(
+        &mut self,
+        backend: &B,
+        params: &mut B::Buf,
+        grads: &B::Buf,
+        grads_offset: usize,
+        grad_norm: f64,
+        step: u64,
+    ) -> Result<UpdateStats, OptimizerError> {
         if !grad_norm.is_finite() {
             return Err(OptimizerError::NonFiniteGradNorm { norm: grad_norm });
         }
@@ -229,7 +279,16 @@ impl<B: Backend> AdamW<B> {
                 bias_correction1: 1.0 - c.beta1.powi(t),
                 bias_correction2: 1.0 - c.beta2.powi(t),
             };
-            backend.adamw_update(params, grads, &mut self.state, range.clone(), &hp)?;
+            let local = range
+                .start
+                .checked_sub(grads_offset)
+                .ok_or(BackendError::OutOfBounds {
+                    start: range.start,
+                    end: range.end,
+                    len: backend.buf_len(grads),
+                })?..range.end - grads_offset;
+            let g = backend.view(grads, local)?;
+            backend.adamw_update(params, g, &mut self.state, range.clone(), &hp)?;
         }
         self.updates += 1;
         Ok(UpdateStats {
@@ -239,9 +298,9 @@ impl<B: Backend> AdamW<B> {
         })
     }
 
-    /// The state to save in a checkpoint.
+    /// The state to save in a checkpoint (the owned range's moments).
     pub fn state_to_host(&self, model: &Gpt<B>) -> Result<OptimizerState, OptimizerError> {
-        let n = model.num_params();
+        let n = self.owned.len();
         let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
         model
             .backend()
@@ -253,13 +312,14 @@ impl<B: Backend> AdamW<B> {
         })
     }
 
-    /// Restores state saved with [`AdamW::state_to_host`] (load the parameters first).
+    /// Restores state saved with [`AdamW::state_to_host`] for the same owned range (load the
+    /// parameters first).
     pub fn load_state(
         &mut self,
         model: &Gpt<B>,
         saved: &OptimizerState,
     ) -> Result<(), OptimizerError> {
-        let want = model.num_params();
+        let want = self.owned.len();
         for got in [saved.m.len(), saved.v.len()] {
             if got != want {
                 return Err(OptimizerError::StateSize { want, got });

@@ -24,7 +24,7 @@ use std::{
 use sha2::{Digest, Sha256};
 use tessera_api::{
     TrainingRun,
-    checkpoint::{CheckpointManifest, DataCursor, FORMAT_VERSION, RngState},
+    checkpoint::{CheckpointManifest, DataCursor, FORMAT_VERSION, RngState, checkpoint_dir_name},
     spec::{LrSchedule as SpecSchedule, ResolvedModel},
 };
 use tracing::{info, warn};
@@ -32,16 +32,19 @@ use tracing::{info, warn};
 use crate::{
     backend::Backend,
     checkpoint::{
-        BackgroundWriter, CheckpointError, CheckpointSnapshot, CheckpointTensors, NamedTensor,
-        find_latest_valid, write_checkpoint,
+        BackgroundWriter, CheckpointError, CheckpointSnapshot, CheckpointTensors,
+        CommittedCheckpoint, MODEL_FILE, NamedTensor, PartialCheckpoint, find_latest_valid,
+        flat_optimizer_state, load_checkpoint, remove_stale_partials, write_checkpoint,
     },
+    collective::{Collective, Solo},
     config::{ConfigError, ModelConfig},
     data::loader::{BatchLayout, EvalBatches, LoaderError, TokenStream, TrainBatches},
     hf,
     metrics::{MetricsError, StepReport, TrainerMetrics},
     model::{Gpt, ModelError},
     optimizer::{AdamW, AdamWConfig, LrSchedule, OptimizerError, OptimizerState},
-    train::{TrainError, train_step},
+    parallel::{DataParallel, ParallelError},
+    train::{TrainError, train_step_parallel},
 };
 
 /// How this process runs the spec.
@@ -56,6 +59,8 @@ pub struct RunOptions {
     pub metrics_addr: Option<SocketAddr>,
     /// Log a step line every this many steps (and the first and last).
     pub log_every: u64,
+    /// The gang generation this process belongs to (recorded in checkpoints).
+    pub generation: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,9 +82,13 @@ pub enum RunError {
     },
     #[error(
         "spec.optimizer.globalBatchTokens ({global}) is not a multiple of microBatch × context \
-         ({per_micro}); change either"
+         ({per_micro}) × ranks ({world}); change either"
     )]
-    BatchShape { global: u64, per_micro: u64 },
+    BatchShape {
+        global: u64,
+        per_micro: u64,
+        world: u32,
+    },
     #[error("spec.optimizer: {0}")]
     Optimizer(#[from] OptimizerError),
     #[error(transparent)]
@@ -105,6 +114,8 @@ pub enum RunError {
     InitFrom(#[from] hf::HfError),
     #[error("metrics: {0}")]
     Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    Parallel(#[from] ParallelError),
 }
 
 /// What a run did, for the CLI's summary.
@@ -124,6 +135,13 @@ pub struct RunSummary {
     /// SHA-256 of the final parameters' bytes (little-endian f32): equal hashes mean
     /// bit-identical weights.
     pub weights_sha256: String,
+    pub rank: u32,
+    pub world_size: u32,
+    /// Mean wall time of a step, and of the part of it spent waiting on communication.
+    pub step_seconds: f64,
+    pub comm_seconds_per_step: f64,
+    /// Bytes of optimizer state this rank holds (ZeRO-1 divides it by the world size).
+    pub optimizer_state_bytes: usize,
 }
 
 /// Resolves a path from the spec against the base directory.
@@ -153,14 +171,29 @@ pub fn model_config(run: &TrainingRun) -> Result<(ModelConfig, ResolvedModel), R
     Ok((config, resolved))
 }
 
-/// Trains `run` on `backend` to its last step, resuming from the newest committed checkpoint.
+/// Trains `run` on `backend` to its last step in one process, resuming from the newest
+/// committed checkpoint.
 pub fn train<B: Backend>(
     backend: B,
     run: &TrainingRun,
     options: &RunOptions,
 ) -> Result<RunSummary, RunError> {
+    train_ranked(backend, run, options, Box::new(Solo))
+}
+
+/// Trains `run` as rank `comm.rank()` of a data-parallel gang of `comm.world_size()` ranks
+/// (every rank calls this with the same spec): the global batch is split across ranks, the
+/// gradients combined per `parallelism.sharding`, checkpoints written as one shard per rank
+/// and committed by rank 0. A checkpoint written by any number of ranks resumes on any other.
+pub fn train_ranked<B: Backend>(
+    backend: B,
+    run: &TrainingRun,
+    options: &RunOptions,
+    comm: Box<dyn Collective>,
+) -> Result<RunSummary, RunError> {
     let spec = &run.spec;
     let started = Instant::now();
+    let (rank, world) = (comm.rank(), comm.world_size());
 
     // === model shape and data ===
     let (config, resolved) = model_config(run)?;
@@ -177,17 +210,22 @@ pub fn train<B: Backend>(
     let context = resolved.context;
     let per_micro = u64::from(micro_batch) * u64::from(context);
     let global = spec.optimizer.global_batch_tokens;
-    if !global.is_multiple_of(per_micro) {
-        return Err(RunError::BatchShape { global, per_micro });
+    let per_step = per_micro * u64::from(world);
+    if !global.is_multiple_of(per_step) {
+        return Err(RunError::BatchShape {
+            global,
+            per_micro,
+            world,
+        });
     }
-    // One process holds the whole global batch: what ranks would share, it accumulates.
-    let grad_accum = (global / per_micro) as u32;
+    // Each rank accumulates its share of the global batch.
+    let grad_accum = (global / per_step) as u32;
     let batches = TrainBatches::new(
         train_stream,
         spec.training.seed,
         BatchLayout {
-            rank: 0,
-            world_size: 1,
+            rank,
+            world_size: world,
             micro_batch,
             grad_accum,
             context,
@@ -222,20 +260,45 @@ pub fn train<B: Backend>(
         context as usize,
         spec.training.seed,
     )?;
-    let mut optimizer = AdamW::new(adamw_config(run), &model)?;
+    let mut dp = DataParallel::new(spec.parallelism.sharding, comm, &model)?;
+    let mut optimizer = AdamW::sharded(adamw_config(run), &model, dp.optimizer_range())?;
     let peak_flops = model.backend().peak_flops();
     let flops_per_step = config.flops_per_token(context as usize) * global as f64;
 
     // === resume ===
+    // Rank 0 picks the newest committed checkpoint that verifies; every rank loads that one.
     let checkpoint_root = resolve_path(&options.base_dir, &spec.checkpoint.path);
-    let scan = find_latest_valid(&checkpoint_root)?;
-    for skipped in &scan.skipped {
-        warn!(dir = %skipped.dir.display(), reason = %skipped.reason, "skipping checkpoint");
+    let mut chosen = Vec::new();
+    let mut loaded = None;
+    if rank == 0 {
+        let scan = find_latest_valid(&checkpoint_root)?;
+        for skipped in &scan.skipped {
+            warn!(dir = %skipped.dir.display(), reason = %skipped.reason, "skipping checkpoint");
+        }
+        if let Some(found) = &scan.loaded {
+            chosen = found.manifest.step.to_le_bytes().to_vec();
+        }
+        loaded = scan.loaded;
+    }
+    dp.comm()
+        .broadcast_bytes(&mut chosen, 0)
+        .map_err(ParallelError::from)?;
+    if rank != 0 && chosen.len() == 8 {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&chosen);
+        let dir = checkpoint_root.join(checkpoint_dir_name(u64::from_le_bytes(word)));
+        loaded = Some(load_checkpoint(&dir).map_err(|reason| {
+            CheckpointError::Manifest(format!(
+                "rank 0 chose {} but it does not load here: {reason}; is checkpoint.path a \
+                 volume every rank shares?",
+                dir.display()
+            ))
+        })?);
     }
     let mut start = 0;
     let mut last_loss = None;
     let mut last_val_loss = None;
-    if let Some(loaded) = scan.loaded {
+    if let Some(loaded) = loaded {
         if loaded.manifest.model != resolved {
             return Err(RunError::CheckpointModel {
                 dir: loaded.dir,
@@ -245,49 +308,46 @@ pub fn train<B: Backend>(
         }
         let layout = model.layout().clone();
         let mut params = vec![0.0f32; model.num_params()];
-        let mut m = vec![0.0f32; model.num_params()];
-        let mut v = vec![0.0f32; model.num_params()];
         for tensor in &layout.tensors {
-            let range = tensor.range();
-            let missing = |name: String| RunError::CheckpointTensor {
-                dir: loaded.dir.clone(),
-                name,
-            };
             let p = loaded
                 .model_tensor(tensor.name)
-                .ok_or_else(|| missing(tensor.name.to_string()))?;
-            let m_name = format!("m.{}", tensor.name);
-            let v_name = format!("v.{}", tensor.name);
-            let mt = loaded
-                .optimizer_tensor(&m_name)
-                .ok_or_else(|| missing(m_name.clone()))?;
-            let vt = loaded
-                .optimizer_tensor(&v_name)
-                .ok_or_else(|| missing(v_name.clone()))?;
-            for (dst, src, name) in [
-                (&mut params, p, tensor.name),
-                (&mut m, mt, &m_name),
-                (&mut v, vt, &v_name),
-            ] {
-                if src.values.len() != tensor.len {
-                    return Err(missing(format!("{name} with {} values", tensor.len)));
-                }
-                dst[range.clone()].copy_from_slice(&src.values);
-            }
+                .filter(|p| p.values.len() == tensor.len)
+                .ok_or_else(|| RunError::CheckpointTensor {
+                    dir: loaded.dir.clone(),
+                    name: format!("{} with {} values", tensor.name, tensor.len),
+                })?;
+            params[tensor.range()].copy_from_slice(&p.values);
         }
+        let names: Vec<(&str, std::ops::Range<usize>)> =
+            layout.tensors.iter().map(|t| (t.name, t.range())).collect();
+        let (m, v) = flat_optimizer_state(&loaded, &names, model.num_params()).map_err(|name| {
+            RunError::CheckpointTensor {
+                dir: loaded.dir.clone(),
+                name,
+            }
+        })?;
         model.load_params_from_host(&params)?;
+        let owned = optimizer.owned();
         optimizer.load_state(
             &model,
             &OptimizerState {
                 updates: loaded.optimizer_step,
-                m,
-                v,
+                m: m[owned.clone()].to_vec(),
+                v: v[owned].to_vec(),
             },
         )?;
         start = loaded.manifest.step;
         last_loss = loaded.manifest.loss;
         last_val_loss = loaded.manifest.val_loss;
-        info!(step = start, dir = %loaded.dir.display(), "resumed from checkpoint");
+        if rank == 0 {
+            info!(
+                step = start,
+                dir = %loaded.dir.display(),
+                written_by_ranks = loaded.manifest.world_size,
+                ranks = world,
+                "resumed from checkpoint"
+            );
+        }
     } else if let Some(path) = &spec.training.init_from {
         let weights = hf::load_gpt2(
             &resolve_path(&options.base_dir, path),
@@ -299,16 +359,16 @@ pub fn train<B: Backend>(
     }
     let resumed_from = (start > 0).then_some(start);
 
-    let metrics = TrainerMetrics::new(&options.run_name, 0)?;
+    let metrics = TrainerMetrics::new(&options.run_name, rank)?;
     if let Some(addr) = options.metrics_addr {
         let bound = metrics.serve(addr)?;
         info!(addr = %bound, "serving /metrics");
     }
-    let mut writer = spec
-        .checkpoint
-        .async_write
+    // A gang writes its shards synchronously; one process may write in the background.
+    let mut writer = (spec.checkpoint.async_write && world == 1)
         .then(|| BackgroundWriter::new(&checkpoint_root, spec.checkpoint.keep))
         .transpose()?;
+    let optimizer_state_bytes = optimizer.state_bytes(&model);
 
     // === the step loop ===
     let steps = spec.training.steps;
@@ -316,11 +376,13 @@ pub fn train<B: Backend>(
     let mut write_started: Option<Instant> = None;
     let mut tokens_per_second_sum = 0.0;
     let mut mfu_sum = 0.0;
+    let (mut step_seconds_sum, mut comm_seconds_sum) = (0.0, 0.0);
     for step in start..steps {
         let t0 = Instant::now();
-        let stats = train_step(
+        let stats = train_step_parallel(
             &mut model,
             &mut optimizer,
+            &mut dp,
             step,
             grad_accum as usize,
             &mut |s, micro, inputs, targets| {
@@ -331,6 +393,9 @@ pub fn train<B: Backend>(
             },
         )?;
         let seconds = t0.elapsed().as_secs_f64();
+        let comm_seconds = dp.take_comm_wait().as_secs_f64();
+        step_seconds_sum += seconds;
+        comm_seconds_sum += comm_seconds;
         let completed = step + 1;
         let report = StepReport {
             step: completed,
@@ -339,14 +404,16 @@ pub fn train<B: Backend>(
             grad_norm: stats.grad_norm,
             tokens_per_second: global as f64 / seconds,
             step_seconds: seconds,
-            mfu: flops_per_step / seconds / peak_flops,
+            mfu: flops_per_step / seconds / (peak_flops * f64::from(world)),
         };
         metrics.record_step(&report);
         tokens_per_second_sum += report.tokens_per_second;
         mfu_sum += report.mfu;
         last_loss = Some(stats.loss);
-        if completed == start + 1 || completed % options.log_every.max(1) == 0 || completed == steps
-        {
+        let log_now = completed == start + 1
+            || completed % options.log_every.max(1) == 0
+            || completed == steps;
+        if rank == 0 && log_now {
             info!(
                 step = completed,
                 loss = format_args!("{:.4}", stats.loss),
@@ -354,6 +421,7 @@ pub fn train<B: Backend>(
                 grad_norm = format_args!("{:.3}", stats.grad_norm),
                 tokens_per_second = format_args!("{:.0}", report.tokens_per_second),
                 step_ms = format_args!("{:.1}", seconds * 1e3),
+                comm_ms = format_args!("{:.1}", comm_seconds * 1e3),
                 mfu = format_args!("{:.4}", report.mfu),
                 "step"
             );
@@ -364,22 +432,24 @@ pub fn train<B: Backend>(
             && interval > 0
             && (completed % interval == 0 || completed == steps)
         {
-            let val_loss = evaluate(&mut model, eval)?;
+            let val_loss = evaluate_ranked(&mut model, eval, dp.comm())?;
             metrics.record_val_loss(val_loss);
             last_val_loss = Some(val_loss);
-            info!(
-                step = completed,
-                val_loss = format_args!("{:.4}", val_loss),
-                "eval"
-            );
+            if rank == 0 {
+                info!(
+                    step = completed,
+                    val_loss = format_args!("{:.4}", val_loss),
+                    "eval"
+                );
+            }
         }
 
         if completed % spec.checkpoint.every_steps == 0 || completed == steps {
             let manifest = CheckpointManifest {
                 format_version: FORMAT_VERSION,
                 step: completed,
-                generation: 0,
-                world_size: 1,
+                generation: options.generation,
+                world_size: world,
                 sharding: spec.parallelism.sharding,
                 config: spec.clone(),
                 model: resolved,
@@ -403,24 +473,39 @@ pub fn train<B: Backend>(
             let t_stall = Instant::now();
             let params = model.params_to_host()?;
             let state = optimizer.state_to_host(&model)?;
-            let names = optimizer_names(&model);
-            let tensors = checkpoint_tensors(&model, &params, &state, &names);
-            match writer.as_mut() {
-                Some(writer) => {
-                    let snapshot = CheckpointSnapshot::capture(&tensors);
-                    let done = writer.submit(manifest, snapshot)?;
-                    committed(&metrics, &mut write_started, done);
-                    write_started = Some(t_stall);
-                }
-                None => {
-                    let done = write_checkpoint(
-                        &checkpoint_root,
-                        manifest,
-                        &tensors,
-                        spec.checkpoint.keep,
-                    )?;
-                    write_started = Some(t_stall);
-                    committed(&metrics, &mut write_started, Some(done));
+            if world > 1 {
+                let done = write_shards(
+                    &mut dp,
+                    &checkpoint_root,
+                    manifest,
+                    &model,
+                    &params,
+                    &optimizer,
+                    &state,
+                    spec.checkpoint.keep,
+                )?;
+                write_started = Some(t_stall);
+                committed(&metrics, &mut write_started, done);
+            } else {
+                let names = optimizer_names(&model);
+                let tensors = checkpoint_tensors(&model, &params, &state, &names);
+                match writer.as_mut() {
+                    Some(writer) => {
+                        let snapshot = CheckpointSnapshot::capture(&tensors);
+                        let done = writer.submit(manifest, snapshot)?;
+                        committed(&metrics, &mut write_started, done);
+                        write_started = Some(t_stall);
+                    }
+                    None => {
+                        let done = write_checkpoint(
+                            &checkpoint_root,
+                            manifest,
+                            &tensors,
+                            spec.checkpoint.keep,
+                        )?;
+                        write_started = Some(t_stall);
+                        committed(&metrics, &mut write_started, Some(done));
+                    }
                 }
             }
             metrics.record_checkpoint_stall(t_stall.elapsed().as_secs_f64());
@@ -445,7 +530,77 @@ pub fn train<B: Backend>(
         wall_seconds: started.elapsed().as_secs_f64(),
         checkpoint_dir: checkpoint_root,
         weights_sha256: weights_sha256(&params),
+        rank,
+        world_size: world,
+        step_seconds: step_seconds_sum / ran,
+        comm_seconds_per_step: comm_seconds_sum / ran,
+        optimizer_state_bytes,
     })
+}
+
+/// Writes this rank's shard of a gang checkpoint: rank 0 begins the partial directory and
+/// writes the parameters; every rank writes its optimizer shard and makes it durable; the
+/// file lists meet at rank 0 (the barrier), which then writes the commit marker. Returns the
+/// commit on rank 0.
+#[allow(clippy::too_many_arguments)]
+fn write_shards<B: Backend>(
+    dp: &mut DataParallel<B>,
+    root: &Path,
+    manifest: CheckpointManifest,
+    model: &Gpt<B>,
+    params: &[f32],
+    optimizer: &AdamW<B>,
+    state: &OptimizerState,
+    keep: u32,
+) -> Result<Option<CommittedCheckpoint>, RunError> {
+    let rank = dp.rank();
+    let step = manifest.step;
+    // This rank's shard of the moments: the plan's range, cut from what the optimizer owns.
+    let shard = dp.plan().range(rank);
+    let owned = optimizer.owned();
+    let local = shard.start - owned.start..shard.end - owned.start;
+    let mut partial = if rank == 0 {
+        remove_stale_partials(root)?;
+        Some(PartialCheckpoint::begin(root, step)?)
+    } else {
+        None
+    };
+    dp.comm().barrier().map_err(ParallelError::from)?;
+    let mut partial = match partial.take() {
+        Some(p) => p,
+        None => PartialCheckpoint::join(root, step)?,
+    };
+    if rank == 0 {
+        partial.write_tensor_file(
+            MODEL_FILE,
+            &model_tensors(model, params),
+            Default::default(),
+        )?;
+    }
+    let file = partial.write_optimizer_shard(
+        rank,
+        shard,
+        &state.m[local.clone()],
+        &state.v[local],
+        state.updates,
+    )?;
+    let mine = serde_json::to_vec(&file).map_err(|e| {
+        CheckpointError::Manifest(format!("cannot encode rank {rank}'s file entry: {e}"))
+    })?;
+    let all = dp
+        .comm()
+        .all_gather_bytes(&mine)
+        .map_err(ParallelError::from)?;
+    if rank != 0 {
+        return Ok(None);
+    }
+    let mut others = Vec::new();
+    for (peer, bytes) in all.iter().enumerate().skip(1) {
+        others.push(serde_json::from_slice(bytes).map_err(|e| {
+            CheckpointError::Manifest(format!("rank {peer} sent an unreadable file entry: {e}"))
+        })?);
+    }
+    Ok(Some(partial.commit(manifest, others, keep)?))
 }
 
 /// Logs a checkpoint commit and records how long it took since it was started.
@@ -464,11 +619,22 @@ fn committed(
 
 /// Mean loss over the fixed validation set.
 pub fn evaluate<B: Backend>(model: &mut Gpt<B>, eval: &EvalBatches) -> Result<f64, RunError> {
+    evaluate_ranked(model, eval, &mut Solo)
+}
+
+/// Mean loss over the fixed validation set, the batches dealt round-robin across the gang
+/// and the partial sums added in rank order.
+pub fn evaluate_ranked<B: Backend>(
+    model: &mut Gpt<B>,
+    eval: &EvalBatches,
+    comm: &mut dyn Collective,
+) -> Result<f64, RunError> {
     let mut total = 0.0;
-    for i in 0..eval.len() {
+    for i in (comm.rank()..eval.len()).step_by(comm.world_size() as usize) {
         let batch = eval.batch(i)?;
         total += model.forward(&batch.inputs, &batch.targets)?;
     }
+    let total = comm.sum_f64(&[total]).map_err(ParallelError::from)?[0];
     Ok(total / f64::from(eval.len()))
 }
 
@@ -534,15 +700,22 @@ fn checkpoint_tensors<'a, B: Backend>(
         });
     }
     CheckpointTensors {
-        model: layout
-            .iter()
-            .map(|t| NamedTensor {
-                name: t.name,
-                shape: &t.shape,
-                values: &params[t.range()],
-            })
-            .collect(),
+        model: model_tensors(model, params),
         optimizer,
         optimizer_step: state.updates,
     }
+}
+
+/// Views of the flat parameters as named tensors.
+fn model_tensors<'a, B: Backend>(model: &'a Gpt<B>, params: &'a [f32]) -> Vec<NamedTensor<'a>> {
+    model
+        .layout()
+        .tensors
+        .iter()
+        .map(|t| NamedTensor {
+            name: t.name,
+            shape: &t.shape,
+            values: &params[t.range()],
+        })
+        .collect()
 }

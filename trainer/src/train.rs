@@ -1,13 +1,17 @@
-//! One training step: `accum` micro-batches forward+backward (each loss scaled by 1/accum so
-//! the accumulated gradient is the mean), then one AdamW update.
+//! One training step: `accum` micro-batches forward+backward on this rank (each loss scaled by
+//! 1/(accum × world) so the gradient summed over ranks is the mean), then the gang's gradient
+//! reduction and one AdamW update.
 //!
 //! ```text
-//! zero_grad ─▶ for m in 0..accum { batches(step, m) ─▶ forward(1/accum) ─▶ backward } ─▶ AdamW
+//! zero_grad ─▶ for m in 0..accum { batches(step, m) ─▶ forward ─▶ backward } ─▶ reduce ─▶ AdamW
 //! ```
 
 use crate::backend::Backend;
+use crate::collective::Solo;
 use crate::model::{Gpt, ModelError};
 use crate::optimizer::{AdamW, OptimizerError};
+use crate::parallel::{DataParallel, ParallelError};
+use tessera_api::spec::Sharding;
 use thiserror::Error;
 
 /// The error a batch source may return (the data loader's own error, boxed).
@@ -28,6 +32,8 @@ pub enum TrainError {
     Model(#[from] ModelError),
     #[error(transparent)]
     Optimizer(#[from] OptimizerError),
+    #[error(transparent)]
+    Parallel(#[from] ParallelError),
 }
 
 /// What a step reports.
@@ -40,12 +46,31 @@ pub struct StepStats {
     pub lr: f32,
 }
 
-/// Runs step `step` (0-based). `batches(step, micro, inputs, targets)` fills the B·T input and
-/// target tokens of micro-batch `micro`; it must be a pure function of its arguments for runs
-/// to be reproducible.
+/// Runs step `step` (0-based) in a single process. `batches(step, micro, inputs, targets)`
+/// fills the B·T input and target tokens of micro-batch `micro`; it must be a pure function of
+/// its arguments for runs to be reproducible.
 pub fn train_step<B, S>(
     model: &mut Gpt<B>,
     optimizer: &mut AdamW<B>,
+    step: u64,
+    accum: usize,
+    batches: &mut S,
+) -> Result<StepStats, TrainError>
+where
+    B: Backend,
+    S: FnMut(u64, usize, &mut [u32], &mut [u32]) -> Result<(), BatchError>,
+{
+    let mut solo = DataParallel::new(Sharding::None, Box::new(Solo), model)?;
+    train_step_parallel(model, optimizer, &mut solo, step, accum, batches)
+}
+
+/// Runs step `step` as one rank of a data-parallel gang: this rank's `accum` micro-batches,
+/// each loss scaled by 1/(accum × world) so the gradients summed across ranks are the mean
+/// over the global batch, then the gang's reduction and update (see [`crate::parallel`]).
+pub fn train_step_parallel<B, S>(
+    model: &mut Gpt<B>,
+    optimizer: &mut AdamW<B>,
+    dp: &mut DataParallel<B>,
     step: u64,
     accum: usize,
     batches: &mut S,
@@ -58,7 +83,8 @@ where
         return Err(TrainError::ZeroAccumulation);
     }
     model.zero_grad()?;
-    let scale = 1.0 / accum as f64;
+    let grad_scale = 1.0 / (accum as f64 * f64::from(dp.world_size()));
+    let loss_scale = 1.0 / accum as f64;
     let mut loss = 0.0;
     for micro in 0..accum {
         let (inputs, targets) = model.staging_mut();
@@ -67,10 +93,14 @@ where
             micro,
             source,
         })?;
-        loss += model.forward_staged(scale)? * scale;
-        model.backward()?;
+        loss += model.forward_staged(grad_scale)? * loss_scale;
+        if micro + 1 == accum {
+            dp.backward_last(model)?;
+        } else {
+            model.backward()?;
+        }
     }
-    let update = optimizer.step(model, step)?;
+    let (update, loss) = dp.finish_step(model, optimizer, step, loss)?;
     Ok(StepStats {
         loss,
         grad_norm: update.grad_norm,

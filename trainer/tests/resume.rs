@@ -9,8 +9,8 @@ use std::{
 };
 
 use serde_json::Value as Json;
-use tessera_api::spec::Tokenizer;
-use tessera_trainer::data::prepare::{PrepareOptions, prepare};
+
+mod common;
 
 const MANIFEST: &str = r#"
 apiVersion: tessera.dev/v1alpha1
@@ -27,34 +27,7 @@ spec:
 
 /// A run directory with the manifest and byte-level shards of a generated text.
 fn run_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let words = [
-        "tessera", "trains", "models", "on", "many", "nodes", "and", "keeps", "going", "after",
-        "failures",
-    ];
-    let mut state = 12345u64;
-    let mut text = String::new();
-    while text.len() < 60_000 {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        text.push_str(words[(state >> 33) as usize % words.len()]);
-        text.push(if (state >> 20).is_multiple_of(9) {
-            '\n'
-        } else {
-            ' '
-        });
-    }
-    let input = dir.path().join("corpus.txt");
-    std::fs::write(&input, text).unwrap();
-    prepare(&PrepareOptions::new(
-        Tokenizer::Bytes,
-        dir.path().join("data"),
-        vec![input],
-    ))
-    .unwrap();
-    std::fs::write(dir.path().join("run.yaml"), MANIFEST).unwrap();
-    dir
+    common::run_dir_with(MANIFEST)
 }
 
 fn trainer(dir: &Path) -> Command {

@@ -109,6 +109,8 @@ impl<F: Float> CpuBackend<F> {
 /// so no master copy is kept).
 #[derive(Debug, Clone)]
 pub struct CpuOptState<F> {
+    /// The part of the flat parameter space the moments cover.
+    pub owned: Range<usize>,
     pub m: Vec<F>,
     pub v: Vec<F>,
 }
@@ -389,30 +391,47 @@ impl<F: Float> Backend for CpuBackend<F> {
         Ok(reduce::sum_squares(x))
     }
 
-    fn alloc_opt_state(&self, params: &Vec<F>) -> Result<CpuOptState<F>, BackendError> {
+    fn alloc_opt_state(
+        &self,
+        params: &Vec<F>,
+        owned: Range<usize>,
+    ) -> Result<CpuOptState<F>, BackendError> {
+        check_range(&owned, params.len())?;
         Ok(CpuOptState {
-            m: self.alloc(params.len())?,
-            v: self.alloc(params.len())?,
+            m: self.alloc(owned.len())?,
+            v: self.alloc(owned.len())?,
+            owned,
         })
+    }
+
+    fn opt_state_bytes(&self, state: &CpuOptState<F>) -> usize {
+        (state.m.len() + state.v.len()) * std::mem::size_of::<F>()
     }
 
     fn adamw_update(
         &self,
         params: &mut Vec<F>,
-        grads: &Vec<F>,
+        grads: &[F],
         state: &mut CpuOptState<F>,
         range: Range<usize>,
         step: &AdamWStep,
     ) -> Result<(), BackendError> {
-        for len in [grads.len(), state.m.len(), state.v.len()] {
-            check_len("adamw_update", "grads/m/v", params.len(), len)?;
-        }
         check_range(&range, params.len())?;
+        check_len("adamw_update", "grads", range.len(), grads.len())?;
+        let owned = &state.owned;
+        if range.start < owned.start || range.end > owned.end {
+            return Err(BackendError::OutOfBounds {
+                start: range.start,
+                end: range.end,
+                len: owned.end,
+            });
+        }
+        let local = range.start - owned.start..range.end - owned.start;
         adamw::adamw_update(
-            &mut params[range.clone()],
-            &grads[range.clone()],
-            &mut state.m[range.clone()],
-            &mut state.v[range],
+            &mut params[range],
+            grads,
+            &mut state.m[local.clone()],
+            &mut state.v[local],
             step,
         );
         Ok(())

@@ -314,19 +314,27 @@ pub trait Backend: Send + Sync {
 
     // === optimizer ===
 
-    /// Optimizer state for a flat parameter buffer: moments zeroed, master weights (where the
-    /// backend keeps them) copied from `params`.
-    fn alloc_opt_state(&self, params: &Self::Buf) -> Result<Self::OptState, BackendError>;
-    /// One AdamW update of `params[range]` from `grads[range]` and the state's moments there.
+    /// Optimizer state for the part `owned` of a flat parameter buffer (the whole space, or a
+    /// rank's shard): moments zeroed, master weights (where the backend keeps them) copied
+    /// from `params[owned]`.
+    fn alloc_opt_state(
+        &self,
+        params: &Self::Buf,
+        owned: Range<usize>,
+    ) -> Result<Self::OptState, BackendError>;
+    /// Bytes the optimizer state occupies on the device (the trainer's memory accounting).
+    fn opt_state_bytes(&self, state: &Self::OptState) -> usize;
+    /// One AdamW update of `params[range]` from `grads` (the gradient of exactly that range)
+    /// and the state's moments there; `range` must lie inside the state's owned range.
     fn adamw_update(
         &self,
         params: &mut Self::Buf,
-        grads: &Self::Buf,
+        grads: Self::Ref<'_>,
         state: &mut Self::OptState,
         range: Range<usize>,
         step: &AdamWStep,
     ) -> Result<(), BackendError>;
-    /// Copies the state's moments `m` and `v` (fp32, each the length of the flat space) out.
+    /// Copies the state's moments `m` and `v` (fp32, each the length of the owned range) out.
     fn download_opt_state(
         &self,
         state: &Self::OptState,

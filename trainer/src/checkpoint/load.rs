@@ -18,7 +18,9 @@ use tessera_api::checkpoint::{
     parse_checkpoint_dir_name,
 };
 
-use super::{CheckpointError, MODEL_FILE, OPTIMIZER_FILE, OPTIMIZER_STEP_KEY, OwnedTensor};
+use super::{
+    CheckpointError, MODEL_FILE, OPTIMIZER_FILE, OPTIMIZER_STEP_KEY, OptimizerShard, OwnedTensor,
+};
 
 /// Why a checkpoint directory is not loadable.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -78,8 +80,10 @@ pub struct LoadedCheckpoint {
     pub manifest: CheckpointManifest,
     /// Parameters, in file order (sorted by name).
     pub model: Vec<OwnedTensor>,
-    /// Optimizer state, in file order (sorted by name).
+    /// Optimizer state by tensor name, in file order (sorted by name); empty when sharded.
     pub optimizer: Vec<OwnedTensor>,
+    /// Optimizer state of a sharded run, one slice per rank that wrote it, in rank order.
+    pub optimizer_shards: Vec<OptimizerShard>,
     pub optimizer_step: u64,
 }
 
@@ -419,9 +423,12 @@ fn load_dir(dir: &Path, step: Option<u64>) -> Result<LoadedCheckpoint, InvalidRe
     let manifest = read_manifest(dir, step)?;
     // Every listed file must verify, even ones this loader does not read.
     let mut contents: BTreeMap<&str, Vec<u8>> = BTreeMap::new();
+    let mut shard_entries = Vec::new();
     for entry in &manifest.files {
         if entry.path == MODEL_FILE || entry.path == OPTIMIZER_FILE {
             contents.insert(&entry.path, read_verified(dir, entry)?);
+        } else if let (Some(rank), Some(range)) = (entry.rank, entry.flat_range) {
+            shard_entries.push((rank, range, read_verified(dir, entry)?, &entry.path));
         } else {
             let (bytes, sha) = hash_file(dir, entry)?;
             compare(entry, bytes, &sha)?;
@@ -430,25 +437,110 @@ fn load_dir(dir: &Path, step: Option<u64>) -> Result<LoadedCheckpoint, InvalidRe
     let model_bytes = contents
         .get(MODEL_FILE)
         .ok_or(InvalidReason::MissingEntry(MODEL_FILE))?;
-    let optimizer_bytes = contents
-        .get(OPTIMIZER_FILE)
-        .ok_or(InvalidReason::MissingEntry(OPTIMIZER_FILE))?;
     let (model, _) = parse_tensors(MODEL_FILE, model_bytes)?;
-    let (optimizer, metadata) = parse_tensors(OPTIMIZER_FILE, optimizer_bytes)?;
-    let optimizer_step = metadata
-        .get(OPTIMIZER_STEP_KEY)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| InvalidReason::BadTensors {
-            path: OPTIMIZER_FILE.to_string(),
-            message: format!("its metadata has no integer {OPTIMIZER_STEP_KEY}"),
-        })?;
+    let step_of = |path: &str, metadata: &BTreeMap<String, String>| {
+        metadata
+            .get(OPTIMIZER_STEP_KEY)
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or_else(|| InvalidReason::BadTensors {
+                path: path.to_string(),
+                message: format!("its metadata has no integer {OPTIMIZER_STEP_KEY}"),
+            })
+    };
+    let (optimizer, optimizer_step, optimizer_shards) = if shard_entries.is_empty() {
+        let optimizer_bytes = contents
+            .get(OPTIMIZER_FILE)
+            .ok_or(InvalidReason::MissingEntry(OPTIMIZER_FILE))?;
+        let (optimizer, metadata) = parse_tensors(OPTIMIZER_FILE, optimizer_bytes)?;
+        let optimizer_step = step_of(OPTIMIZER_FILE, &metadata)?;
+        (optimizer, optimizer_step, Vec::new())
+    } else {
+        shard_entries.sort_by_key(|(rank, ..)| *rank);
+        let mut shards = Vec::with_capacity(shard_entries.len());
+        let mut steps = Vec::new();
+        for (rank, [start, end], bytes, path) in shard_entries {
+            let (tensors, metadata) = parse_tensors(path, &bytes)?;
+            steps.push(step_of(path, &metadata)?);
+            let take = |name: &str| {
+                tensors
+                    .iter()
+                    .find(|t| t.name == name && t.values.len() as u64 == end.saturating_sub(start))
+                    .map(|t| t.values.clone())
+                    .ok_or_else(|| InvalidReason::BadTensors {
+                        path: path.clone(),
+                        message: format!(
+                            "no tensor {name} of {} values for range {start}..{end}",
+                            end.saturating_sub(start)
+                        ),
+                    })
+            };
+            shards.push(OptimizerShard {
+                rank,
+                flat_range: start as usize..end as usize,
+                m: take("m")?,
+                v: take("v")?,
+            });
+        }
+        if steps.windows(2).any(|w| w[0] != w[1]) {
+            return Err(InvalidReason::BadTensors {
+                path: "optimizer-rank-*".into(),
+                message: format!("shards disagree on the optimizer step: {steps:?}"),
+            });
+        }
+        (Vec::new(), steps[0], shards)
+    };
     Ok(LoadedCheckpoint {
         dir: dir.to_path_buf(),
         manifest,
         model,
         optimizer,
+        optimizer_shards,
         optimizer_step,
     })
+}
+
+/// The whole flat AdamW state `(m, v)` of a loaded checkpoint over `tensors` (name and range
+/// of each parameter tensor, in layout order), from named tensors or from rank shards —
+/// whichever the checkpoint has — so a run resumes on any number of ranks. `None` names
+/// what is missing.
+pub fn flat_optimizer_state(
+    loaded: &LoadedCheckpoint,
+    tensors: &[(&str, std::ops::Range<usize>)],
+    total: usize,
+) -> Result<(Vec<f32>, Vec<f32>), String> {
+    let (mut m, mut v) = (vec![0.0f32; total], vec![0.0f32; total]);
+    if loaded.optimizer_shards.is_empty() {
+        for (name, range) in tensors {
+            for (dst, prefix) in [(&mut m, "m"), (&mut v, "v")] {
+                let full = format!("{prefix}.{name}");
+                let t = loaded
+                    .optimizer_tensor(&full)
+                    .filter(|t| t.values.len() == range.len())
+                    .ok_or_else(|| format!("{full} with {} values", range.len()))?;
+                dst[range.clone()].copy_from_slice(&t.values);
+            }
+        }
+        return Ok((m, v));
+    }
+    let mut next = 0;
+    for shard in &loaded.optimizer_shards {
+        if shard.flat_range.start != next || shard.flat_range.end > total {
+            return Err(format!(
+                "optimizer shards covering 0..{total} without gaps (rank {} covers {:?}, expected \
+                 a range starting at {next})",
+                shard.rank, shard.flat_range
+            ));
+        }
+        m[shard.flat_range.clone()].copy_from_slice(&shard.m);
+        v[shard.flat_range.clone()].copy_from_slice(&shard.v);
+        next = shard.flat_range.end;
+    }
+    if next != total {
+        return Err(format!(
+            "optimizer shards covering 0..{total}; they end at {next}"
+        ));
+    }
+    Ok((m, v))
 }
 
 fn parse_tensors(

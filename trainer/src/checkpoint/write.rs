@@ -24,7 +24,8 @@ use tessera_api::checkpoint::{
 };
 
 use super::{
-    CheckpointError, CheckpointTensors, MODEL_FILE, NamedTensor, OPTIMIZER_FILE, OPTIMIZER_STEP_KEY,
+    CheckpointError, CheckpointTensors, MODEL_FILE, NamedTensor, OPTIMIZER_FILE,
+    OPTIMIZER_STEP_KEY, optimizer_shard_file,
 };
 
 /// What a successful commit produced.
@@ -149,6 +150,47 @@ impl PartialCheckpoint {
         };
         self.files.push(file.clone());
         Ok(file)
+    }
+
+    /// Writes rank `rank`'s shard of the AdamW moments, covering `flat_range` of the flat
+    /// parameter space, as `optimizer-rank-NNNNN.safetensors` (tensors `m` and `v`), and
+    /// records the rank and range in its [`CheckpointFile`].
+    pub fn write_optimizer_shard(
+        &mut self,
+        rank: u32,
+        flat_range: std::ops::Range<usize>,
+        m: &[f32],
+        v: &[f32],
+        optimizer_step: u64,
+    ) -> Result<CheckpointFile, CheckpointError> {
+        let shape = [flat_range.len()];
+        let file = self.write_tensor_file(
+            &optimizer_shard_file(rank),
+            &[
+                NamedTensor {
+                    name: "m",
+                    shape: &shape,
+                    values: m,
+                },
+                NamedTensor {
+                    name: "v",
+                    shape: &shape,
+                    values: v,
+                },
+            ],
+            BTreeMap::from([(OPTIMIZER_STEP_KEY.to_string(), optimizer_step.to_string())]),
+        )?;
+        let entry = self
+            .files
+            .last_mut()
+            .ok_or_else(|| CheckpointError::Manifest("shard file was not recorded".into()))?;
+        entry.rank = Some(rank);
+        entry.flat_range = Some([flat_range.start as u64, flat_range.end as u64]);
+        Ok(CheckpointFile {
+            rank: entry.rank,
+            flat_range: entry.flat_range,
+            ..file
+        })
     }
 
     /// Commits: writes `manifest` as the commit marker (its format version and step set, its

@@ -93,3 +93,38 @@ pub fn max_rel(a: &[f64], b: &[f64]) -> f64 {
     let s = b.iter().map(|x| x.abs()).fold(0.0, f64::max).max(1e-30);
     m / s
 }
+
+/// A temporary run directory holding `manifest` as `run.yaml` and byte-level train and
+/// validation shards (`data/`) of a generated, repetitive text that a small model learns fast.
+pub fn run_dir_with(manifest: &str) -> tempfile::TempDir {
+    use tessera_api::spec::Tokenizer;
+    use tessera_trainer::data::prepare::{PrepareOptions, prepare};
+    let dir = tempfile::tempdir().unwrap();
+    let words = [
+        "tessera", "trains", "models", "on", "many", "nodes", "and", "keeps", "going", "after",
+        "failures",
+    ];
+    let mut state = 12345u64;
+    let mut text = String::new();
+    while text.len() < 60_000 {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        text.push_str(words[(state >> 33) as usize % words.len()]);
+        text.push(if (state >> 20).is_multiple_of(9) {
+            '\n'
+        } else {
+            ' '
+        });
+    }
+    let input = dir.path().join("corpus.txt");
+    std::fs::write(&input, text).unwrap();
+    prepare(&PrepareOptions::new(
+        Tokenizer::Bytes,
+        dir.path().join("data"),
+        vec![input],
+    ))
+    .unwrap();
+    std::fs::write(dir.path().join("run.yaml"), manifest).unwrap();
+    dir
+}
