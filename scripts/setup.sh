@@ -10,6 +10,8 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
+# etcd, which the coordination store's tests start (store/tests); Debian's etcd-server.
+[ -x /usr/bin/etcd ] || missing+=(etcd-server)
 if ((${#missing[@]})); then
   sudo=""
   if [ "$(id -u)" -ne 0 ]; then

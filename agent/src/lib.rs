@@ -1,6 +1,18 @@
-//! The node agent (owned by the agent work): one per node of a run. It discovers GPUs,
-//! spawns and watches trainer ranks, rendezvous through the coordination store, and restarts
-//! the gang from the newest committed checkpoint on failure.
+//! The node agent: one per node of a run. It discovers GPUs ([`gpu`]), joins the run's
+//! rendezvous in the coordination store, spawns and watches the trainer ranks ([`ranks`]),
+//! serves them the agent protocol on a unix socket ([`service`], state on the [`board`]), and
+//! restarts the gang from the newest committed checkpoint when something fails ([`node`]).
+//! [`metrics`] exports what it sees to Prometheus.
 //!
-//! It speaks `tessera_api::proto::agent` to its ranks.
+//! The same library runs as the `tessera-agent` binary (a worker pod's entrypoint) and
+//! in-process in `tessera run`.
 #![forbid(unsafe_code)]
+
+pub mod board;
+pub mod gpu;
+pub mod metrics;
+pub mod node;
+pub mod ranks;
+pub mod service;
+
+pub use node::{AgentConfig, AgentEnd, AgentError, AgentProgress, AgentReport, run_agent};

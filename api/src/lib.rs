@@ -6,14 +6,17 @@
 //! - [`manifest`]: reading a TrainingRun from YAML with errors that name the field;
 //! - [`proto`]: the agent's gRPC protocol (`proto/agent.proto`);
 //! - [`checkpoint`]: the checkpoint manifest and directory layout;
-//! - [`store_keys`]: the coordination-store key layout;
+//! - [`store_keys`]: the coordination-store key layout, and [`progress`]: the progress report
+//!   agents publish there;
 //! - [`metrics`]: every exported metric name.
 #![forbid(unsafe_code)]
 
 pub mod checkpoint;
+pub mod clock;
 pub mod crd;
 pub mod manifest;
 pub mod metrics;
+pub mod progress;
 pub mod proto;
 pub mod report;
 pub mod spec;
@@ -22,6 +25,7 @@ pub mod store_keys;
 pub mod validate;
 
 pub use manifest::{ManifestError, parse_training_run};
+pub use progress::RunProgress;
 pub use spec::{TrainingRun, TrainingRunSpec};
 pub use status::TrainingRunStatus;
 pub use validate::{Violation, validate};

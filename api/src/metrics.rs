@@ -26,12 +26,20 @@ pub const AGENT_GPU_UTILIZATION: &str = "tessera_agent_gpu_utilization_ratio";
 pub const AGENT_GPU_MEMORY_USED_BYTES: &str = "tessera_agent_gpu_memory_used_bytes";
 pub const AGENT_GPU_TEMPERATURE_CELSIUS: &str = "tessera_agent_gpu_temperature_celsius";
 pub const AGENT_GPU_HEALTHY: &str = "tessera_agent_gpu_healthy";
+/// Seconds from a detected failure to the first step of the resumed generation.
+pub const AGENT_RECOVERY_SECONDS: &str = "tessera_agent_recovery_seconds";
 
 // === operator ===
 pub const OPERATOR_RECONCILE_TOTAL: &str = "tessera_operator_reconcile_total";
 pub const OPERATOR_RECONCILE_ERRORS_TOTAL: &str = "tessera_operator_reconcile_errors_total";
 pub const OPERATOR_RECONCILE_SECONDS: &str = "tessera_operator_reconcile_duration_seconds";
 pub const OPERATOR_RUNS: &str = "tessera_operator_runs";
+/// Seconds from a run's creation to its admission.
+pub const OPERATOR_ADMISSION_WAIT_SECONDS: &str = "tessera_operator_admission_wait_seconds";
+/// Gang restarts the operator performed, labelled by reason.
+pub const OPERATOR_GANG_RESTARTS_TOTAL: &str = "tessera_operator_gang_restarts_total";
+/// 1 while this replica holds the leader lease.
+pub const OPERATOR_LEADER: &str = "tessera_operator_leader";
 
 /// Every metric name, for checks that dashboards and alerts name only real metrics.
 pub const ALL: &[&str] = &[
@@ -53,10 +61,14 @@ pub const ALL: &[&str] = &[
     AGENT_GPU_MEMORY_USED_BYTES,
     AGENT_GPU_TEMPERATURE_CELSIUS,
     AGENT_GPU_HEALTHY,
+    AGENT_RECOVERY_SECONDS,
     OPERATOR_RECONCILE_TOTAL,
     OPERATOR_RECONCILE_ERRORS_TOTAL,
     OPERATOR_RECONCILE_SECONDS,
     OPERATOR_RUNS,
+    OPERATOR_ADMISSION_WAIT_SECONDS,
+    OPERATOR_GANG_RESTARTS_TOTAL,
+    OPERATOR_LEADER,
 ];
 
 #[cfg(test)]

@@ -224,6 +224,20 @@ pub struct DataSpec {
     /// How the shards were tokenized.
     #[serde(default)]
     pub tokenizer: Tokenizer,
+    /// A volume holding the shards, mounted read-only on every worker (Kubernetes only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<DataVolume>,
+}
+
+/// A PersistentVolumeClaim with the token shards, mounted read-only at `mountPath`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DataVolume {
+    #[schemars(length(min = 1))]
+    pub claim_name: String,
+    /// Where the claim is mounted; `train` and `validation` name paths below it.
+    #[schemars(length(min = 1, max = MAX_PATH_LEN))]
+    pub mount_path: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -498,6 +512,13 @@ pub struct SchedulingSpec {
     /// Stop the run (after a checkpoint) and keep it stopped until this is false again.
     #[serde(default)]
     pub suspend: bool,
+    /// Fail the run when it has been running this long since it was first admitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub active_deadline_seconds: Option<u64>,
+    /// Delete the finished (Succeeded or Failed) run this long after it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds_after_finished: Option<u64>,
 }
 
 // === worker template ===

@@ -31,6 +31,9 @@ pub struct TrainingRunStatus {
     pub tokens_per_second: Option<f64>,
     #[serde(default)]
     pub restarts: u32,
+    /// Nodes in the current gang: `spec.parallelism.nodes`, or fewer after an elastic shrink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_checkpoint: Option<CheckpointRef>,
     /// RFC 3339.
@@ -39,6 +42,43 @@ pub struct TrainingRunStatus {
     /// RFC 3339.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<String>,
+}
+
+impl TrainingRunStatus {
+    /// The condition of this type, if the status carries one.
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == type_)
+    }
+
+    /// Whether the condition of this type is present with status `True`.
+    pub fn is_true(&self, type_: &str) -> bool {
+        self.condition(type_)
+            .is_some_and(|c| c.status == ConditionStatus::True)
+    }
+
+    /// Sets a condition, keeping its `lastTransitionTime` unless its status changes (the
+    /// Kubernetes convention). Returns whether the status changed.
+    pub fn set_condition(&mut self, update: Condition) -> bool {
+        match self.conditions.iter_mut().find(|c| c.type_ == update.type_) {
+            Some(existing) => {
+                let transitioned = existing.status != update.status;
+                let time = if transitioned {
+                    update.last_transition_time
+                } else {
+                    std::mem::take(&mut existing.last_transition_time)
+                };
+                *existing = Condition {
+                    last_transition_time: time,
+                    ..update
+                };
+                transitioned
+            }
+            None => {
+                self.conditions.push(update);
+                true
+            }
+        }
+    }
 }
 
 /// Where a run is in its life.
@@ -57,6 +97,29 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// The name shown in `kubectl get tr` and used as a metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Admitted => "Admitted",
+            Phase::Running => "Running",
+            Phase::Restarting => "Restarting",
+            Phase::Suspended => "Suspended",
+            Phase::Succeeded => "Succeeded",
+            Phase::Failed => "Failed",
+        }
+    }
+
+    pub const ALL: [Phase; 7] = [
+        Phase::Pending,
+        Phase::Admitted,
+        Phase::Running,
+        Phase::Restarting,
+        Phase::Suspended,
+        Phase::Succeeded,
+        Phase::Failed,
+    ];
+
     /// Terminal phases never change again.
     pub fn is_terminal(self) -> bool {
         matches!(self, Phase::Succeeded | Phase::Failed)
@@ -95,4 +158,35 @@ pub struct CheckpointRef {
     pub path: String,
     /// RFC 3339.
     pub time: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn condition(status: ConditionStatus, reason: &str, time: &str) -> Condition {
+        Condition {
+            type_: "Admitted".into(),
+            status,
+            reason: reason.into(),
+            message: String::new(),
+            last_transition_time: time.into(),
+            observed_generation: None,
+        }
+    }
+
+    #[test]
+    fn set_condition_keeps_the_transition_time_while_the_status_holds() {
+        let mut status = TrainingRunStatus::default();
+        assert!(status.set_condition(condition(ConditionStatus::False, "Waiting", "t1")));
+        assert!(!status.set_condition(condition(ConditionStatus::False, "StillWaiting", "t2")));
+        let admitted = status.condition("Admitted").expect("set above");
+        assert_eq!(admitted.last_transition_time, "t1");
+        assert_eq!(admitted.reason, "StillWaiting");
+        assert!(!status.is_true("Admitted"));
+        assert!(status.set_condition(condition(ConditionStatus::True, "GangFits", "t3")));
+        assert_eq!(status.conditions.len(), 1);
+        assert_eq!(status.conditions[0].last_transition_time, "t3");
+        assert!(status.is_true("Admitted"));
+    }
 }

@@ -2,9 +2,16 @@
 //!
 //! ```text
 //! /tessera/v1/runs/{namespace}/{name}/
-//!   generation                      the gang's generation (u64, bumped by compare-and-swap)
-//!   members/{node}                  one per live agent, held by its lease
-//!   rendezvous/{generation}/ranks   the rank table fixed for that generation
+//!   generation                      the gang's generation (u64 as decimal text, created as "1",
+//!                                   bumped by compare-and-swap)
+//!   members/{node}                  one per live agent, held by its lease (JSON member record:
+//!                                   node, slots, address, the generation it last joined)
+//!   rendezvous/{generation}/members/{node}
+//!                                   the node joined that generation; held by the same lease
+//!                                   (the same JSON member record)
+//!   rendezvous/{generation}/ranks   the rank table fixed for that generation (JSON: generation,
+//!                                   world size, nodes in name order with first rank and slots);
+//!                                   written once, by create-if-absent, not leased
 //!   rendezvous/{generation}/nccl-id the NCCL unique id made by rank 0
 //!   rendezvous/{generation}/peers/{rank}  a rank's TCP address (CPU transport)
 //!   progress                        the newest progress report (JSON)
@@ -50,6 +57,21 @@ impl RunKeys {
         format!("{}rendezvous/{generation}/", self.prefix)
     }
 
+    /// Every join record of a generation (ends in `/`).
+    pub fn rendezvous_members_prefix(&self, generation: u64) -> String {
+        format!("{}members/", self.rendezvous_prefix(generation))
+    }
+
+    /// One node's join record for a generation.
+    pub fn rendezvous_member(&self, generation: u64, node: &str) -> String {
+        format!("{}{node}", self.rendezvous_members_prefix(generation))
+    }
+
+    /// Every generation's rendezvous keys (ends in `/`).
+    pub fn rendezvous_root(&self) -> String {
+        format!("{}rendezvous/", self.prefix)
+    }
+
     pub fn rank_table(&self, generation: u64) -> String {
         format!("{}ranks", self.rendezvous_prefix(generation))
     }
@@ -86,6 +108,18 @@ mod tests {
         assert_eq!(
             keys.member("node-a"),
             "/tessera/v1/runs/ml/gpt2-small/members/node-a"
+        );
+        assert_eq!(
+            keys.rendezvous_member(3, "node-a"),
+            "/tessera/v1/runs/ml/gpt2-small/rendezvous/3/members/node-a"
+        );
+        assert!(
+            keys.rendezvous_member(3, "node-a")
+                .starts_with(&keys.rendezvous_members_prefix(3))
+        );
+        assert!(
+            keys.rendezvous_prefix(3)
+                .starts_with(&keys.rendezvous_root())
         );
         assert_eq!(
             keys.rank_table(3),

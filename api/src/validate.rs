@@ -212,6 +212,18 @@ pub fn cross_field_rules() -> Vec<CrossFieldRule> {
                       is mounted there)",
             holds: |s| s.checkpoint.volume.is_none() || s.checkpoint.path.starts_with('/'),
         },
+        CrossFieldRule {
+            scope: &["data"],
+            field_path: ".volume.mountPath",
+            cel: "!has(self.volume) || self.volume.mountPath.startsWith('/')".into(),
+            message: "data.volume.mountPath must be absolute",
+            holds: |s| {
+                s.data
+                    .volume
+                    .as_ref()
+                    .is_none_or(|v| v.mount_path.starts_with('/'))
+            },
+        },
     ]
 }
 
@@ -287,6 +299,19 @@ fn check_bounds(spec: &TrainingRunSpec) -> Vec<Violation> {
         b.within("spec.model.vocab", v, 1, MAX_VOCAB);
     }
     b.not_empty("spec.data.train", &spec.data.train);
+    if let Some(volume) = &spec.data.volume {
+        b.not_empty("spec.data.volume.claimName", &volume.claim_name);
+        b.not_empty("spec.data.volume.mountPath", &volume.mount_path);
+        if volume.mount_path.chars().count() > MAX_PATH_LEN as usize {
+            b.report(
+                "spec.data.volume.mountPath",
+                format!("may not be longer than {MAX_PATH_LEN} chars"),
+            );
+        }
+    }
+    if let Some(v) = spec.scheduling.active_deadline_seconds {
+        b.at_least("spec.scheduling.activeDeadlineSeconds", v, 1);
+    }
 
     let o = &spec.optimizer;
     b.within("spec.optimizer.lr", o.lr, 0.0, MAX_LR);

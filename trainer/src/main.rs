@@ -1,15 +1,25 @@
 //! `tessera-trainer`: trains from a TrainingRun manifest, standalone (no agent): one process,
 //! or one rank of a gang that meets at rank 0's `--master-addr`.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    net::{SocketAddr, TcpListener},
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use tessera_api::manifest::{Override, parse_training_run_with};
 use tessera_trainer::{
     backend::cpu::CpuBackend,
-    collective::rendezvous::{StaticRendezvous, rendezvous},
+    collective::{
+        Collective, Solo,
+        rendezvous::{StaticRendezvous, connect_ring, rendezvous},
+    },
+    hook::Unsupervised,
     run::{RunOptions, train_ranked},
+    supervised::AgentLink,
 };
 
 #[derive(Parser)]
@@ -52,6 +62,21 @@ struct Args {
     /// The gang generation (ranks of another generation are refused at rendezvous).
     #[arg(long, default_value_t = 0)]
     generation: u64,
+    /// Append one JSON line per step (rank 0) to this file.
+    #[arg(long)]
+    history: Option<PathBuf>,
+    /// Supervised mode: the agent's unix socket; rank, world and peers come from the agent.
+    #[arg(long, conflicts_with_all = ["master_addr", "rank", "world_size"])]
+    agent_socket: Option<PathBuf>,
+    /// Supervised mode: this rank's index among its agent's ranks.
+    #[arg(long, default_value_t = 0, requires = "agent_socket")]
+    local_rank: u32,
+    /// Supervised mode: the address peers reach this rank on (the node's IP).
+    #[arg(long, default_value = "127.0.0.1", requires = "agent_socket")]
+    listen_host: std::net::IpAddr,
+    /// Supervised mode: seconds between heartbeats to the agent.
+    #[arg(long, default_value_t = 1.0, requires = "agent_socket")]
+    heartbeat_interval: f64,
 }
 
 fn main() -> ExitCode {
@@ -76,27 +101,70 @@ fn run(args: Args) -> Result<()> {
     })?;
     let run = parse_training_run_with(&yaml, &args.overrides)
         .with_context(|| format!("{} is rejected", args.config.display()))?;
-    let options = RunOptions {
+    let mut options = RunOptions {
         base_dir: args.base_dir,
         run_name: run.metadata.name.clone().unwrap_or_default(),
         metrics_addr: args.metrics_addr,
         log_every: args.log_every,
         generation: args.generation,
+        history: args.history.clone(),
     };
-    let master_addr = match (&args.master_addr, args.world_size) {
-        (Some(addr), _) => addr.clone(),
-        (None, 1) => String::new(),
-        (None, n) => bail!("--world-size {n} needs --master-addr host:port (rank 0's address)"),
+    let rendezvous_timeout = Duration::from_secs(args.rendezvous_timeout);
+    let collective_timeout = Duration::from_secs(args.collective_timeout);
+    let summary = match &args.agent_socket {
+        Some(socket) => {
+            let mut link = AgentLink::connect(socket, rendezvous_timeout)?;
+            let listener = TcpListener::bind((args.listen_host, 0)).with_context(|| {
+                format!(
+                    "cannot listen for peers on --listen-host {}",
+                    args.listen_host
+                )
+            })?;
+            let listen_address = listener.local_addr()?.to_string();
+            let info = link.rendezvous(args.local_rank, args.generation, listen_address)?;
+            let deadline = Instant::now() + rendezvous_timeout;
+            let comm: Box<dyn Collective> = if info.world_size <= 1 {
+                Box::new(Solo)
+            } else {
+                let peers: Vec<String> = info.peers.iter().map(|p| p.address.clone()).collect();
+                Box::new(connect_ring(
+                    info.rank,
+                    &peers,
+                    listener,
+                    deadline,
+                    collective_timeout,
+                )?)
+            };
+            let interval = Duration::from_secs_f64(args.heartbeat_interval.clamp(0.05, 60.0));
+            link.start_heartbeats(interval, (interval * 10).max(Duration::from_secs(10)));
+            options.generation = info.generation;
+            train_ranked(CpuBackend::<f32>::new(), &run, &options, comm, &mut link)?
+        }
+        None => {
+            let master_addr = match (&args.master_addr, args.world_size) {
+                (Some(addr), _) => addr.clone(),
+                (None, 1) => String::new(),
+                (None, n) => {
+                    bail!("--world-size {n} needs --master-addr host:port (rank 0's address)")
+                }
+            };
+            let comm = rendezvous(&StaticRendezvous {
+                master_addr,
+                rank: args.rank,
+                world_size: args.world_size,
+                generation: args.generation,
+                timeout: rendezvous_timeout,
+                collective_timeout,
+            })?;
+            train_ranked(
+                CpuBackend::<f32>::new(),
+                &run,
+                &options,
+                comm,
+                &mut Unsupervised,
+            )?
+        }
     };
-    let comm = rendezvous(&StaticRendezvous {
-        master_addr,
-        rank: args.rank,
-        world_size: args.world_size,
-        generation: args.generation,
-        timeout: Duration::from_secs(args.rendezvous_timeout),
-        collective_timeout: Duration::from_secs(args.collective_timeout),
-    })?;
-    let summary = train_ranked(CpuBackend::<f32>::new(), &run, &options, comm)?;
     println!("{}", serde_json::to_string(&summary_json(&summary))?);
     Ok(())
 }
@@ -104,6 +172,7 @@ fn run(args: Args) -> Result<()> {
 fn summary_json(s: &tessera_trainer::run::RunSummary) -> serde_json::Value {
     serde_json::json!({
         "steps": s.steps,
+        "stoppedEarly": s.stopped_early,
         "resumedFrom": s.resumed_from,
         "finalLoss": s.final_loss,
         "finalValLoss": s.final_val_loss,

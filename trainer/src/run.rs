@@ -40,6 +40,7 @@ use crate::{
     config::{ConfigError, ModelConfig},
     data::loader::{BatchLayout, EvalBatches, LoaderError, TokenStream, TrainBatches},
     hf,
+    hook::{Directive, Phase, RunHook, Unsupervised},
     metrics::{MetricsError, StepReport, TrainerMetrics},
     model::{Gpt, ModelError},
     optimizer::{AdamW, AdamWConfig, LrSchedule, OptimizerError, OptimizerState},
@@ -61,6 +62,9 @@ pub struct RunOptions {
     pub log_every: u64,
     /// The gang generation this process belongs to (recorded in checkpoints).
     pub generation: u64,
+    /// Rank 0 appends one JSON line per step here (step, loss, val loss, generation, time):
+    /// the loss curve `tessera run` draws.
+    pub history: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +120,8 @@ pub enum RunError {
     Metrics(#[from] MetricsError),
     #[error(transparent)]
     Parallel(#[from] ParallelError),
+    #[error("aborted by the supervising agent after step {step}: this generation is over")]
+    Aborted { step: u64 },
 }
 
 /// What a run did, for the CLI's summary.
@@ -123,6 +129,8 @@ pub enum RunError {
 pub struct RunSummary {
     /// Steps completed in total (including steps before a resume).
     pub steps: u64,
+    /// The supervisor stopped the run (after a checkpoint) before its last step.
+    pub stopped_early: bool,
     /// The step this process resumed from, if it did.
     pub resumed_from: Option<u64>,
     pub final_loss: Option<f64>,
@@ -178,19 +186,22 @@ pub fn train<B: Backend>(
     run: &TrainingRun,
     options: &RunOptions,
 ) -> Result<RunSummary, RunError> {
-    train_ranked(backend, run, options, Box::new(Solo))
+    train_ranked(backend, run, options, Box::new(Solo), &mut Unsupervised)
 }
 
 /// Trains `run` as rank `comm.rank()` of a data-parallel gang of `comm.world_size()` ranks
 /// (every rank calls this with the same spec): the global batch is split across ranks, the
 /// gradients combined per `parallelism.sharding`, checkpoints written as one shard per rank
 /// and committed by rank 0. A checkpoint written by any number of ranks resumes on any other.
+/// `hook` sees every step and steers the run (see [`crate::hook`]).
 pub fn train_ranked<B: Backend>(
     backend: B,
     run: &TrainingRun,
     options: &RunOptions,
     comm: Box<dyn Collective>,
+    hook: &mut dyn RunHook,
 ) -> Result<RunSummary, RunError> {
+    hook.phase(Phase::Initializing);
     let spec = &run.spec;
     let started = Instant::now();
     let (rank, world) = (comm.rank(), comm.world_size());
@@ -360,6 +371,16 @@ pub fn train_ranked<B: Backend>(
     let resumed_from = (start > 0).then_some(start);
 
     let metrics = TrainerMetrics::new(&options.run_name, rank)?;
+    let mut history = match (&options.history, rank) {
+        (Some(path), 0) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| CheckpointError::io(path, e))?,
+        ),
+        _ => None,
+    };
     if let Some(addr) = options.metrics_addr {
         let bound = metrics.serve(addr)?;
         info!(addr = %bound, "serving /metrics");
@@ -377,6 +398,8 @@ pub fn train_ranked<B: Backend>(
     let mut tokens_per_second_sum = 0.0;
     let mut mfu_sum = 0.0;
     let (mut step_seconds_sum, mut comm_seconds_sum) = (0.0, 0.0);
+    let mut stopped_at = None;
+    hook.phase(Phase::Training);
     for step in start..steps {
         let t0 = Instant::now();
         let stats = train_step_parallel(
@@ -432,7 +455,9 @@ pub fn train_ranked<B: Backend>(
             && interval > 0
             && (completed % interval == 0 || completed == steps)
         {
+            hook.phase(Phase::Evaluating);
             let val_loss = evaluate_ranked(&mut model, eval, dp.comm())?;
+            hook.phase(Phase::Training);
             metrics.record_val_loss(val_loss);
             last_val_loss = Some(val_loss);
             if rank == 0 {
@@ -444,7 +469,34 @@ pub fn train_ranked<B: Backend>(
             }
         }
 
-        if completed % spec.checkpoint.every_steps == 0 || completed == steps {
+        if let Some(file) = history.as_mut() {
+            let evaluated = eval.is_some()
+                && spec.training.eval_interval > 0
+                && (completed % spec.training.eval_interval == 0 || completed == steps);
+            let line = serde_json::json!({
+                "generation": options.generation,
+                "step": completed,
+                "loss": stats.loss,
+                "valLoss": if evaluated { last_val_loss } else { None },
+                "tokensPerSecond": report.tokens_per_second,
+                "unixMs": SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+            });
+            use std::io::Write;
+            if let Err(e) = writeln!(file, "{line}") {
+                warn!("cannot append to the step history: {e}");
+            }
+        }
+        // The gang follows the strongest directive any rank got.
+        let wanted = hook.step_done(&report, last_val_loss);
+        let directive = agree(dp.comm(), wanted)?;
+        if directive == Directive::Abort {
+            return Err(RunError::Aborted { step: completed });
+        }
+        if completed % spec.checkpoint.every_steps == 0
+            || completed == steps
+            || directive >= Directive::CheckpointNow
+        {
+            hook.phase(Phase::Checkpointing);
             let manifest = CheckpointManifest {
                 format_version: FORMAT_VERSION,
                 step: completed,
@@ -485,7 +537,7 @@ pub fn train_ranked<B: Backend>(
                     spec.checkpoint.keep,
                 )?;
                 write_started = Some(t_stall);
-                committed(&metrics, &mut write_started, done);
+                committed(&metrics, hook, &mut write_started, done);
             } else {
                 let names = optimizer_names(&model);
                 let tensors = checkpoint_tensors(&model, &params, &state, &names);
@@ -493,7 +545,7 @@ pub fn train_ranked<B: Backend>(
                     Some(writer) => {
                         let snapshot = CheckpointSnapshot::capture(&tensors);
                         let done = writer.submit(manifest, snapshot)?;
-                        committed(&metrics, &mut write_started, done);
+                        committed(&metrics, hook, &mut write_started, done);
                         write_started = Some(t_stall);
                     }
                     None => {
@@ -504,24 +556,35 @@ pub fn train_ranked<B: Backend>(
                             spec.checkpoint.keep,
                         )?;
                         write_started = Some(t_stall);
-                        committed(&metrics, &mut write_started, Some(done));
+                        committed(&metrics, hook, &mut write_started, Some(done));
                     }
                 }
             }
             metrics.record_checkpoint_stall(t_stall.elapsed().as_secs_f64());
+            hook.phase(Phase::Training);
         }
         if let Some(writer) = writer.as_mut() {
-            committed(&metrics, &mut write_started, writer.poll()?);
+            committed(&metrics, hook, &mut write_started, writer.poll()?);
+        }
+        if directive == Directive::Stop {
+            info!(
+                step = completed,
+                "stopping as the supervisor asked, after a checkpoint"
+            );
+            stopped_at = Some(completed);
+            break;
         }
     }
     if let Some(writer) = writer.as_mut() {
-        committed(&metrics, &mut write_started, writer.wait()?);
+        committed(&metrics, hook, &mut write_started, writer.wait()?);
     }
+    hook.phase(Phase::Done);
 
-    let ran = steps.saturating_sub(start).max(1) as f64;
+    let ran = stopped_at.unwrap_or(steps).saturating_sub(start).max(1) as f64;
     let params = model.params_to_host()?;
     Ok(RunSummary {
-        steps,
+        steps: stopped_at.unwrap_or(steps),
+        stopped_early: stopped_at.is_some(),
         resumed_from,
         final_loss: last_loss,
         final_val_loss: last_val_loss,
@@ -603,18 +666,37 @@ fn write_shards<B: Backend>(
     Ok(Some(partial.commit(manifest, others, keep)?))
 }
 
-/// Logs a checkpoint commit and records how long it took since it was started.
+/// Logs a checkpoint commit, records how long it took since it was started, and tells the
+/// hook.
 fn committed(
     metrics: &TrainerMetrics,
+    hook: &mut dyn RunHook,
     write_started: &mut Option<Instant>,
     done: Option<crate::checkpoint::CommittedCheckpoint>,
 ) {
     if let Some(done) = done {
-        if let Some(started) = write_started.take() {
-            metrics.record_checkpoint_written(started.elapsed().as_secs_f64());
+        let seconds = write_started.take().map(|s| s.elapsed().as_secs_f64());
+        if let Some(seconds) = seconds {
+            metrics.record_checkpoint_written(seconds);
         }
         info!(step = done.manifest.step, dir = %done.dir.display(), bytes = done.bytes, "checkpoint committed");
+        hook.checkpoint_committed(&done, seconds.unwrap_or(0.0));
     }
+}
+
+/// The strongest directive over the gang's ranks (each rank's own with one rank).
+fn agree(comm: &mut dyn Collective, mine: Directive) -> Result<Directive, RunError> {
+    if comm.world_size() == 1 {
+        return Ok(mine);
+    }
+    let all = comm
+        .all_gather_bytes(&[mine as u8])
+        .map_err(ParallelError::from)?;
+    Ok(all
+        .iter()
+        .map(|b| Directive::from_code(b.first().copied().unwrap_or(u8::MAX)))
+        .max()
+        .unwrap_or(mine))
 }
 
 /// Mean loss over the fixed validation set.

@@ -17,6 +17,7 @@ use tessera_trainer::{
     backend::cpu::CpuBackend,
     checkpoint::load_checkpoint,
     collective::rendezvous::{StaticRendezvous, rendezvous},
+    hook::Unsupervised,
     run::{RunOptions, RunSummary, train_ranked},
 };
 
@@ -67,9 +68,16 @@ fn gang(dir: &Path, world: u32, overrides: &[&str]) -> Vec<RunSummary> {
                         metrics_addr: None,
                         log_every: 1000,
                         generation: 0,
+                        history: None,
                     };
-                    train_ranked(CpuBackend::<f32>::new(), run, &options, comm)
-                        .unwrap_or_else(|e| panic!("rank {rank}: {e}"))
+                    train_ranked(
+                        CpuBackend::<f32>::new(),
+                        run,
+                        &options,
+                        comm,
+                        &mut Unsupervised,
+                    )
+                    .unwrap_or_else(|e| panic!("rank {rank}: {e}"))
                 })
             })
             .collect();

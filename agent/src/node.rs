@@ -1,0 +1,710 @@
+//! One node's agent, generation after generation: join the rendezvous, start the ranks, watch
+//! them, and on a failure bump the generation so the whole gang restarts from the newest
+//! committed checkpoint.
+//!
+//! ```text
+//! loop:
+//!   g = current generation; restarts = g - 1 > maxRestarts? ─▶ Failed
+//!   join g (leased member record) ─▶ rank table (Superseded: g = newer; fixed without us: wait)
+//!   verify the newest checkpoint ─▶ start the ranks of g ─▶ watch:
+//!     all ranks exit 0 at the last step ─▶ Succeeded        a rank exits non-zero ─▶ failure
+//!     a rank silent / no progress > heartbeatTimeout ─▶ failure
+//!     a member of g leaves (lease expired) ─▶ failure        g bumped by a peer ─▶ next g
+//!     SIGTERM / Stop RPC ─▶ directive STOP: ranks checkpoint and exit 0 ─▶ Stopped
+//!   failure: bump g (compare-and-swap; one agent wins), stop the ranks, back off, next g
+//! ```
+//! Elastic runs: the rendezvous takes between `minNodes` and `nodes` members, so a gang that
+//! lost a node continues on fewer ranks (the trainer reshards the checkpoint), and a run below
+//! `minNodes` waits for a replacement.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+use tessera_api::{
+    TrainingRun,
+    progress::RunProgress,
+    proto::agent::{Directive, RankPhase},
+    status::CheckpointRef,
+    store_keys::RunKeys,
+};
+use tessera_store::{
+    JoinOutcome, LeaseKeeper, Member, RankTable, RendezvousConfig, RendezvousError, RunStore,
+    Store, StoreError,
+};
+use tessera_trainer::checkpoint::{list_checkpoints, verify_checkpoint};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    board::Board,
+    metrics::AgentMetrics,
+    ranks::{RankExit, RankLaunch, Ranks},
+    service::{AgentService, ServiceEvent, serve_on_socket},
+};
+
+/// Everything one node's agent needs.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub run: TrainingRun,
+    pub namespace: String,
+    pub name: String,
+    /// This node's name in the rendezvous (unique in the run).
+    pub node: String,
+    /// Ranks on this node.
+    pub slots: u32,
+    /// Where this agent can be reached (informational, in its member record).
+    pub address: String,
+    pub launch: RankLaunch,
+    pub lease_ttl: Duration,
+    pub rendezvous_timeout: Duration,
+    /// An elastic rendezvous fixes the table this long after the last member joined.
+    pub last_call: Duration,
+    /// SIGTERM to SIGKILL.
+    pub stop_grace: Duration,
+    /// How long a graceful stop waits for the ranks' checkpoint and exit.
+    pub stop_timeout: Duration,
+}
+
+/// How the agent's work ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "phase")]
+pub enum AgentEnd {
+    /// The run reached its last step.
+    Succeeded,
+    /// Stopped on request after a checkpoint (resume by starting again).
+    Stopped { checkpoint_step: u64 },
+    /// Restarts exhausted, or a failure the agent cannot recover from.
+    Failed { reason: String },
+}
+
+/// One failure the gang recovered from (or tried to).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Failure {
+    pub generation: u64,
+    /// One of `metrics::REASONS`.
+    pub kind: String,
+    pub reason: String,
+    /// When it was detected (milliseconds since the Unix epoch).
+    pub detected_unix_ms: u64,
+    /// Seconds from detection to the first step of the next generation (when measured).
+    pub recovery_seconds: Option<f64>,
+}
+
+/// What the agent reports when it ends.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentReport {
+    pub end: AgentEnd,
+    pub node: String,
+    pub generation: u64,
+    pub failures: Vec<Failure>,
+    /// The trainer's JSON summary from this node's first rank in the last generation.
+    pub rank_summary: Option<serde_json::Value>,
+}
+
+/// The progress report the agent of rank 0 publishes: the operator's [`RunProgress`] plus
+/// the phase, the ranks' states and the failures so far.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentProgress {
+    #[serde(flatten)]
+    pub run: RunProgress,
+    /// Running, Succeeded, Stopped or Failed.
+    pub phase: String,
+    pub world_size: u32,
+    pub ranks: BTreeMap<u32, String>,
+    pub failures: Vec<Failure>,
+    pub message: String,
+}
+
+/// Why the agent could not work at all.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("coordination store: {0}")]
+    Store(#[from] StoreError),
+    #[error("rendezvous: {0}")]
+    Rendezvous(#[from] RendezvousError),
+    #[error("agent socket {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("starting ranks: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// How one generation ended.
+enum GenerationEnd {
+    Succeeded(Option<serde_json::Value>),
+    Stopped(u64, Option<serde_json::Value>),
+    Failed { kind: &'static str, reason: String },
+    Superseded(u64),
+}
+
+/// Runs this node's part of the run until it succeeds, stops or fails.
+pub async fn run_agent(
+    config: AgentConfig,
+    store: Arc<dyn Store>,
+    metrics: AgentMetrics,
+    shutdown: CancellationToken,
+) -> Result<AgentReport, AgentError> {
+    let keys = RunKeys::new(&config.namespace, &config.name);
+    let run = RunStore::new(store.clone(), keys);
+    let resilience = &config.run.spec.fault_tolerance;
+    let nodes = config.run.spec.parallelism.nodes as usize;
+    let min_nodes = resilience.min_nodes.map_or(nodes, |m| m as usize).max(1);
+    let board = Arc::new(Board::default());
+    let (events_tx, mut events) = mpsc::channel(16);
+    let service = AgentService::new(
+        board.clone(),
+        run.clone(),
+        events_tx,
+        config.rendezvous_timeout,
+    );
+    let serving = CancellationToken::new();
+    let socket = config.launch.socket.clone();
+    let _server = serve_on_socket(service, &socket, serving.clone())
+        .await
+        .map_err(|source| AgentError::Socket {
+            path: socket.clone(),
+            source,
+        })?;
+    let _stop_serving = serving.drop_guard();
+
+    let mut lease = LeaseKeeper::start(store.clone(), config.lease_ttl).await?;
+    let mut failures: Vec<Failure> = Vec::new();
+    let mut generation = run.current_generation().await?;
+    let mut failed_at: Option<Instant> = None;
+    let report = |end: AgentEnd, generation: u64, failures: &[Failure], summary| AgentReport {
+        end,
+        node: config.node.clone(),
+        generation,
+        failures: failures.to_vec(),
+        rank_summary: summary,
+    };
+
+    loop {
+        let restarts = generation.saturating_sub(1);
+        metrics.generation(generation);
+        if restarts > u64::from(resilience.max_restarts) {
+            let last = failures
+                .last()
+                .map_or("unknown".into(), |f| f.reason.clone());
+            let reason = format!(
+                "{restarts} restarts exceed resilience.maxRestarts = {}; the last failure: {last}",
+                resilience.max_restarts
+            );
+            tracing::error!("{reason}");
+            publish(&run, &board, generation, "Failed", &failures, &reason, 0).await;
+            return Ok(report(
+                AgentEnd::Failed { reason },
+                generation,
+                &failures,
+                None,
+            ));
+        }
+        if shutdown.is_cancelled() {
+            let step = board.last_checkpoint().map_or(0, |c| c.step);
+            return Ok(report(
+                AgentEnd::Stopped {
+                    checkpoint_step: step,
+                },
+                generation,
+                &failures,
+                None,
+            ));
+        }
+
+        // === rendezvous ===
+        let member = Member {
+            node: config.node.clone(),
+            slots: config.slots,
+            address: config.address.clone(),
+        };
+        let rdzv = RendezvousConfig {
+            min_members: min_nodes.min(nodes),
+            max_members: nodes,
+            timeout: config.rendezvous_timeout,
+            last_call: if min_nodes < nodes {
+                config.last_call
+            } else {
+                Duration::ZERO
+            },
+        };
+        if matches!(
+            *lease.status().borrow(),
+            tessera_store::LeaseStatus::Lost(_)
+        ) {
+            lease = LeaseKeeper::start(store.clone(), config.lease_ttl).await?;
+        }
+        let joined = tokio::select! {
+            j = run.join(generation, &member, lease.lease(), &rdzv) => j,
+            _ = shutdown.cancelled() => continue,
+        };
+        let table = match joined {
+            Ok(JoinOutcome::Joined(table)) => table,
+            Ok(JoinOutcome::Superseded { generation: newer }) => {
+                generation = newer;
+                continue;
+            }
+            Err(RendezvousError::NotCurrent { current, .. }) => {
+                generation = current;
+                continue;
+            }
+            Err(e @ RendezvousError::FixedWithout { .. }) => {
+                tracing::warn!("{e}; waiting for the next generation");
+                generation = tokio::select! {
+                    g = run.wait_for_generation_past(generation) => g?,
+                    _ = shutdown.cancelled() => continue,
+                };
+                continue;
+            }
+            Err(e @ RendezvousError::NotEnoughMembers { .. }) => {
+                tracing::warn!("{e}; still waiting");
+                continue;
+            }
+            Err(e @ RendezvousError::MembershipLost { .. }) => {
+                tracing::warn!("{e}");
+                lease = LeaseKeeper::start(store.clone(), config.lease_ttl).await?;
+                continue;
+            }
+            Err(e) if e.is_transient() => {
+                tracing::warn!("rendezvous: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let Some(me) = table.node(&config.node).cloned() else {
+            continue;
+        };
+        tracing::info!(
+            generation,
+            world = table.world_size,
+            nodes = ?table.node_names(),
+            first_rank = me.first_rank,
+            "rank table fixed"
+        );
+
+        // === checkpoint check and ranks ===
+        let resume = newest_valid_checkpoint(&config);
+        board.begin_generation(table.clone(), me.first_rank, me.slots, resume);
+        let mut ranks =
+            Ranks::spawn(&config.launch, generation, me.slots).map_err(AgentError::Spawn)?;
+        let end = watch_generation(
+            &config,
+            &run,
+            &board,
+            &metrics,
+            &table,
+            me.first_rank,
+            &mut ranks,
+            &mut events,
+            &lease,
+            &shutdown,
+            &mut failed_at,
+            &mut failures,
+        )
+        .await;
+
+        match end {
+            GenerationEnd::Succeeded(summary) => {
+                tracing::info!(generation, "the run finished");
+                mark_done(&run, generation, &config.node).await;
+                if me.first_rank == 0 {
+                    publish(
+                        &run,
+                        &board,
+                        generation,
+                        "Succeeded",
+                        &failures,
+                        "",
+                        table.world_size,
+                    )
+                    .await;
+                }
+                let _ = lease.revoke().await;
+                return Ok(report(AgentEnd::Succeeded, generation, &failures, summary));
+            }
+            GenerationEnd::Stopped(step, summary) => {
+                tracing::info!(
+                    generation,
+                    checkpoint_step = step,
+                    "stopped after a checkpoint"
+                );
+                mark_done(&run, generation, &config.node).await;
+                if me.first_rank == 0 {
+                    publish(
+                        &run,
+                        &board,
+                        generation,
+                        "Stopped",
+                        &failures,
+                        "",
+                        table.world_size,
+                    )
+                    .await;
+                }
+                let _ = lease.revoke().await;
+                return Ok(report(
+                    AgentEnd::Stopped {
+                        checkpoint_step: step,
+                    },
+                    generation,
+                    &failures,
+                    summary,
+                ));
+            }
+            GenerationEnd::Superseded(newer) => {
+                tracing::warn!(
+                    generation,
+                    newer,
+                    "a peer ended this generation; restarting"
+                );
+                board.direct(Directive::Abort);
+                ranks.stop(config.stop_grace).await;
+                failed_at.get_or_insert_with(Instant::now);
+                generation = newer;
+            }
+            GenerationEnd::Failed { kind, reason } => {
+                tracing::warn!(generation, %reason, "failure detected; restarting the gang");
+                failed_at = Some(Instant::now());
+                metrics.restart(kind);
+                failures.push(Failure {
+                    generation,
+                    kind: kind.to_string(),
+                    reason: reason.clone(),
+                    detected_unix_ms: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64),
+                    recovery_seconds: None,
+                });
+                // Bump first, so peers stop their ranks while this agent stops its own.
+                let won = run.bump_generation(generation).await.unwrap_or(false);
+                board.direct(Directive::Abort);
+                ranks.stop(config.stop_grace).await;
+                if me.first_rank == 0 || won {
+                    publish(
+                        &run,
+                        &board,
+                        generation,
+                        "Restarting",
+                        &failures,
+                        &reason,
+                        table.world_size,
+                    )
+                    .await;
+                }
+                generation = run.current_generation().await?.max(generation + 1);
+                let restarts = generation.saturating_sub(1);
+                let backoff = backoff_delay(resilience.backoff_seconds, restarts);
+                if !backoff.is_zero() {
+                    tracing::info!(
+                        seconds = backoff.as_secs_f64(),
+                        "backing off before the restart"
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `base × 2^(restarts-1)`, capped at ten minutes.
+pub fn backoff_delay(base_seconds: u32, restarts: u64) -> Duration {
+    if base_seconds == 0 || restarts == 0 {
+        return Duration::ZERO;
+    }
+    let factor = 1u64 << (restarts - 1).min(16);
+    Duration::from_secs((u64::from(base_seconds) * factor).min(600))
+}
+
+/// The newest committed checkpoint that verifies; older ones are logged when a newer one is
+/// skipped. Empty when none (the trainer initialises).
+fn newest_valid_checkpoint(config: &AgentConfig) -> String {
+    let root = tessera_trainer::run::resolve_path(
+        &config.launch.base_dir,
+        &config.run.spec.checkpoint.path,
+    );
+    let Ok(listing) = list_checkpoints(&root) else {
+        return String::new();
+    };
+    let mut committed: Vec<_> = listing.into_iter().filter(|c| c.committed).collect();
+    committed.sort_by_key(|c| std::cmp::Reverse(c.step));
+    for c in committed {
+        let report = verify_checkpoint(&c.dir);
+        if report.is_valid() {
+            return c.dir.to_string_lossy().into_owned();
+        }
+        tracing::warn!(dir = %c.dir.display(), "the newest checkpoint does not verify; falling back to an older one");
+    }
+    String::new()
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn watch_generation(
+    config: &AgentConfig,
+    run: &RunStore,
+    board: &Board,
+    metrics: &AgentMetrics,
+    table: &RankTable,
+    first_rank: u32,
+    ranks: &mut Ranks,
+    events: &mut mpsc::Receiver<ServiceEvent>,
+    lease: &LeaseKeeper,
+    shutdown: &CancellationToken,
+    failed_at: &mut Option<Instant>,
+    failures: &mut [Failure],
+) -> GenerationEnd {
+    let generation = table.generation;
+    let timeout = Duration::from_secs(u64::from(
+        config.run.spec.fault_tolerance.heartbeat_timeout_seconds,
+    ));
+    // Before a rank's first heartbeat it may be loading data or waiting for slower nodes.
+    let startup = config.rendezvous_timeout + timeout;
+    let mut departures = match run.watch_departures(generation, &table.node_names()).await {
+        Ok(d) => Some(d),
+        Err(e) => {
+            tracing::warn!("cannot watch the members of generation {generation}: {e}");
+            None
+        }
+    };
+    let superseded = run.wait_for_generation_past(generation);
+    tokio::pin!(superseded);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut last_publish = Instant::now() - Duration::from_secs(10);
+    let mut exited: Vec<RankExit> = Vec::new();
+    let mut stopping: Option<(Instant, Option<tokio::sync::oneshot::Sender<u64>>)> = None;
+    let lost = lease.lost();
+    tokio::pin!(lost);
+
+    loop {
+        tokio::select! {
+            exit = ranks.next_exit() => {
+                let Some(exit) = exit else { continue };
+                if !exit.success() {
+                    if stopping.is_some() {
+                        tracing::warn!("{exit} while stopping");
+                    }
+                    return GenerationEnd::Failed { kind: "rank-exit", reason: exit.to_string() };
+                }
+                exited.push(exit);
+                if ranks.running() == 0 {
+                    let summary = exited
+                        .iter()
+                        .min_by_key(|e| e.local_rank)
+                        .and_then(|e| serde_json::from_str::<serde_json::Value>(e.stdout.trim()).ok());
+                    let early = summary
+                        .as_ref()
+                        .and_then(|s| s["stoppedEarly"].as_bool())
+                        .unwrap_or(false);
+                    if early || stopping.is_some() {
+                        let step = board.last_checkpoint().map_or(0, |c| c.step);
+                        let step = summary.as_ref().and_then(|s| s["steps"].as_u64()).unwrap_or(step);
+                        if let Some((_, Some(reply))) = stopping.take() {
+                            let _ = reply.send(step);
+                        }
+                        return GenerationEnd::Stopped(step, summary);
+                    }
+                    return GenerationEnd::Succeeded(summary);
+                }
+            }
+            _ = tick.tick() => {
+                if let Some((since, _)) = &stopping
+                    && since.elapsed() > config.stop_timeout
+                {
+                    return GenerationEnd::Failed {
+                        kind: "hang",
+                        reason: format!(
+                            "the ranks did not checkpoint and exit within {} s of the stop request",
+                            config.stop_timeout.as_secs()
+                        ),
+                    };
+                }
+                if stopping.is_none()
+                    && let Some(stall) = board.stalled(timeout, startup)
+                {
+                    return GenerationEnd::Failed { kind: "hang", reason: stall.to_string() };
+                }
+                let beats = board.ranks();
+                metrics.ranks(&beats);
+                // Recovered: the first step of this generation after a failure.
+                if let Some(at) = *failed_at
+                    && beats.values().any(|b| b.phase == RankPhase::Training && b.last_beat.is_some() && b.step > 0 && b.last_progress > at)
+                {
+                    let seconds = at.elapsed().as_secs_f64();
+                    tracing::info!(seconds = format_args!("{seconds:.2}"), "recovered: the gang is stepping again");
+                    metrics.recovered(seconds);
+                    if let Some(f) = failures.last_mut() {
+                        f.recovery_seconds.get_or_insert(seconds);
+                    }
+                    *failed_at = None;
+                }
+                if first_rank == 0 && last_publish.elapsed() > Duration::from_secs(1) {
+                    last_publish = Instant::now();
+                    publish(run, board, generation, "Running", failures, "", table.world_size).await;
+                }
+            }
+            node = next_departure(&mut departures) => {
+                // A node whose ranks finished (or stopped cleanly) leaves on purpose.
+                if node != config.node && !is_done(run, generation, &node).await {
+                    return GenerationEnd::Failed {
+                        kind: "peer-lost",
+                        reason: format!("node {node} left generation {generation} (its agent's lease expired)"),
+                    };
+                }
+            }
+            newer = &mut superseded => {
+                if let Ok(newer) = newer {
+                    return GenerationEnd::Superseded(newer);
+                }
+            }
+            _ = &mut lost => {
+                return GenerationEnd::Failed {
+                    kind: "lease-lost",
+                    reason: format!("{}'s lease in the coordination store expired", config.node),
+                };
+            }
+            event = events.recv() => match event {
+                Some(ServiceEvent::Committed(checkpoint)) => {
+                    publish_checkpoint(run, &checkpoint).await;
+                }
+                Some(ServiceEvent::Stop { reason, checkpoint, reply }) => {
+                    tracing::info!(%reason, checkpoint, "stop requested");
+                    if checkpoint {
+                        board.direct(Directive::Stop);
+                        stopping = Some((Instant::now(), Some(reply)));
+                    } else {
+                        board.direct(Directive::Abort);
+                        ranks.stop(config.stop_grace).await;
+                        let _ = reply.send(0);
+                        return GenerationEnd::Stopped(board.last_checkpoint().map_or(0, |c| c.step), None);
+                    }
+                }
+                None => {}
+            },
+            _ = shutdown.cancelled(), if stopping.is_none() => {
+                tracing::info!("shutting down: asking the ranks to checkpoint and stop");
+                board.direct(Directive::Stop);
+                stopping = Some((Instant::now(), None));
+            }
+        }
+    }
+}
+
+/// The key a node writes when its ranks ended cleanly, before it leaves the generation.
+fn done_key(run: &RunStore, generation: u64, node: &str) -> String {
+    format!("{}done/{node}", run.keys().rendezvous_prefix(generation))
+}
+
+async fn mark_done(run: &RunStore, generation: u64, node: &str) {
+    let key = done_key(run, generation, node);
+    if let Err(e) = run.store().put(&key, b"1".to_vec(), None).await {
+        tracing::warn!("cannot mark {node} done in generation {generation}: {e}");
+    }
+}
+
+async fn is_done(run: &RunStore, generation: u64, node: &str) -> bool {
+    matches!(
+        run.store().get(&done_key(run, generation, node)).await,
+        Ok(Some(_))
+    )
+}
+
+async fn next_departure(departures: &mut Option<tessera_store::Departures>) -> String {
+    match departures {
+        Some(d) => match d.next().await {
+            Ok(node) => node,
+            Err(e) => {
+                tracing::warn!("lost the membership watch: {e}");
+                *departures = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+async fn publish_checkpoint(run: &RunStore, checkpoint: &CheckpointRef) {
+    if let Ok(json) = serde_json::to_vec(checkpoint)
+        && let Err(e) = run.publish_latest_checkpoint(&json).await
+    {
+        tracing::warn!("cannot publish the newest checkpoint: {e}");
+    }
+}
+
+/// Publishes the run's progress as this agent sees it (logged, not fatal, when the store is
+/// away).
+async fn publish(
+    run: &RunStore,
+    board: &Board,
+    generation: u64,
+    phase: &str,
+    failures: &[Failure],
+    message: &str,
+    world_size: u32,
+) {
+    let beats = board.ranks();
+    let lead = beats.values().next();
+    let progress = AgentProgress {
+        run: RunProgress {
+            generation,
+            step: lead.map_or(0, |b| b.step),
+            loss: lead.and_then(|b| b.loss),
+            val_loss: lead.and_then(|b| b.val_loss),
+            tokens_per_second: lead.and_then(|b| b.tokens_per_second),
+            last_checkpoint: board.last_checkpoint(),
+            restarts: generation.saturating_sub(1) as u32,
+        },
+        phase: phase.to_string(),
+        world_size,
+        ranks: beats
+            .iter()
+            .map(|(r, b)| (*r, format!("{:?}", b.phase)))
+            .collect(),
+        failures: failures.to_vec(),
+        message: message.to_string(),
+    };
+    match serde_json::to_vec(&progress) {
+        Ok(json) => {
+            if let Err(e) = run.publish_progress(&json).await {
+                tracing::warn!("cannot publish progress: {e}");
+            }
+        }
+        Err(e) => tracing::warn!("cannot encode progress: {e}"),
+    }
+}
+
+/// Where rank logs and the socket live by default for a node.
+pub fn default_socket(dir: &std::path::Path, node: &str) -> PathBuf {
+    dir.join(format!("agent-{node}.sock"))
+}
+
+/// The host address ranks listen on when none is given.
+pub fn loopback() -> IpAddr {
+    IpAddr::from([127, 0, 0, 1])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        assert_eq!(backoff_delay(0, 5), Duration::ZERO);
+        assert_eq!(backoff_delay(2, 0), Duration::ZERO);
+        assert_eq!(backoff_delay(2, 1), Duration::from_secs(2));
+        assert_eq!(backoff_delay(2, 3), Duration::from_secs(8));
+        assert_eq!(backoff_delay(10, 30), Duration::from_secs(600));
+    }
+}

@@ -1,0 +1,131 @@
+//! `LeaseKeeper`: grants a lease and refreshes it every ttl/3 in a background task, telling its
+//! owner (a `tokio::sync::watch` channel) when the lease is in doubt or lost.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::error::StoreError;
+use crate::kv::LeaseId;
+use crate::store::{Store, ttl_seconds};
+
+/// What a keeper knows about its lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseStatus {
+    /// The last refresh succeeded.
+    Alive,
+    /// The last refresh failed with a transient error (the store is unreachable or restarting);
+    /// the keeper keeps retrying, and the lease may well still be alive in the store (etcd keeps
+    /// leases across its restarts).
+    Unconfirmed(StoreError),
+    /// The store says the lease is gone (it expired or was revoked): its keys are deleted. The
+    /// keeper has stopped; grant a new lease to take part again.
+    Lost(StoreError),
+}
+
+/// A lease kept alive in the background. Dropping the keeper stops the refreshes (the lease then
+/// expires after its TTL, as if the owner had crashed); [`LeaseKeeper::revoke`] ends it at once.
+pub struct LeaseKeeper {
+    store: Arc<dyn Store>,
+    lease: LeaseId,
+    ttl: Duration,
+    status: watch::Receiver<LeaseStatus>,
+    task: JoinHandle<()>,
+}
+
+impl LeaseKeeper {
+    /// Grants a lease of `ttl` (whole seconds, rounded up) and starts refreshing it.
+    pub async fn start(store: Arc<dyn Store>, ttl: Duration) -> Result<LeaseKeeper, StoreError> {
+        let ttl = Duration::from_secs(ttl_seconds(ttl)?.unsigned_abs());
+        let lease = store.grant_lease(ttl).await?;
+        let (tx, status) = watch::channel(LeaseStatus::Alive);
+        let task = tokio::spawn(refresh(store.clone(), lease, ttl, tx));
+        Ok(LeaseKeeper {
+            store,
+            lease,
+            ttl,
+            status,
+            task,
+        })
+    }
+
+    pub fn lease(&self) -> LeaseId {
+        self.lease
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The lease's status, updated as refreshes succeed or fail.
+    pub fn status(&self) -> watch::Receiver<LeaseStatus> {
+        self.status.clone()
+    }
+
+    /// Waits until the lease is lost; returns why.
+    pub async fn lost(&self) -> StoreError {
+        let mut status = self.status.clone();
+        loop {
+            if let LeaseStatus::Lost(e) = &*status.borrow_and_update() {
+                return e.clone();
+            }
+            if status.changed().await.is_err() {
+                // The refresh task is gone without saying so (it panicked): nothing keeps the
+                // lease alive any more.
+                return StoreError::LeaseExpired(self.lease);
+            }
+        }
+    }
+
+    /// Stops refreshing and revokes the lease, deleting its keys now.
+    pub async fn revoke(self) -> Result<(), StoreError> {
+        self.task.abort();
+        match self.store.revoke_lease(self.lease).await {
+            Ok(()) | Err(StoreError::LeaseExpired(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Drop for LeaseKeeper {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Refreshes every ttl/3; after a transient failure retries sooner, every ttl/10.
+async fn refresh(
+    store: Arc<dyn Store>,
+    lease: LeaseId,
+    ttl: Duration,
+    status: watch::Sender<LeaseStatus>,
+) {
+    let period = ttl / 3;
+    let retry = (ttl / 10).max(Duration::from_millis(50));
+    let mut delay = period;
+    loop {
+        tokio::time::sleep(delay).await;
+        match store.keep_alive(lease).await {
+            Ok(_) => {
+                status.send_if_modified(|s| {
+                    let changed = *s != LeaseStatus::Alive;
+                    *s = LeaseStatus::Alive;
+                    changed
+                });
+                delay = period;
+            }
+            Err(e) if e.is_transient() => {
+                tracing::warn!("cannot refresh lease {lease} yet: {e}");
+                status.send_replace(LeaseStatus::Unconfirmed(e));
+                delay = retry;
+            }
+            Err(e) => {
+                tracing::warn!("lease {lease} is lost: {e}");
+                status.send_replace(LeaseStatus::Lost(e));
+                return;
+            }
+        }
+    }
+}
