@@ -8,10 +8,11 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use tessera::local;
 use tessera_api::spec::Tokenizer;
 use tessera_trainer::{
     backend::cpu::CpuBackend,
-    checkpoint::{list_checkpoints, verify_checkpoint},
+    checkpoint::verify_checkpoint,
     data::prepare::{PrepareOptions, prepare},
     hf,
     run::model_config,
@@ -35,6 +36,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a TrainingRun on this machine: the embedded store, one agent per local node and
+    /// the trainer ranks as child processes. Ctrl-C checkpoints and stops; run it again to
+    /// resume.
+    Run(local::LocalRun),
+    /// Show a local run's state from its output directory: live from its coordination store,
+    /// else its final summary, else its checkpoints.
+    Status {
+        /// The run's output directory (`tessera run --out DIR`).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Print the raw JSON (the published progress, or the summary).
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the TrainingRun CustomResourceDefinition (YAML) for `kubectl apply -f -`.
     Crd,
     /// Check a TrainingRun manifest against every rule the cluster enforces.
@@ -118,6 +133,33 @@ fn parse_tokenizer(name: &str) -> Result<Tokenizer, String> {
     }
 }
 
+fn print_summary(s: &local::LocalSummary) {
+    let num =
+        |x: Option<f64>, digits: usize| x.map_or("-".to_string(), |v| format!("{v:.digits$}"));
+    println!("{} {}: {}", s.name, s.phase.to_lowercase(), s.message);
+    println!(
+        "  steps {}  loss {}  val loss {}  {} tokens/s  MFU {}  wall {:.1} s",
+        s.steps.map_or("-".into(), |n| n.to_string()),
+        num(s.final_loss, 4),
+        num(s.final_val_loss, 4),
+        num(s.tokens_per_second, 0),
+        num(s.mfu, 3),
+        s.wall_seconds
+    );
+    println!("  restarts {}", s.restarts);
+    for f in &s.failures {
+        let recovered = f
+            .recovery_seconds
+            .map_or(String::new(), |r| format!(", back to training in {r:.2} s"));
+        println!(
+            "    generation {}: {} ({}){recovered}",
+            f.generation, f.reason, f.kind
+        );
+    }
+    println!("  checkpoints {}", s.checkpoint_dir.display());
+    println!("  output {}", s.out.display());
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tessera_api::report::exit_code(run(cli))
@@ -125,6 +167,29 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Run(args) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                )
+                .with_target(false)
+                .with_writer(std::io::stderr)
+                .init();
+            let runtime = tokio::runtime::Runtime::new()?;
+            let json = args.json;
+            let summary = runtime.block_on(local::run_local(args))?;
+            if json {
+                println!("{}", serde_json::to_string(&summary)?);
+            } else {
+                print_summary(&summary);
+            }
+            if summary.phase == "Failed" {
+                anyhow::bail!("the run failed: {}", summary.message);
+            }
+            Ok(())
+        }
+        Command::Status { dir, json } => tessera::status::print_status(&dir, json),
         Command::Crd => {
             print!("{}", tessera_api::crd::trainingrun_crd_yaml());
             Ok(())
@@ -192,29 +257,8 @@ fn run(cli: Cli) -> Result<()> {
 fn ckpt(command: CkptCommand) -> Result<()> {
     match command {
         CkptCommand::Ls { root } => {
-            if !root.is_dir() {
-                bail!(
-                    "{} is not a directory; name a checkpoint root (checkpoint.path)",
-                    root.display()
-                );
-            }
-            for c in list_checkpoints(&root)? {
-                let state = if c.committed {
-                    "committed"
-                } else {
-                    "uncommitted"
-                };
-                let loss = c
-                    .manifest
-                    .as_ref()
-                    .and_then(|m| m.loss)
-                    .map_or_else(|| "-".to_string(), |l| format!("{l:.4}"));
-                println!(
-                    "{:>10}  {state:<11}  loss {loss:>8}  {:>12} bytes  {}",
-                    c.step,
-                    c.bytes,
-                    c.dir.display()
-                );
+            for c in tessera::checkpoints::list(&root)? {
+                println!("{}", tessera::checkpoints::line(&c));
             }
             Ok(())
         }

@@ -1,0 +1,401 @@
+//! `tessera run`: a whole TrainingRun on this machine. The manifest is validated with the
+//! cluster's rules before anything starts; then the embedded coordination store (served on
+//! loopback so `tessera status` can read it) or a given etcd, one in-process node agent per
+//! local node, and the trainer ranks as child processes. Ctrl-C asks the ranks to checkpoint
+//! and stop; running the same command again resumes.
+//!
+//! ```text
+//! OUT/ store.json (while live)   history.jsonl (rank 0, per step)   logs/gen-G-rank-R.log
+//!      checkpoints/step-…/      summary.json, loss.png, loss.svg (at the end)
+//! ```
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use tessera_agent::{
+    AgentConfig, AgentEnd, AgentProgress, AgentReport, metrics::AgentMetrics, ranks::RankLaunch,
+    run_agent,
+};
+use tessera_api::{
+    TrainingRun,
+    manifest::{Override, parse_training_run_with},
+    store_keys::RunKeys,
+};
+use tessera_store::{EmbeddedStore, RunStore, Store};
+
+use crate::{history::History, plot, progress::Display, status::StoreRecord};
+use tokio_util::sync::CancellationToken;
+
+/// The namespace local runs live in, in the store.
+pub const LOCAL_NAMESPACE: &str = "local";
+
+/// What `tessera run` was asked.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LocalRun {
+    /// The TrainingRun YAML file.
+    pub file: PathBuf,
+    /// Local nodes (agents) to run; default parallelism.nodes.
+    #[arg(long)]
+    pub nodes: Option<u32>,
+    /// Override a spec field, e.g. --set training.steps=200 (repeatable).
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    pub overrides: Vec<String>,
+    /// Output directory (checkpoints, logs, history, summary, loss curve); default runs/NAME
+    /// next to the manifest.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Use this coordination store instead of the embedded one (etcd://host:port).
+    #[arg(long)]
+    pub store: Option<String>,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The run's summary (printed, and written to `OUT/summary.json`).
+#[derive(Serialize, Debug, Clone)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalSummary {
+    pub name: String,
+    /// Succeeded, Stopped or Failed.
+    pub phase: String,
+    pub message: String,
+    pub steps: Option<u64>,
+    pub final_loss: Option<f64>,
+    pub final_val_loss: Option<f64>,
+    pub tokens_per_second: Option<f64>,
+    pub mfu: Option<f64>,
+    pub wall_seconds: f64,
+    pub restarts: usize,
+    pub failures: Vec<tessera_agent::node::Failure>,
+    pub checkpoint_dir: PathBuf,
+    pub weights_sha256: Option<String>,
+    pub nodes: u32,
+    pub ranks_per_node: u32,
+    pub out: PathBuf,
+    /// The loss curve (absent when no step ran).
+    pub loss_svg: Option<PathBuf>,
+    pub loss_png: Option<PathBuf>,
+}
+
+/// Runs the manifest to its end (or a clean stop); returns whether it succeeded or stopped.
+pub async fn run_local(args: LocalRun) -> Result<LocalSummary> {
+    let started = Instant::now();
+    let yaml = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("cannot read the manifest {}", args.file.display()))?;
+    let mut overrides = args.overrides.clone();
+    if let Some(n) = args.nodes {
+        overrides.push(format!("parallelism.nodes={n}"));
+    }
+    let parsed: Vec<Override> = overrides
+        .iter()
+        .map(|o| o.parse())
+        .collect::<Result<_, _>>()?;
+    // The same rules as the CRD, before anything starts.
+    let run: TrainingRun = parse_training_run_with(&yaml, &parsed)
+        .with_context(|| format!("{} is rejected", args.file.display()))?;
+    let name = run
+        .metadata
+        .name
+        .clone()
+        .context("metadata.name is missing; give the run a name")?;
+    let manifest_dir = args
+        .file
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let manifest_dir = absolute(&manifest_dir)?;
+    let out = absolute(
+        &args
+            .out
+            .clone()
+            .unwrap_or_else(|| manifest_dir.join("runs").join(&name)),
+    )?;
+    std::fs::create_dir_all(out.join("logs"))
+        .with_context(|| format!("cannot create the output directory {}", out.display()))?;
+    // Checkpoints go to OUT unless the manifest gives an absolute path.
+    let checkpoint_root = if Path::new(&run.spec.checkpoint.path).is_absolute() {
+        PathBuf::from(&run.spec.checkpoint.path)
+    } else {
+        out.join("checkpoints")
+    };
+    overrides.push(format!("checkpoint.path={}", checkpoint_root.display()));
+    let nodes = run.spec.parallelism.nodes;
+    let slots = run.spec.parallelism.gpus_per_node;
+
+    // === the coordination store ===
+    let (store, _server): (Arc<dyn Store>, Option<tessera_store::ServerHandle>) = match &args.store
+    {
+        Some(endpoint) => (
+            tessera_store::connect(endpoint, Duration::from_secs(30)).await?,
+            None,
+        ),
+        None => {
+            let embedded: Arc<dyn Store> = Arc::new(EmbeddedStore::new());
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let server = tessera_store::serve(embedded.clone(), listener)?;
+            (embedded, Some(server))
+        }
+    };
+    let endpoint = match (&args.store, &_server) {
+        (Some(e), _) => e.clone(),
+        (None, Some(server)) => server.endpoint(),
+        (None, None) => String::new(),
+    };
+    let record = StoreRecord {
+        endpoint,
+        namespace: LOCAL_NAMESPACE.into(),
+        name: name.clone(),
+    };
+    record.write(&out)?;
+    let keys = RunKeys::new(LOCAL_NAMESPACE, &name);
+    // A previous local run against the same etcd must not leave its generation behind.
+    store.delete_prefix(keys.prefix()).await?;
+    let run_store = RunStore::new(store.clone(), keys);
+
+    // === the agents ===
+    // Unix socket paths are short-lived and must be short: a private temp dir.
+    let sockets = tempfile::Builder::new().prefix("tessera-").tempdir()?;
+    let trainer = sibling_binary("tessera-trainer")?;
+    let shutdown = CancellationToken::new();
+    let mut agents = Vec::new();
+    for i in 0..nodes {
+        let node = format!("local-{i}");
+        let config = AgentConfig {
+            run: run.clone(),
+            namespace: LOCAL_NAMESPACE.into(),
+            name: name.clone(),
+            node: node.clone(),
+            slots,
+            address: "127.0.0.1".into(),
+            launch: RankLaunch {
+                trainer: trainer.clone(),
+                config: absolute(&args.file)?,
+                overrides: overrides.clone(),
+                base_dir: manifest_dir.clone(),
+                socket: sockets.path().join(format!("{node}.sock")),
+                listen_host: tessera_agent::node::loopback(),
+                heartbeat_interval: Duration::from_millis(500),
+                gpus: Vec::new(),
+                log_dir: Some(out.join("logs")),
+                history: Some(out.join("history.jsonl")),
+            },
+            lease_ttl: Duration::from_secs(2),
+            rendezvous_timeout: Duration::from_secs(60),
+            last_call: Duration::from_secs(2),
+            stop_grace: Duration::from_secs(5),
+            stop_timeout: Duration::from_secs(300),
+        };
+        let metrics = AgentMetrics::new(LOCAL_NAMESPACE, &name, &node)?;
+        agents.push(tokio::spawn(run_agent(
+            config,
+            store.clone(),
+            metrics,
+            shutdown.clone(),
+        )));
+    }
+    let on_ctrl_c = shutdown.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\nstopping: the ranks checkpoint, then exit (Ctrl-C again to abort)");
+            on_ctrl_c.cancel();
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
+
+    // === progress ===
+    let total = run.spec.training.steps;
+    let watching = CancellationToken::new();
+    let progress = tokio::spawn(show_progress(
+        run_store.clone(),
+        total,
+        args.json,
+        watching.clone(),
+    ));
+    let mut reports: Vec<AgentReport> = Vec::new();
+    let mut errors = Vec::new();
+    for agent in agents {
+        match agent.await {
+            Ok(Ok(report)) => reports.push(report),
+            Ok(Err(e)) => {
+                errors.push(e.to_string());
+                shutdown.cancel();
+            }
+            Err(e) => errors.push(format!("an agent task failed: {e}")),
+        }
+    }
+    watching.cancel();
+    let _ = progress.await;
+    let _ = std::fs::remove_file(out.join("store.json"));
+    // The loss curve, restarts marked, next to the checkpoints.
+    let history = History::read(&out.join("history.jsonl")).unwrap_or_default();
+    let pictures = if history.points.is_empty() {
+        None
+    } else {
+        Some(plot::write_files(&history, &name, &out)?)
+    };
+
+    let summary = summarize(
+        &name,
+        &reports,
+        &errors,
+        started.elapsed().as_secs_f64(),
+        checkpoint_root,
+        nodes,
+        slots,
+        &out,
+        pictures,
+    );
+    std::fs::write(
+        out.join("summary.json"),
+        serde_json::to_vec_pretty(&summary)?,
+    )?;
+    Ok(summary)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn summarize(
+    name: &str,
+    reports: &[AgentReport],
+    errors: &[String],
+    wall_seconds: f64,
+    checkpoint_dir: PathBuf,
+    nodes: u32,
+    ranks_per_node: u32,
+    out: &Path,
+    pictures: Option<(PathBuf, PathBuf)>,
+) -> LocalSummary {
+    let lead = reports
+        .iter()
+        .find(|r| r.node == "local-0")
+        .or(reports.first());
+    let rank0 = lead.and_then(|r| r.rank_summary.clone());
+    let number = |key: &str| rank0.as_ref().and_then(|s| s[key].as_f64());
+    let (phase, message) = if !errors.is_empty() {
+        ("Failed".to_string(), errors.join("; "))
+    } else if let Some(r) = reports
+        .iter()
+        .find(|r| matches!(r.end, AgentEnd::Failed { .. }))
+    {
+        let AgentEnd::Failed { reason } = &r.end else {
+            unreachable!("matched above")
+        };
+        ("Failed".to_string(), reason.clone())
+    } else if reports
+        .iter()
+        .any(|r| matches!(r.end, AgentEnd::Stopped { .. }))
+    {
+        (
+            "Stopped".to_string(),
+            "stopped after a checkpoint; run the same command again to resume".to_string(),
+        )
+    } else {
+        ("Succeeded".to_string(), String::new())
+    };
+    // Each failure is recorded by the agent that detected it.
+    let mut failures: Vec<tessera_agent::node::Failure> =
+        reports.iter().flat_map(|r| r.failures.clone()).collect();
+    failures.sort_by_key(|f| f.generation);
+    failures.dedup_by_key(|f| f.generation);
+    LocalSummary {
+        name: name.to_string(),
+        phase,
+        message,
+        steps: rank0.as_ref().and_then(|s| s["steps"].as_u64()),
+        final_loss: number("finalLoss"),
+        final_val_loss: number("finalValLoss"),
+        tokens_per_second: number("tokensPerSecond"),
+        mfu: number("mfu"),
+        wall_seconds,
+        restarts: reports
+            .iter()
+            .map(|r| r.generation.saturating_sub(1) as usize)
+            .max()
+            .unwrap_or(0),
+        failures,
+        checkpoint_dir,
+        weights_sha256: rank0
+            .as_ref()
+            .and_then(|s| s["weightsSha256"].as_str().map(str::to_string)),
+        nodes,
+        ranks_per_node,
+        out: out.to_path_buf(),
+        loss_svg: pictures.as_ref().map(|p| p.0.clone()),
+        loss_png: pictures.map(|p| p.1),
+    }
+}
+
+/// Shows the run's progress from the store until `done`: a bar on a terminal, plain lines
+/// otherwise; on stderr when stdout carries the JSON summary.
+async fn show_progress(run: RunStore, total: u64, json: bool, done: CancellationToken) {
+    use std::io::{IsTerminal, Write};
+    let terminal = if json {
+        std::io::stderr().is_terminal()
+    } else {
+        std::io::stdout().is_terminal()
+    };
+    let mut display = Display::new(total, terminal);
+    let emit = |text: String| {
+        if text.is_empty() {
+            return;
+        }
+        if json {
+            let _ = std::io::stderr().write_all(text.as_bytes());
+        } else {
+            let mut out = std::io::stdout();
+            let _ = out.write_all(text.as_bytes());
+            let _ = out.flush();
+        }
+    };
+    let mut last_seen: Option<Vec<u8>> = None;
+    loop {
+        tokio::select! {
+            _ = done.cancelled() => {
+                emit(display.finish(Instant::now()));
+                return;
+            }
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+        let now = Instant::now();
+        match run.progress().await {
+            Ok(Some(bytes)) if last_seen.as_ref() != Some(&bytes) => {
+                if let Ok(p) = serde_json::from_slice::<AgentProgress>(&bytes) {
+                    emit(display.update(&p, now));
+                }
+                last_seen = Some(bytes);
+            }
+            _ => emit(display.tick(now)),
+        }
+    }
+}
+
+fn absolute(path: &Path) -> Result<PathBuf> {
+    if path.is_absolute() {
+        return Ok(path.to_path_buf());
+    }
+    Ok(std::env::current_dir()?.join(path))
+}
+
+/// A binary installed next to this one.
+pub fn sibling_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .context("cannot tell where the tessera binary lives")?;
+    let candidate = dir.join(name);
+    if !candidate.is_file() {
+        bail!(
+            "{name} is not installed next to {} (expected {}); build it with `cargo build --release -p tessera-trainer`",
+            exe.display(),
+            candidate.display()
+        );
+    }
+    Ok(candidate)
+}

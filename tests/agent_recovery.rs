@@ -1,0 +1,335 @@
+//! Node agents end to end: `tessera-agent` processes against a real etcd (Debian's
+//! etcd-server, started here on free loopback ports), each supervising real `tessera-trainer`
+//! ranks (CPU, the `tiny` model). Failures — a rank killed, a rank stopped, a whole agent
+//! killed with its ranks, restarts exhausted, etcd unreachable — and what the gang does.
+
+use std::{
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use serde_json::Value as Json;
+use tessera_store::testing::EtcdServer;
+
+mod common;
+
+/// 2 nodes × 2 ranks of `tiny`; 8 sequences of 64 bytes a step.
+fn manifest(extra_fault_tolerance: &str) -> String {
+    format!(
+        r#"
+apiVersion: tessera.dev/v1alpha1
+kind: TrainingRun
+metadata:
+  name: agents
+spec:
+  model: {{preset: tiny}}
+  data: {{train: data/train-*.bin, tokenizer: bytes}}
+  optimizer: {{lr: 0.003, warmupSteps: 5, globalBatchTokens: 1024, microBatch: 2}}
+  training: {{steps: 40, seed: 3}}
+  parallelism: {{nodes: 2, gpusPerNode: 2}}
+  checkpoint: {{path: checkpoints, everySteps: 10, keep: 4}}
+  faultTolerance: {{backoffSeconds: 0, {extra_fault_tolerance}}}
+"#
+    )
+}
+
+/// One test's world: a run directory, etcd, and the agents it started.
+struct Gang {
+    dir: tempfile::TempDir,
+    sockets: tempfile::TempDir,
+    etcd: EtcdServer,
+    agents: Vec<(String, Child)>,
+}
+
+impl Gang {
+    fn new(manifest: &str) -> Gang {
+        let etcd = tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(EtcdServer::start());
+        common::bin("tessera-agent");
+        common::bin("tessera-trainer");
+        Gang {
+            dir: common::run_dir(manifest),
+            sockets: tempfile::Builder::new().prefix("ta-").tempdir().unwrap(),
+            etcd,
+            agents: Vec::new(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Starts the agent of `node` in its own process group (so a test can kill it with its
+    /// ranks), its log in `agent-{node}.log`.
+    fn start_agent(&mut self, node: &str, extra: &[&str]) {
+        let log = std::fs::File::create(self.path(&format!("agent-{node}.log"))).unwrap();
+        let child = Command::new(common::bin("tessera-agent"))
+            .arg("--config")
+            .arg(self.path("run.yaml"))
+            .args(["--node", node, "--namespace", "e2e"])
+            .args(["--store", &format!("etcd://{}", self.etcd.endpoint())])
+            .arg("--trainer")
+            .arg(common::bin("tessera-trainer"))
+            .arg("--base-dir")
+            .arg(self.dir.path())
+            .arg("--socket-dir")
+            .arg(self.sockets.path())
+            .arg("--log-dir")
+            .arg(self.dir.path())
+            .arg("--history")
+            .arg(self.path("history.jsonl"))
+            .args([
+                "--lease-ttl",
+                "2",
+                "--last-call",
+                "1",
+                "--rendezvous-timeout",
+                "60",
+            ])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        self.agents.push((node.to_string(), child));
+    }
+
+    /// Waits for every agent; returns each one's exit success and JSON report, by node.
+    fn finish(&mut self, limit: Duration) -> Vec<(String, bool, Json)> {
+        let deadline = Instant::now() + limit;
+        let mut out = Vec::new();
+        for (node, mut child) in std::mem::take(&mut self.agents) {
+            let status = loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    break status;
+                }
+                if Instant::now() > deadline {
+                    let _ = kill(Pid::from_raw(-(child.id() as i32)), Signal::SIGKILL);
+                    let _ = child.wait();
+                    panic!(
+                        "agent {node} did not finish within {limit:?}:\n{}",
+                        self.log(&node)
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            let mut stdout = String::new();
+            use std::io::Read;
+            child
+                .stdout
+                .take()
+                .unwrap()
+                .read_to_string(&mut stdout)
+                .unwrap();
+            let report = serde_json::from_str(stdout.trim()).unwrap_or(Json::Null);
+            out.push((node, status.success(), report));
+        }
+        out
+    }
+
+    fn log(&self, node: &str) -> String {
+        std::fs::read_to_string(self.path(&format!("agent-{node}.log"))).unwrap_or_default()
+    }
+
+    /// Kills an agent and every rank it started (its process group).
+    fn kill_agent(&mut self, node: &str) {
+        let index = self.agents.iter().position(|(n, _)| n == node).unwrap();
+        let (_, mut child) = self.agents.remove(index);
+        kill(Pid::from_raw(-(child.id() as i32)), Signal::SIGKILL).unwrap();
+        child.wait().unwrap();
+    }
+}
+
+impl Drop for Gang {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.agents {
+            let _ = kill(Pid::from_raw(-(child.id() as i32)), Signal::SIGKILL);
+            let _ = child.wait();
+        }
+        for pid in common::trainers_of(self.dir.path()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+fn weights(reports: &[(String, bool, Json)]) -> String {
+    let lead = reports.iter().find(|(n, ..)| n == "n0").unwrap();
+    lead.2["rankSummary"]["weightsSha256"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no weights hash in {}", lead.2))
+        .to_string()
+}
+
+fn all_failures(reports: &[(String, bool, Json)]) -> Vec<Json> {
+    reports
+        .iter()
+        .flat_map(|(_, _, r)| r["failures"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+fn assert_succeeded(gang: &Gang, reports: &[(String, bool, Json)]) {
+    for (node, ok, report) in reports {
+        assert!(*ok, "agent {node} failed: {report}\n{}", gang.log(node));
+        assert_eq!(report["end"]["phase"], "succeeded", "{node}: {report}");
+    }
+}
+
+fn undisturbed_weights(manifest_text: &str) -> String {
+    let mut gang = Gang::new(manifest_text);
+    gang.start_agent("n0", &[]);
+    gang.start_agent("n1", &[]);
+    let reports = gang.finish(Duration::from_secs(180));
+    assert_succeeded(&gang, &reports);
+    assert!(all_failures(&reports).is_empty());
+    weights(&reports)
+}
+
+#[test]
+fn a_killed_rank_resumes_from_the_checkpoint_with_identical_weights() {
+    let text = manifest("heartbeatTimeoutSeconds: 10");
+    let clean = undisturbed_weights(&text);
+
+    let mut gang = Gang::new(&text);
+    gang.start_agent("n0", &[]);
+    gang.start_agent("n1", &[]);
+    common::wait_for_step(&gang.path("history.jsonl"), 15, Duration::from_secs(120));
+    let ranks = common::trainers_of(gang.dir.path());
+    assert_eq!(ranks.len(), 4);
+    kill(Pid::from_raw(ranks[2]), Signal::SIGKILL).unwrap();
+    let reports = gang.finish(Duration::from_secs(180));
+    assert_succeeded(&gang, &reports);
+    let failures = all_failures(&reports);
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0]["kind"], "rank-exit");
+    assert!(reports.iter().all(|(_, _, r)| r["generation"] == 2));
+    assert_eq!(weights(&reports), clean);
+}
+
+#[test]
+fn a_stopped_rank_is_detected_within_the_heartbeat_timeout_and_recovered() {
+    let mut gang = Gang::new(&manifest("heartbeatTimeoutSeconds: 2"));
+    gang.start_agent("n0", &[]);
+    gang.start_agent("n1", &[]);
+    common::wait_for_step(&gang.path("history.jsonl"), 12, Duration::from_secs(120));
+    let ranks = common::trainers_of(gang.dir.path());
+    let stopped_at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    kill(Pid::from_raw(ranks[1]), Signal::SIGSTOP).unwrap();
+    let reports = gang.finish(Duration::from_secs(180));
+    assert_succeeded(&gang, &reports);
+    let failures = all_failures(&reports);
+    let first = failures
+        .iter()
+        .filter_map(|f| f["detectedUnixMs"].as_u64())
+        .min()
+        .unwrap_or_else(|| panic!("no failure recorded: {reports:?}"));
+    let seconds = (first - stopped_at) as f64 / 1e3;
+    // Within the heartbeat timeout + 1 s of the stop (the clock of "no progress" starts at
+    // the rank's last step, just before the stop, so it may fire a little under 2 s after it).
+    assert!(
+        seconds > 0.0 && seconds <= 3.0,
+        "detected after {seconds} s; the timeout is 2 s: {failures:?}"
+    );
+    assert!(failures.iter().any(|f| f["kind"] == "hang"), "{failures:?}");
+}
+
+#[test]
+fn a_lost_agent_shrinks_an_elastic_run_onto_the_survivor() {
+    let mut gang = Gang::new(&manifest("heartbeatTimeoutSeconds: 10, minNodes: 1"));
+    gang.start_agent("n0", &[]);
+    gang.start_agent("n1", &[]);
+    common::wait_for_step(&gang.path("history.jsonl"), 15, Duration::from_secs(120));
+    gang.kill_agent("n1");
+    let reports = gang.finish(Duration::from_secs(180));
+    assert_succeeded(&gang, &reports);
+    let report = &reports[0].2;
+    assert_eq!(report["generation"], 2, "{report}");
+    // The survivor notices either its peers' ranks vanishing (its own ranks fail in their
+    // collectives) or the lost node's lease expiring, whichever comes first.
+    let failures = all_failures(&reports);
+    assert!(
+        failures
+            .iter()
+            .any(|f| f["kind"] == "peer-lost" || f["kind"] == "rank-exit"),
+        "{failures:?}"
+    );
+    // The survivor finished alone, on its 2 ranks, from the checkpoint 4 ranks wrote.
+    assert_eq!(report["rankSummary"]["worldSize"], 2, "{report}");
+    assert_eq!(report["rankSummary"]["steps"], 40);
+}
+
+#[test]
+fn a_lost_agent_of_a_fixed_size_run_is_waited_for_and_replaced() {
+    let mut gang = Gang::new(&manifest("heartbeatTimeoutSeconds: 10"));
+    gang.start_agent("n0", &[]);
+    gang.start_agent("n1", &[]);
+    common::wait_for_step(&gang.path("history.jsonl"), 15, Duration::from_secs(120));
+    gang.kill_agent("n1");
+    // The survivor cannot go on alone (minNodes = nodes = 2): it waits.
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        gang.agents[0].1.try_wait().unwrap().is_none(),
+        "n0 must wait, not end"
+    );
+    gang.start_agent("n2", &[]);
+    let reports = gang.finish(Duration::from_secs(180));
+    assert_succeeded(&gang, &reports);
+    for (_, _, report) in &reports {
+        assert_eq!(report["rankSummary"]["worldSize"], 4, "{report}");
+    }
+}
+
+#[test]
+fn exhausted_restarts_end_the_run_failed_with_the_reason() {
+    let mut gang = Gang::new(&manifest("heartbeatTimeoutSeconds: 10, maxRestarts: 1"));
+    // Every rank fails at start: its data does not exist.
+    gang.start_agent("n0", &["--set", "data.train=missing/train-*.bin"]);
+    gang.start_agent("n1", &["--set", "data.train=missing/train-*.bin"]);
+    let reports = gang.finish(Duration::from_secs(120));
+    for (node, ok, report) in &reports {
+        assert!(!ok, "{node} should exit non-zero");
+        assert_eq!(report["end"]["phase"], "failed", "{node}: {report}");
+        let reason = report["end"]["reason"].as_str().unwrap();
+        assert!(reason.contains("maxRestarts = 1"), "{reason}");
+        assert!(reason.contains("exited with code"), "{reason}");
+    }
+}
+
+#[test]
+fn an_unreachable_store_is_retried_then_refused_clearly() {
+    let dir = common::run_dir(&manifest("heartbeatTimeoutSeconds: 10"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = Instant::now();
+    let out = Command::new(common::bin("tessera-agent"))
+        .arg("--config")
+        .arg(dir.path().join("run.yaml"))
+        .args([
+            "--node",
+            "n0",
+            "--store",
+            &format!("etcd://127.0.0.1:{port}"),
+        ])
+        .args(["--store-timeout", "2"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("cannot reach etcd"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(!Path::new(&dir.path().join("checkpoints")).exists());
+}

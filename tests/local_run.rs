@@ -1,0 +1,149 @@
+//! `tessera run` end to end on this machine: two local nodes of one CPU rank each, the
+//! embedded store, real trainer processes. A trainer killed mid-run costs a restart, not the
+//! run: it resumes from the last checkpoint and ends with the weights of an undisturbed run.
+//! Invalid manifests are refused before anything starts.
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value as Json;
+
+#[path = "../api/tests/cases/mod.rs"]
+mod cases;
+mod common;
+
+const MANIFEST: &str = r#"
+apiVersion: tessera.dev/v1alpha1
+kind: TrainingRun
+metadata:
+  name: local-e2e
+spec:
+  model: {preset: tiny}
+  data: {train: data/train-*.bin, validation: data/val-*.bin, tokenizer: bytes}
+  optimizer: {lr: 0.003, warmupSteps: 5, globalBatchTokens: 1024, microBatch: 2}
+  training: {steps: 40, seed: 7, evalInterval: 20, evalBatches: 2}
+  parallelism: {nodes: 2, gpusPerNode: 1}
+  checkpoint: {path: checkpoints, everySteps: 10, keep: 3}
+  faultTolerance: {backoffSeconds: 0, heartbeatTimeoutSeconds: 10, maxRestarts: 3}
+"#;
+
+fn tessera_run(dir: &Path, out: &str) -> Command {
+    let mut cmd = Command::new(common::bin("tessera"));
+    cmd.arg("run")
+        .arg(dir.join("run.yaml"))
+        .args(["--out", &dir.join(out).to_string_lossy(), "--json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // `tessera run` starts tessera-trainer from its own directory.
+    common::bin("tessera-trainer");
+    cmd
+}
+
+fn summary_of(output: std::process::Output) -> (Json, String) {
+    let log = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "tessera run failed:\n{log}");
+    let summary = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("summary JSON: {e}\n{log}"));
+    (summary, log)
+}
+
+#[test]
+fn a_killed_trainer_costs_one_restart_and_the_weights_are_unchanged() {
+    let dir = common::run_dir(MANIFEST);
+    let (clean, clean_log) = summary_of(tessera_run(dir.path(), "clean").output().unwrap());
+    assert_eq!(clean["phase"], "Succeeded");
+    assert_eq!(clean["restarts"], 0);
+    assert_eq!(clean["steps"], 40);
+    // Not a terminal: progress comes as plain lines, never redrawn in place.
+    assert!(!clean_log.contains('\r'), "{clean_log}");
+    assert!(clean_log.contains("step "), "{clean_log}");
+
+    let child = tessera_run(dir.path(), "killed").spawn().unwrap();
+    common::wait_for_step(
+        &dir.path().join("killed/history.jsonl"),
+        15,
+        Duration::from_secs(120),
+    );
+    let victims = common::trainers_of(dir.path());
+    assert_eq!(victims.len(), 2, "two trainer ranks run");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victims[1]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let (killed, log) = summary_of(child.wait_with_output().unwrap());
+    assert_eq!(killed["phase"], "Succeeded", "{log}");
+    assert_eq!(killed["restarts"], 1, "{log}");
+    let failures = killed["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1, "{killed}");
+    assert!(
+        failures[0]["reason"].as_str().unwrap().contains("signal 9"),
+        "{killed}"
+    );
+    assert_eq!(
+        killed["weightsSha256"], clean["weightsSha256"],
+        "the resumed run's weights differ from the undisturbed run's"
+    );
+    assert!(
+        common::trainers_of(dir.path()).is_empty(),
+        "no trainer is left behind"
+    );
+
+    // The loss curve is drawn next to the checkpoints, as a real PNG and an SVG.
+    let png = std::fs::read(dir.path().join("killed/loss.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let decoder = png::Decoder::new(std::io::Cursor::new(png));
+    let reader = decoder.read_info().expect("a decodable PNG");
+    assert!(reader.info().width >= 320 && reader.info().height >= 200);
+    let svg = std::fs::read_to_string(dir.path().join("killed/loss.svg")).unwrap();
+    assert!(svg.starts_with("<svg") || svg.starts_with("<?xml"));
+    assert!(
+        svg.contains("restart"),
+        "the restart is marked on the curve"
+    );
+}
+
+#[test]
+fn invalid_manifests_are_refused_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    for case in cases::invalid_cases() {
+        let mut document = cases::base_document();
+        cases::apply(&mut document, &case.edits);
+        let file = dir.path().join("run.yaml");
+        std::fs::write(&file, serde_yaml::to_string(&document).unwrap()).unwrap();
+        let out = Command::new(common::bin("tessera"))
+            .arg("run")
+            .arg(&file)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{}: accepted", case.name);
+        assert!(err.contains(case.field), "{}: {err}", case.name);
+        // The same words `tessera validate` (and so the CRD) uses.
+        let validate = Command::new(common::bin("tessera"))
+            .arg("validate")
+            .arg(&file)
+            .output()
+            .unwrap();
+        let expected = String::from_utf8_lossy(&validate.stderr);
+        let first_violation = expected
+            .lines()
+            .find(|l| l.contains(case.field))
+            .unwrap_or_else(|| panic!("{}: validate names the field: {expected}", case.name));
+        assert!(
+            err.contains(first_violation.trim()),
+            "{}: `tessera run` said {err}, `tessera validate` said {expected}",
+            case.name
+        );
+        assert!(
+            !dir.path().join("runs").exists(),
+            "{}: nothing may start",
+            case.name
+        );
+    }
+}
