@@ -45,8 +45,8 @@ pub struct LocalRun {
     /// Override a spec field, e.g. --set training.steps=200 (repeatable).
     #[arg(long = "set", value_name = "PATH=VALUE")]
     pub overrides: Vec<String>,
-    /// Output directory (checkpoints, logs, history, summary, loss curve); default runs/NAME
-    /// next to the manifest.
+    /// Output directory (checkpoints, logs, history, summary, loss curve); default
+    /// ./runs/NAME.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Use this coordination store instead of the embedded one (etcd://host:port).
@@ -104,17 +104,33 @@ pub async fn run_local(args: LocalRun) -> Result<LocalSummary> {
         .name
         .clone()
         .context("metadata.name is missing; give the run a name")?;
-    let manifest_dir = args
-        .file
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let manifest_dir = absolute(&manifest_dir)?;
+    // Relative paths in the manifest are taken from the current directory, as
+    // `tessera-trainer` takes them from its --base-dir (default: here).
+    let base_dir = std::env::current_dir()?;
+    // Data that is not there fails every rank the same way: refuse before anything starts.
+    let mut data = vec![("spec.data.train", run.spec.data.train.clone())];
+    data.extend(
+        run.spec
+            .data
+            .validation
+            .clone()
+            .map(|v| ("spec.data.validation", v)),
+    );
+    for (field, spec) in data {
+        let resolved = tessera_trainer::run::resolve_path(&base_dir, &spec);
+        tessera_trainer::data::loader::resolve_shard_spec(&resolved.to_string_lossy())
+            .with_context(|| {
+                format!(
+                    "{field}: {spec} (from {}) has no shards; prepare them with `tessera data prepare`",
+                    base_dir.display()
+                )
+            })?;
+    }
     let out = absolute(
         &args
             .out
             .clone()
-            .unwrap_or_else(|| manifest_dir.join("runs").join(&name)),
+            .unwrap_or_else(|| base_dir.join("runs").join(&name)),
     )?;
     std::fs::create_dir_all(out.join("logs"))
         .with_context(|| format!("cannot create the output directory {}", out.display()))?;
@@ -177,7 +193,7 @@ pub async fn run_local(args: LocalRun) -> Result<LocalSummary> {
                 trainer: trainer.clone(),
                 config: absolute(&args.file)?,
                 overrides: overrides.clone(),
-                base_dir: manifest_dir.clone(),
+                base_dir: base_dir.clone(),
                 socket: sockets.path().join(format!("{node}.sock")),
                 listen_host: tessera_agent::node::loopback(),
                 heartbeat_interval: Duration::from_millis(500),

@@ -35,6 +35,7 @@ fn tessera_run(dir: &Path, out: &str) -> Command {
     cmd.arg("run")
         .arg(dir.join("run.yaml"))
         .args(["--out", &dir.join(out).to_string_lossy(), "--json"])
+        .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -118,6 +119,7 @@ fn invalid_manifests_are_refused_before_anything_starts() {
         let out = Command::new(common::bin("tessera"))
             .arg("run")
             .arg(&file)
+            .current_dir(dir.path())
             .stdin(Stdio::null())
             .output()
             .unwrap();

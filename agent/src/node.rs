@@ -198,7 +198,7 @@ pub async fn run_agent(
                 .last()
                 .map_or("unknown".into(), |f| f.reason.clone());
             let reason = format!(
-                "{restarts} restarts exceed resilience.maxRestarts = {}; the last failure: {last}",
+                "{restarts} restarts exceed faultTolerance.maxRestarts = {}; the last failure: {last}",
                 resilience.max_restarts
             );
             tracing::error!("{reason}");
