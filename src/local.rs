@@ -217,7 +217,16 @@ pub async fn run_local(args: LocalRun) -> Result<LocalSummary> {
     }
     let on_ctrl_c = shutdown.clone();
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => return,
+            };
+        let asked = tokio::select! {
+            c = tokio::signal::ctrl_c() => c.is_ok(),
+            t = term.recv() => t.is_some(),
+        };
+        if asked {
             eprintln!("\nstopping: the ranks checkpoint, then exit (Ctrl-C again to abort)");
             on_ctrl_c.cancel();
             if tokio::signal::ctrl_c().await.is_ok() {

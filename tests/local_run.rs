@@ -149,3 +149,33 @@ fn invalid_manifests_are_refused_before_anything_starts() {
         );
     }
 }
+
+#[test]
+fn sigterm_checkpoints_and_stops_and_the_same_command_resumes() {
+    let dir = common::run_dir(MANIFEST);
+    let (clean, _) = summary_of(tessera_run(dir.path(), "clean").output().unwrap());
+
+    let child = tessera_run(dir.path(), "stopped").spawn().unwrap();
+    common::wait_for_step(
+        &dir.path().join("stopped/history.jsonl"),
+        15,
+        Duration::from_secs(120),
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let (stopped, log) = summary_of(child.wait_with_output().unwrap());
+    assert_eq!(stopped["phase"], "Stopped", "{log}");
+    let at = stopped["steps"].as_u64().unwrap();
+    assert!((15..40).contains(&at), "{stopped}");
+    let checkpoint = dir
+        .path()
+        .join(format!("stopped/checkpoints/step-{at:010}/manifest.json"));
+    assert!(checkpoint.is_file(), "a checkpoint at the stop step");
+
+    let (resumed, log) = summary_of(tessera_run(dir.path(), "stopped").output().unwrap());
+    assert_eq!(resumed["phase"], "Succeeded", "{log}");
+    assert_eq!(resumed["weightsSha256"], clean["weightsSha256"]);
+}
