@@ -71,7 +71,10 @@ async fn bad_and_out_of_order_requests_get_error_statuses() {
     let old = service.rendezvous(rendezvous(1, 0, "127.0.0.1:1")).await;
     let status = old.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
-    assert!(status.message().contains("generation 1 refused"), "{status:?}");
+    assert!(
+        status.message().contains("generation 1 refused"),
+        "{status:?}"
+    );
 
     let stranger = service.rendezvous(rendezvous(2, 5, "127.0.0.1:1")).await;
     assert_eq!(stranger.unwrap_err().code(), Code::InvalidArgument);
