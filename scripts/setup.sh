@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Set-up on a fresh Debian (or Ubuntu) machine: the system packages Tessera's build and tests
-# need, then a build of the whole workspace. Safe to run again.
+# need, the Helm SDK the chart tests render with, NVRTC and the CUDA headers the kernel compile
+# test uses, then a build of the whole workspace. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(protobuf-compiler)   # protoc, for the agent's gRPC protocol (api/proto)
+packages=(
+  protobuf-compiler   # protoc, for the agent's gRPC protocol (api/proto)
+  prometheus          # prometheus and promtool, for the chart's alert and dashboard tests
+  python3-venv        # the virtual environment holding the Helm SDK (below)
+)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -21,6 +26,27 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Helm's own template engine and linter for the chart tests (tests/chart.rs), with no helm
+# binary: the helm-python-sdk wheel bundles Helm's Go SDK. Kept in .venv-helm (git-ignored);
+# the tests look there, or at $TESSERA_HELM_PYTHON.
+helm_sdk=helm-python-sdk==0.2.2
+if ! .venv-helm/bin/python -c 'import helm_python' 2>/dev/null; then
+  python3 -m venv .venv-helm
+  .venv-helm/bin/pip install --quiet --disable-pip-version-check "$helm_sdk"
+fi
+
+# NVRTC and the CUDA headers for the kernel compile test (trainer/tests/kernels_compile.rs),
+# with no CUDA toolkit and no GPU: NVIDIA's PyPI wheels for CUDA 13.0, pinned. Kept in
+# .venv-cuda (git-ignored); the trainer finds it from the workspace root, or TESSERA_NVRTC_LIB
+# and TESSERA_CUDA_INCLUDE name other copies.
+cuda_wheels=(nvidia-cuda-nvrtc==13.0.88 nvidia-cuda-runtime==13.0.96)
+cuda_installed=$(.venv-cuda/bin/python -c 'import importlib.metadata as m
+print(m.version("nvidia-cuda-nvrtc"), m.version("nvidia-cuda-runtime"))' 2>/dev/null || true)
+if [ "$cuda_installed" != "13.0.88 13.0.96" ]; then
+  python3 -m venv .venv-cuda
+  .venv-cuda/bin/pip install --quiet --disable-pip-version-check "${cuda_wheels[@]}"
 fi
 
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust (1.89 or newer) with rustup first" >&2; exit 1; }

@@ -7,9 +7,11 @@
 //! - [`progress`]: the progress bar and plain progress lines fed by the agents' reports.
 //! - [`status`]: what a run directory says about its run, live or finished.
 //! - [`checkpoints`]: listing a checkpoint root (`tessera ckpt ls`, `tessera status`).
+//! - [`endpoints`]: where a local run serves Prometheus metrics (`tessera run --metrics-addr`).
 #![forbid(unsafe_code)]
 
 pub mod checkpoints;
+pub mod endpoints;
 pub mod history;
 pub mod local;
 pub mod plot;

@@ -6,10 +6,12 @@
 //!
 //! ```text
 //! OUT/ store.json (while live)   history.jsonl (rank 0, per step)   logs/gen-G-rank-R.log
+//!      metrics.json (while live, with --metrics-addr: the agents' and ranks' endpoints)
 //!      checkpoints/step-…/      summary.json, loss.png, loss.svg (at the end)
 //! ```
 
 use std::{
+    net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
@@ -28,7 +30,13 @@ use tessera_api::{
 };
 use tessera_store::{EmbeddedStore, RunStore, Store};
 
-use crate::{history::History, plot, progress::Display, status::StoreRecord};
+use crate::{
+    endpoints::{self, MetricsRecord, RankEndpoint},
+    history::History,
+    plot,
+    progress::Display,
+    status::StoreRecord,
+};
 use tokio_util::sync::CancellationToken;
 
 /// The namespace local runs live in, in the store.
@@ -55,6 +63,10 @@ pub struct LocalRun {
     /// Print the summary as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Serve the agents' Prometheus metrics at http://ADDR/metrics, and each trainer rank's
+    /// on a free loopback port; OUT/metrics.json names them all.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// The run's summary (printed, and written to `OUT/summary.json`).
@@ -179,9 +191,14 @@ pub async fn run_local(args: LocalRun) -> Result<LocalSummary> {
     let sockets = tempfile::Builder::new().prefix("tessera-").tempdir()?;
     let trainer = sibling_binary("tessera-trainer")?;
     let shutdown = CancellationToken::new();
+    let rank_metrics = match args.metrics_addr {
+        Some(_) => endpoints::free_rank_addrs(nodes, slots)?,
+        None => vec![Vec::new(); nodes as usize],
+    };
     let mut agents = Vec::new();
-    for i in 0..nodes {
-        let node = format!("local-{i}");
+    let mut agent_metrics = Vec::new();
+    for (i, metrics_addrs) in (0..nodes).zip(rank_metrics.iter().cloned()) {
+        let node = local_node(i);
         let config = AgentConfig {
             run: run.clone(),
             namespace: LOCAL_NAMESPACE.into(),
@@ -198,6 +215,7 @@ pub async fn run_local(args: LocalRun) -> Result<LocalSummary> {
                 listen_host: tessera_agent::node::loopback(),
                 heartbeat_interval: Duration::from_millis(500),
                 gpus: Vec::new(),
+                metrics_addrs,
                 log_dir: Some(out.join("logs")),
                 history: Some(out.join("history.jsonl")),
             },
@@ -208,12 +226,16 @@ pub async fn run_local(args: LocalRun) -> Result<LocalSummary> {
             stop_timeout: Duration::from_secs(300),
         };
         let metrics = AgentMetrics::new(LOCAL_NAMESPACE, &name, &node)?;
+        agent_metrics.push(metrics.clone());
         agents.push(tokio::spawn(run_agent(
             config,
             store.clone(),
             metrics,
             shutdown.clone(),
         )));
+    }
+    if let Some(addr) = args.metrics_addr {
+        serve_metrics(addr, agent_metrics, &rank_metrics, &out).await?;
     }
     let on_ctrl_c = shutdown.clone();
     tokio::spawn(async move {
@@ -259,6 +281,7 @@ pub async fn run_local(args: LocalRun) -> Result<LocalSummary> {
     watching.cancel();
     let _ = progress.await;
     let _ = std::fs::remove_file(out.join("store.json"));
+    let _ = std::fs::remove_file(out.join(endpoints::METRICS_FILE));
     // The loss curve, restarts marked, next to the checkpoints.
     let history = History::read(&out.join("history.jsonl")).unwrap_or_default();
     let pictures = if history.points.is_empty() {
@@ -283,6 +306,43 @@ pub async fn run_local(args: LocalRun) -> Result<LocalSummary> {
         serde_json::to_vec_pretty(&summary)?,
     )?;
     Ok(summary)
+}
+
+/// Serves the agents' merged metrics on `addr` and writes `OUT/metrics.json` naming it and the
+/// ranks' endpoints.
+async fn serve_metrics(
+    addr: SocketAddr,
+    agents: Vec<AgentMetrics>,
+    ranks: &[Vec<SocketAddr>],
+    out: &Path,
+) -> Result<()> {
+    let bound = tessera_agent::metrics::serve_all(agents, addr)
+        .await
+        .with_context(|| format!("cannot serve metrics on {addr} (--metrics-addr)"))?;
+    let ranks = ranks
+        .iter()
+        .enumerate()
+        .flat_map(|(node, addrs)| {
+            addrs
+                .iter()
+                .enumerate()
+                .map(move |(local_rank, addr)| RankEndpoint {
+                    node: local_node(node as u32),
+                    local_rank: local_rank as u32,
+                    addr: *addr,
+                })
+        })
+        .collect();
+    MetricsRecord {
+        agents: bound,
+        ranks,
+    }
+    .write(out)?;
+    eprintln!(
+        "metrics: http://{bound}/metrics (agents); the ranks' endpoints are in {}",
+        out.join(endpoints::METRICS_FILE).display()
+    );
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -399,6 +459,11 @@ async fn show_progress(run: RunStore, total: u64, json: bool, done: Cancellation
             _ => emit(display.tick(now)),
         }
     }
+}
+
+/// The name of local node `i` (its agent's `node` label).
+fn local_node(i: u32) -> String {
+    format!("local-{i}")
 }
 
 fn absolute(path: &Path) -> Result<PathBuf> {

@@ -51,6 +51,9 @@ struct Args {
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
+    /// Local rank r serves its trainer metrics on 0.0.0.0:(PORT + r) (default: ranks serve none).
+    #[arg(long, value_name = "PORT")]
+    rank_metrics_port: Option<u16>,
     /// Seconds to wait for the store at start.
     #[arg(long, default_value_t = 60)]
     store_timeout: u64,
@@ -70,6 +73,21 @@ struct Args {
     /// Rank 0 appends one JSON line per step to this file.
     #[arg(long)]
     history: Option<PathBuf>,
+}
+
+/// `0.0.0.0:(first + r)` for each local rank r, when rank metrics are asked for.
+fn rank_metrics_addrs(first: Option<u16>, slots: u32) -> Result<Vec<SocketAddr>> {
+    let Some(first) = first else {
+        return Ok(Vec::new());
+    };
+    (0..slots)
+        .map(|r| {
+            let port = u16::try_from(u32::from(first) + r).ok().with_context(|| {
+                format!("--rank-metrics-port {first} leaves no port for local rank {r}")
+            })?;
+            Ok(SocketAddr::from(([0, 0, 0, 0], port)))
+        })
+        .collect()
 }
 
 #[tokio::main]
@@ -137,6 +155,7 @@ async fn run(args: Args) -> Result<()> {
             listen_host: args.listen_host,
             heartbeat_interval: Duration::from_secs(1),
             gpus: healthy.into_iter().take(slots as usize).collect(),
+            metrics_addrs: rank_metrics_addrs(args.rank_metrics_port, slots)?,
             log_dir: args.log_dir.clone(),
             history: args.history.clone(),
         },

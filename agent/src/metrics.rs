@@ -1,8 +1,9 @@
 //! The agent's Prometheus metrics (names from `tessera_api::metrics`): per-GPU utilisation,
 //! memory, temperature and health; restarts by reason; rank states; heartbeat age; the
-//! generation; time to recover. Served at `/metrics`.
+//! generation; time to recover; the newest checkpoint's step. Served at `/metrics`, alone or
+//! merged with other agents of the same process (local mode runs one agent per node).
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
@@ -28,6 +29,7 @@ pub struct AgentMetrics {
     gpu_temp: GaugeVec,
     gpu_healthy: IntGaugeVec,
     recovery: HistogramVec,
+    checkpoint_step: IntGaugeVec,
     labels: [String; 3],
 }
 
@@ -89,6 +91,13 @@ impl AgentMetrics {
             .buckets(vec![0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0]),
             &base,
         )?;
+        let checkpoint_step = IntGaugeVec::new(
+            Opts::new(
+                names::AGENT_CHECKPOINT_STEP,
+                "The step of the newest committed checkpoint (0 before the first)",
+            ),
+            &base,
+        )?;
         for c in [
             Box::new(ranks.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(restarts.clone()),
@@ -99,6 +108,7 @@ impl AgentMetrics {
             Box::new(gpu_temp.clone()),
             Box::new(gpu_healthy.clone()),
             Box::new(recovery.clone()),
+            Box::new(checkpoint_step.clone()),
         ] {
             registry.register(c)?;
         }
@@ -117,6 +127,7 @@ impl AgentMetrics {
             gpu_temp,
             gpu_healthy,
             recovery,
+            checkpoint_step,
             labels,
         })
     }
@@ -137,6 +148,14 @@ impl AgentMetrics {
     pub fn recovered(&self, seconds: f64) {
         let [a, b, c, _] = self.l("");
         self.recovery.with_label_values(&[a, b, c]).observe(seconds);
+    }
+
+    /// The newest committed checkpoint: the one a generation resumes from, then each commit.
+    pub fn checkpoint_step(&self, step: u64) {
+        let [a, b, c, _] = self.l("");
+        self.checkpoint_step
+            .with_label_values(&[a, b, c])
+            .set(i64::try_from(step).unwrap_or(i64::MAX));
     }
 
     /// Rank states and heartbeat ages from the board.
@@ -176,28 +195,87 @@ impl AgentMetrics {
 
     /// The text exposition.
     pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
-        String::from_utf8(out).unwrap_or_default()
+        render_all(std::slice::from_ref(self))
     }
 
     /// Serves `/metrics` on `addr` until the process ends; returns the bound address.
     pub async fn serve(self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        let bound = listener.local_addr()?;
-        let metrics = Arc::new(self);
-        let app = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || {
-                let metrics = metrics.clone();
-                async move { metrics.render() }
-            }),
-        );
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!("the agent's metrics endpoint stopped: {e}");
+        serve_all(vec![self], addr).await
+    }
+}
+
+/// The text exposition of several agents' metrics, families of one name merged (their series
+/// differ in the `node` label).
+pub fn render_all(agents: &[AgentMetrics]) -> String {
+    let mut families: BTreeMap<String, prometheus::proto::MetricFamily> = BTreeMap::new();
+    for agent in agents {
+        for mut family in agent.registry.gather() {
+            match families.get_mut(family.name()) {
+                Some(merged) => merged.mut_metric().extend(family.take_metric()),
+                None => {
+                    families.insert(family.name().to_string(), family);
+                }
             }
-        });
-        Ok(bound)
+        }
+    }
+    let families: Vec<_> = families.into_values().collect();
+    let mut out = Vec::new();
+    let _ = TextEncoder::new().encode(&families, &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Serves the merged `/metrics` of `agents` on `addr` until the process ends; returns the
+/// bound address.
+pub async fn serve_all(agents: Vec<AgentMetrics>, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let agents = Arc::new(agents);
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let agents = agents.clone();
+            async move { render_all(&agents) }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("the agent's metrics endpoint stopped: {e}");
+        }
+    });
+    Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agents_of_one_process_merge_into_one_family_per_metric() {
+        let a = AgentMetrics::new("local", "run", "local-0").unwrap();
+        let b = AgentMetrics::new("local", "run", "local-1").unwrap();
+        a.generation(2);
+        b.generation(2);
+        a.checkpoint_step(40);
+        let text = render_all(&[a, b]);
+        assert_eq!(
+            text.matches("# TYPE tessera_agent_generation gauge")
+                .count(),
+            1,
+            "{text}"
+        );
+        for node in ["local-0", "local-1"] {
+            assert!(
+                text.contains(&format!(
+                    "tessera_agent_generation{{namespace=\"local\",node=\"{node}\",run=\"run\"}} 2"
+                )),
+                "{text}"
+            );
+        }
+        assert!(
+            text.contains(
+                "tessera_agent_checkpoint_step{namespace=\"local\",node=\"local-0\",run=\"run\"} 40"
+            ),
+            "{text}"
+        );
     }
 }

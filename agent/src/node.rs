@@ -294,7 +294,8 @@ pub async fn run_agent(
         );
 
         // === checkpoint check and ranks ===
-        let resume = newest_valid_checkpoint(&config);
+        let (resume, resume_step) = newest_valid_checkpoint(&config);
+        metrics.checkpoint_step(resume_step);
         board.begin_generation(table.clone(), me.first_rank, me.slots, resume);
         let mut ranks =
             Ranks::spawn(&config.launch, generation, me.slots).map_err(AgentError::Spawn)?;
@@ -430,25 +431,25 @@ pub fn backoff_delay(base_seconds: u32, restarts: u64) -> Duration {
 }
 
 /// The newest committed checkpoint that verifies; older ones are logged when a newer one is
-/// skipped. Empty when none (the trainer initialises).
-fn newest_valid_checkpoint(config: &AgentConfig) -> String {
+/// skipped, and its step. Empty and 0 when none (the trainer initialises).
+fn newest_valid_checkpoint(config: &AgentConfig) -> (String, u64) {
     let root = tessera_trainer::run::resolve_path(
         &config.launch.base_dir,
         &config.run.spec.checkpoint.path,
     );
     let Ok(listing) = list_checkpoints(&root) else {
-        return String::new();
+        return (String::new(), 0);
     };
     let mut committed: Vec<_> = listing.into_iter().filter(|c| c.committed).collect();
     committed.sort_by_key(|c| std::cmp::Reverse(c.step));
     for c in committed {
         let report = verify_checkpoint(&c.dir);
         if report.is_valid() {
-            return c.dir.to_string_lossy().into_owned();
+            return (c.dir.to_string_lossy().into_owned(), c.step);
         }
         tracing::warn!(dir = %c.dir.display(), "the newest checkpoint does not verify; falling back to an older one");
     }
-    String::new()
+    (String::new(), 0)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -577,6 +578,7 @@ async fn watch_generation(
             }
             event = events.recv() => match event {
                 Some(ServiceEvent::Committed(checkpoint)) => {
+                    metrics.checkpoint_step(checkpoint.step);
                     publish_checkpoint(run, &checkpoint).await;
                 }
                 Some(ServiceEvent::Stop { reason, checkpoint, reply }) => {

@@ -3,7 +3,13 @@
 //! and stopping them (SIGTERM, then SIGKILL after a grace period; stopped processes are
 //! continued first so that they can die).
 
-use std::{collections::BTreeMap, net::IpAddr, path::PathBuf, process::Stdio, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    process::Stdio,
+    time::Duration,
+};
 
 use nix::{
     sys::signal::{Signal, kill},
@@ -31,6 +37,9 @@ pub struct RankLaunch {
     pub heartbeat_interval: Duration,
     /// GPU index per local rank (`CUDA_VISIBLE_DEVICES`); empty for CPU ranks.
     pub gpus: Vec<u32>,
+    /// Local rank r serves its Prometheus metrics on `metrics_addrs[r]` (`tessera-trainer
+    /// --metrics-addr`); ranks past the end of the list serve none.
+    pub metrics_addrs: Vec<SocketAddr>,
     /// Rank 0 appends its per-step history here (`tessera-trainer --history`).
     pub history: Option<PathBuf>,
     /// Write each rank's log to `{dir}/gen-{g}-rank-{r}.log` instead of this process's stderr.
@@ -98,6 +107,9 @@ impl Ranks {
                 ]);
             if let Some(history) = &launch.history {
                 cmd.arg("--history").arg(history);
+            }
+            if let Some(addr) = launch.metrics_addrs.get(local as usize) {
+                cmd.args(["--metrics-addr", &addr.to_string()]);
             }
             for o in &launch.overrides {
                 cmd.args(["--set", o]);

@@ -28,6 +28,8 @@ pub const AGENT_GPU_TEMPERATURE_CELSIUS: &str = "tessera_agent_gpu_temperature_c
 pub const AGENT_GPU_HEALTHY: &str = "tessera_agent_gpu_healthy";
 /// Seconds from a detected failure to the first step of the resumed generation.
 pub const AGENT_RECOVERY_SECONDS: &str = "tessera_agent_recovery_seconds";
+/// The step of the newest committed checkpoint the agent knows of (0 before the first).
+pub const AGENT_CHECKPOINT_STEP: &str = "tessera_agent_checkpoint_step";
 
 // === operator ===
 pub const OPERATOR_RECONCILE_TOTAL: &str = "tessera_operator_reconcile_total";
@@ -62,6 +64,7 @@ pub const ALL: &[&str] = &[
     AGENT_GPU_TEMPERATURE_CELSIUS,
     AGENT_GPU_HEALTHY,
     AGENT_RECOVERY_SECONDS,
+    AGENT_CHECKPOINT_STEP,
     OPERATOR_RECONCILE_TOTAL,
     OPERATOR_RECONCILE_ERRORS_TOTAL,
     OPERATOR_RECONCILE_SECONDS,

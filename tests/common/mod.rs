@@ -9,7 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// A binary of this workspace, built on demand when the test run did not build it.
+/// A binary of this workspace, built on demand when the test run did not build it (each
+/// binary is named after its package).
 pub fn bin(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_BIN_EXE_tessera"))
         .parent()
@@ -19,7 +20,7 @@ pub fn bin(name: &str) -> PathBuf {
     if !path.is_file() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "--bin", name])
+            .args(["build", "-p", name, "--bin", name])
             .status()
             .expect("running cargo build");
         assert!(status.success(), "cargo build --bin {name} failed");

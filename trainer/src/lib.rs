@@ -1,13 +1,15 @@
 //! The trainer: the GPT model written once against the `Backend` trait, the CPU backend,
-//! the optimizer, data shards and loader, and checkpoints.
-// `deny`, not `forbid`: backend/cpu/matmul.rs is the one audited `allow` (gemm takes raw
-// pointers); every other module is unsafe-free.
+//! the optimizer, data shards and loader, checkpoints, and the CUDA kernels (compiled with
+//! NVRTC; no CUDA backend yet).
+// `deny`, not `forbid`: backend/cpu/matmul.rs (gemm takes raw pointers) and cuda/nvrtc.rs
+// (the NVRTC C API) are the audited `allow`s; every other module is unsafe-free.
 #![deny(unsafe_code)]
 
 pub mod backend;
 pub mod checkpoint;
 pub mod collective;
 pub mod config;
+pub mod cuda;
 pub mod data;
 pub mod hf;
 pub mod hook;

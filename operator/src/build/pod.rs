@@ -4,6 +4,7 @@
 //! pod {run}-g{generation}-{rank}   hostname {run}-{rank}, subdomain {run} (the headless service)
 //!   agent container: tessera-agent --config /etc/tessera/run.yaml (the manifest ConfigMap)
 //!     --node {run}-{rank} --namespace --store --listen-host $(POD_IP) --metrics-addr :9401
+//!     --rank-metrics-port 9402 (ports trainer-0.. for the PodMonitor)
 //!     env  MASTER_ADDR/MASTER_PORT/WORLD_SIZE/RANK/NODE_RANK, TESSERA_GENERATION...
 //!     GPUs {gpusPerNode} × the configured resource; checkpoint and data volumes from the spec
 //!     non-root, read-only root filesystem (writable /tmp and /dev/shm), no capabilities
@@ -34,6 +35,8 @@ use super::{common_labels, owner_reference};
 const RUN_AS_USER: i64 = 65_532;
 /// Where the agent's metrics are served.
 const AGENT_METRICS_PORT: i32 = 9_401;
+/// Local rank r's trainer serves its metrics on this port + r (`--rank-metrics-port`).
+const TRAINER_METRICS_PORT: i32 = 9_402;
 /// Where the manifest ConfigMap is mounted.
 const MANIFEST_DIR: &str = "/etc/tessera";
 /// The agent's writable base directory (relative data and checkpoint paths resolve here).
@@ -124,6 +127,8 @@ pub fn worker_pod(run: &TrainingRun, slot: WorkerSlot, config: &OperatorConfig) 
         "$(POD_IP)".to_string(),
         "--metrics-addr".to_string(),
         format!("0.0.0.0:{AGENT_METRICS_PORT}"),
+        "--rank-metrics-port".to_string(),
+        TRAINER_METRICS_PORT.to_string(),
         "--base-dir".to_string(),
         WORK_DIR.to_string(),
         "--socket-dir".to_string(),
@@ -141,20 +146,31 @@ pub fn worker_pod(run: &TrainingRun, slot: WorkerSlot, config: &OperatorConfig) 
         command: Some(vec!["tessera-agent".to_string()]),
         args: Some(args),
         env: Some(env),
-        ports: Some(vec![
-            ContainerPort {
-                name: Some("rendezvous".to_string()),
-                container_port: i32::from(config.master_port),
+        ports: Some(
+            vec![
+                ContainerPort {
+                    name: Some("rendezvous".to_string()),
+                    container_port: i32::from(config.master_port),
+                    protocol: Some("TCP".to_string()),
+                    ..ContainerPort::default()
+                },
+                ContainerPort {
+                    name: Some("metrics".to_string()),
+                    container_port: AGENT_METRICS_PORT,
+                    protocol: Some("TCP".to_string()),
+                    ..ContainerPort::default()
+                },
+            ]
+            .into_iter()
+            // The PodMonitor scrapes ports named trainer-N: one per local rank.
+            .chain((0..gpus).map(|rank| ContainerPort {
+                name: Some(format!("trainer-{rank}")),
+                container_port: TRAINER_METRICS_PORT + rank as i32,
                 protocol: Some("TCP".to_string()),
                 ..ContainerPort::default()
-            },
-            ContainerPort {
-                name: Some("metrics".to_string()),
-                container_port: AGENT_METRICS_PORT,
-                protocol: Some("TCP".to_string()),
-                ..ContainerPort::default()
-            },
-        ]),
+            }))
+            .collect(),
+        ),
         resources: Some(gpu_resources(
             template.resources,
             &config.gpu_resource,
@@ -394,7 +410,7 @@ mod tests {
         assert_eq!(
             args,
             "--config /etc/tessera/run.yaml --node gpt-2 --namespace ml --listen-host $(POD_IP) \
-             --metrics-addr 0.0.0.0:9401 --base-dir /var/lib/tessera --socket-dir /tmp \
+             --metrics-addr 0.0.0.0:9401 --rank-metrics-port 9402 --base-dir /var/lib/tessera --socket-dir /tmp \
              --store etcd://etcd-0:2379,etcd-1:2379"
         );
         assert_eq!(
@@ -406,6 +422,16 @@ mod tests {
         assert_eq!(env(&pod, "RANK").as_deref(), Some("16"));
         assert_eq!(env(&pod, "NODE_RANK").as_deref(), Some("2"));
         assert_eq!(env(&pod, "TESSERA_GENERATION").as_deref(), Some("3"));
+        let ports: Vec<(String, i32)> = agent
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|p| (p.name.clone().unwrap(), p.container_port))
+            .collect();
+        assert_eq!(ports[1], ("metrics".to_string(), 9401));
+        assert_eq!(ports[2], ("trainer-0".to_string(), 9402));
+        assert_eq!(ports[9], ("trainer-7".to_string(), 9409));
         let manifest = spec
             .volumes
             .as_ref()

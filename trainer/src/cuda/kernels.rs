@@ -1,0 +1,110 @@
+//! The CUDA kernel sources, embedded at build time: one family per file under
+//! `trainer/kernels/`, each with the `extern "C"` entry points it must define.
+
+/// Shared by every family (`#include "common.cuh"`): bf16 conversions, deterministic
+/// warp/block reductions. Given to NVRTC as an in-memory header.
+pub const COMMON_HEADER: &str = include_str!("../../kernels/common.cuh");
+
+/// One `.cu` file: its name, its source and the entry points it defines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelFamily {
+    /// File stem: `layernorm` for `layernorm.cu`.
+    pub name: &'static str,
+    pub source: &'static str,
+    /// The `extern "C"` kernels a launcher will look up.
+    pub entry_points: &'static [&'static str],
+}
+
+/// Every kernel family. Matrix products are not here: they go to cuBLASLt.
+pub const FAMILIES: &[KernelFamily] = &[
+    KernelFamily {
+        name: "embedding",
+        source: include_str!("../../kernels/embedding.cu"),
+        entry_points: &[
+            "encoder_forward",
+            "encoder_backward_wpe",
+            "encoder_backward_wte",
+        ],
+    },
+    KernelFamily {
+        name: "layernorm",
+        source: include_str!("../../kernels/layernorm.cu"),
+        entry_points: &[
+            "layernorm_forward",
+            "fused_residual_layernorm_forward",
+            "layernorm_backward",
+            "layernorm_backward_reduce",
+        ],
+    },
+    KernelFamily {
+        name: "attention",
+        source: include_str!("../../kernels/attention.cu"),
+        entry_points: &[
+            "attention_forward",
+            "attention_backward_preprocess",
+            "attention_backward_dkdv",
+            "attention_backward_dq",
+        ],
+    },
+    KernelFamily {
+        name: "gelu",
+        source: include_str!("../../kernels/gelu.cu"),
+        entry_points: &["gelu_forward", "gelu_backward"],
+    },
+    KernelFamily {
+        name: "softmax_xent",
+        source: include_str!("../../kernels/softmax_xent.cu"),
+        entry_points: &["softmax_cross_entropy"],
+    },
+    KernelFamily {
+        name: "adamw",
+        source: include_str!("../../kernels/adamw.cu"),
+        entry_points: &["adamw_update"],
+    },
+    KernelFamily {
+        name: "grad_norm",
+        source: include_str!("../../kernels/grad_norm.cu"),
+        entry_points: &["sum_squares_partial", "reduce_partials"],
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_entry_point_is_an_extern_c_kernel_of_its_file() {
+        for family in FAMILIES {
+            assert!(family.source.contains("#include \"common.cuh\""));
+            for entry in family.entry_points {
+                let defined = family.source.lines().any(|line| {
+                    line.starts_with("extern \"C\" __global__")
+                        && line.contains(&format!(" {entry}("))
+                });
+                assert!(defined, "{}.cu does not define kernel {entry}", family.name);
+            }
+            let kernels = family.source.matches("extern \"C\" __global__").count();
+            assert_eq!(
+                kernels,
+                family.entry_points.len(),
+                "{}.cu defines kernels not listed in FAMILIES",
+                family.name
+            );
+        }
+    }
+
+    #[test]
+    fn no_kernel_uses_atomics() {
+        // Determinism: every reduction has a fixed order (see each file's header).
+        for family in FAMILIES {
+            // atomicAdd, atomicMax, atomic_ref, …: "atomic" followed by a name character.
+            let calls_atomic = family.source.match_indices("atomic").any(|(at, _)| {
+                family.source[at + "atomic".len()..]
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_uppercase() || c == '_')
+            });
+            assert!(!calls_atomic, "{}.cu uses an atomic", family.name);
+        }
+    }
+}
