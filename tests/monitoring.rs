@@ -419,6 +419,14 @@ fn every_alert_and_dashboard_expression_returns_data_from_a_live_run() {
         "TesseraRunFailed",
     ] {
         let alert = alerts.iter().find(|a| a.name == quiet).unwrap();
+        let firing = format!("ALERTS{{alertname=\"{quiet}\", alertstate=\"firing\"}}");
+        assert_eq!(query(prometheus, &firing), Ok(0), "{quiet} is firing");
+        // A rank's step series that has only just appeared (a restarted rank, the first
+        // scrape) shows no change yet; the rule's `for: 2m` is what keeps that quiet, so
+        // its bare expression is not checked here.
+        if quiet == "TesseraNoStepProgress" {
+            continue;
+        }
         assert_eq!(
             query(prometheus, &alert.expr),
             Ok(0),
