@@ -14,6 +14,8 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+
+use crate::status::{read_record, write_record};
 use serde::{Deserialize, Serialize};
 
 /// The file in the run directory naming the endpoints.
@@ -59,23 +61,12 @@ pub fn free_rank_addrs(nodes: u32, slots: u32) -> Result<Vec<Vec<SocketAddr>>> {
 impl MetricsRecord {
     /// Reads `dir/metrics.json`; `Ok(None)` when there is none.
     pub fn read(dir: &Path) -> Result<Option<MetricsRecord>> {
-        let path = dir.join(METRICS_FILE);
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .with_context(|| format!("{} is not a metrics record", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-        }
+        read_record(dir, METRICS_FILE, "a metrics record")
     }
 
     /// Writes `dir/metrics.json` whole (a reader never sees half of it).
     pub fn write(&self, dir: &Path) -> Result<()> {
-        let path = dir.join(METRICS_FILE);
-        let partial = dir.join(format!("{METRICS_FILE}.partial"));
-        std::fs::write(&partial, serde_json::to_vec_pretty(self)?)
-            .and_then(|()| std::fs::rename(&partial, &path))
-            .with_context(|| format!("cannot write {}", path.display()))
+        write_record(dir, METRICS_FILE, self)
     }
 }
 

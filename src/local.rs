@@ -280,7 +280,7 @@ pub async fn run_local(args: LocalRun) -> Result<LocalSummary> {
     }
     watching.cancel();
     let _ = progress.await;
-    let _ = std::fs::remove_file(out.join("store.json"));
+    let _ = std::fs::remove_file(out.join(crate::status::STORE_FILE));
     let _ = std::fs::remove_file(out.join(endpoints::METRICS_FILE));
     // The loss curve, restarts marked, next to the checkpoints.
     let history = History::read(&out.join("history.jsonl")).unwrap_or_default();

@@ -53,26 +53,41 @@ pub struct StoreRecord {
 impl StoreRecord {
     /// Reads `dir/store.json`; `Ok(None)` when there is none.
     pub fn read(dir: &Path) -> Result<Option<StoreRecord>> {
-        let path = dir.join(STORE_FILE);
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .with_context(|| format!("{} is not a store record", path.display()))
+        read_record(dir, STORE_FILE, "a store record")
     }
 
     /// Writes `dir/store.json` (replacing it whole, so a reader never sees half of it).
     pub fn write(&self, dir: &Path) -> Result<()> {
-        let path = dir.join(STORE_FILE);
-        let partial = dir.join(format!("{STORE_FILE}.partial"));
-        let json = serde_json::to_vec(self)?;
-        std::fs::write(&partial, json)
-            .and_then(|()| std::fs::rename(&partial, &path))
-            .with_context(|| format!("cannot write {}", path.display()))
+        write_record(dir, STORE_FILE, self)
     }
+}
+
+/// Reads the JSON record `dir/file` (`what` names it in errors); `Ok(None)` when there is none.
+pub fn read_record<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+    file: &str,
+    what: &str,
+) -> Result<Option<T>> {
+    let path = dir.join(file);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .with_context(|| format!("{} is not {what}", path.display()))
+}
+
+/// Writes `value` as the JSON record `dir/file`, replacing it whole (write, then rename), so a
+/// reader never sees half of it.
+pub fn write_record<T: Serialize>(dir: &Path, file: &str, value: &T) -> Result<()> {
+    let path = dir.join(file);
+    let partial = dir.join(format!("{file}.partial"));
+    let json = serde_json::to_vec_pretty(value)?;
+    std::fs::write(&partial, json)
+        .and_then(|()| std::fs::rename(&partial, &path))
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// A JSON document as it was written, and parsed.

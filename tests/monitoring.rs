@@ -13,7 +13,6 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, PostParams};
@@ -23,7 +22,7 @@ use tessera_api::TrainingRun;
 use tessera_operator::controller::ControllerSettings;
 use tessera_operator::leader::LeaseTimings;
 use tessera_operator::metrics::Metrics;
-use tessera_operator::progress::MemoryProgress;
+use tessera_operator::progress::StoreProgress;
 use tessera_operator::replica::{Health, LeaderElectionSettings, run_replica};
 use tessera_operator::testing::ApiServer;
 use tokio_util::sync::CancellationToken;
@@ -143,7 +142,7 @@ async fn start_operator(shutdown: CancellationToken) -> SocketAddr {
             identity: "monitoring-test".into(),
             timings: LeaseTimings::default(),
         }),
-        Arc::new(MemoryProgress::new()),
+        StoreProgress::in_memory(),
         metrics,
         health,
         shutdown,

@@ -16,7 +16,6 @@ mod support;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -27,7 +26,7 @@ use serde_json::json;
 use tessera_api::status::Phase;
 use tessera_operator::fixtures;
 use tessera_operator::names;
-use tessera_operator::progress::MemoryProgress;
+use tessera_operator::progress::StoreProgress;
 
 use support::{ApiServer, GPU, Operator, test_config};
 
@@ -119,12 +118,7 @@ async fn bench(runs: usize, pods_per_run: usize, limit: Duration) -> Result<(), 
     let mut config = test_config();
     config.pending_retry = Duration::from_secs(2);
     config.progress_resync = Duration::from_secs(30);
-    let operator = Operator::start(
-        client.clone(),
-        Arc::new(MemoryProgress::new()),
-        config,
-        None,
-    );
+    let operator = Operator::start(client.clone(), StoreProgress::in_memory(), config, None);
     tokio::time::timeout(Duration::from_secs(60), operator.health.synced())
         .await
         .map_err(|_| "the operator's watches did not sync within 60 s".to_string())?;

@@ -39,7 +39,7 @@ use crate::observe::{PodIndex, Snapshot, SnapshotCache, slim_pod};
 use crate::plan::capacity::{GangDemand, QueueState, QueuedRun};
 use crate::plan::condition::{ADMITTED, RESTARTING};
 use crate::plan::{Observed, plan};
-use crate::progress::{ProgressError, ProgressSource};
+use crate::progress::{ProgressError, StoreProgress};
 
 /// How long an admission is remembered while the run store has not caught up with it.
 const LEDGER_TTL: Duration = Duration::from_secs(60);
@@ -48,7 +48,7 @@ const LEDGER_TTL: Duration = Duration::from_secs(60);
 pub struct Context {
     pub config: OperatorConfig,
     executor: Executor,
-    progress: Arc<dyn ProgressSource>,
+    progress: StoreProgress,
     runs: Store<TrainingRun>,
     pods: Store<Pod>,
     nodes: Store<Node>,
@@ -129,7 +129,7 @@ pub struct ControllerSettings {
 pub async fn run_controller(
     client: Client,
     settings: ControllerSettings,
-    progress: Arc<dyn ProgressSource>,
+    progress: StoreProgress,
     metrics: Metrics,
     ready: CancellationToken,
     shutdown: CancellationToken,
@@ -305,20 +305,13 @@ fn log_watch_error<K: Resource<DynamicType = ()>>(event: &Result<K, watcher::Err
     }
 }
 
+/// A store filled by a watch that runs as a task of its own (nothing triggers on its changes).
 fn spawn_reflector<K>(tasks: &mut JoinSet<()>, api: Api<K>, config: watcher::Config) -> Store<K>
 where
     K: Watched,
 {
-    let (reader, writer) = reflector::store();
-    let stream = watcher(api, config)
-        .default_backoff()
-        .reflect(writer)
-        .for_each(|event| async move {
-            if let Err(error) = event {
-                tracing::warn!(%error, kind = %K::kind(&()), "watch failed; retrying");
-            }
-        });
-    tasks.spawn(stream);
+    let (reader, events) = reflected(api, config);
+    tasks.spawn(events.for_each(|_| async {}));
     reader
 }
 
@@ -417,15 +410,22 @@ async fn reconcile_run(run: &Arc<TrainingRun>, context: &Context) -> Result<Acti
     let admitting = run.metadata.deletion_timestamp.is_none()
         && !before.is_true(ADMITTED)
         && !before.phase.is_some_and(|p| p.is_terminal());
-    let progress = match context.progress.progress(&namespace, &name).await {
-        Ok(progress) => progress,
-        Err(error @ ProgressError::Malformed { .. }) => {
-            tracing::warn!(%error, "ignoring malformed progress");
-            None
-        }
-        Err(error) => {
-            tracing::warn!(%error, "could not read progress; planning without it");
-            None
+    // A finished or deleted run's plan reads no progress: skip the store round trip.
+    let settled =
+        run.metadata.deletion_timestamp.is_some() || before.phase.is_some_and(|p| p.is_terminal());
+    let progress = if settled {
+        None
+    } else {
+        match context.progress.progress(&namespace, &name).await {
+            Ok(progress) => progress,
+            Err(error @ ProgressError::Malformed { .. }) => {
+                tracing::warn!(%error, "ignoring malformed progress");
+                None
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not read progress; planning without it");
+                None
+            }
         }
     };
     let uid = run.uid().unwrap_or_default();

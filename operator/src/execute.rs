@@ -10,8 +10,6 @@
 //! 4. store keys removed, events published, finalizer removed or run deleted (last)
 //! ```
 
-use std::sync::Arc;
-
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -22,18 +20,18 @@ use tessera_api::TrainingRun;
 use crate::error::{Error, is_not_found};
 use crate::names::{FIELD_MANAGER, FINALIZER};
 use crate::plan::{Action, Plan, RunEvent};
-use crate::progress::ProgressSource;
+use crate::progress::StoreProgress;
 
 /// Applies plans with one client, one event recorder and one progress source.
 #[derive(Clone)]
 pub struct Executor {
     client: Client,
     recorder: Recorder,
-    progress: Arc<dyn ProgressSource>,
+    progress: StoreProgress,
 }
 
 impl Executor {
-    pub fn new(client: Client, recorder: Recorder, progress: Arc<dyn ProgressSource>) -> Self {
+    pub fn new(client: Client, recorder: Recorder, progress: StoreProgress) -> Self {
         Executor {
             client,
             recorder,

@@ -112,7 +112,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         terminating_timeout: Duration::from_secs(flags.terminating_timeout_seconds),
         ..OperatorConfig::default()
     };
-    let progress = tessera_operator::progress::connect_store(&flags.store)
+    let progress = tessera_operator::progress::StoreProgress::connect(&flags.store)
         .await
         .with_context(|| {
             format!(

@@ -3,21 +3,18 @@
 //! ```text
 //!  agents ──put──► coordination store: /tessera/v1/runs/{ns}/{name}/progress (JSON)
 //!                        │
-//!  operator ◄──get── ProgressSource ──delete_run_keys──► (the finalizer, on deletion)
+//!  operator ◄──get── StoreProgress ──delete_run_keys──► (the finalizer, on deletion)
 //! ```
 //!
-//! [`ProgressSource`] is the adapter point to the coordination store: [`StoreProgress`] reads
-//! the keys through `tessera_store::Store` (etcd, or a local run's store), [`MemoryProgress`]
-//! keeps them in memory (tests, the benchmark, an operator started without `--store`).
+//! [`StoreProgress`] reads the keys through `tessera_store::Store`: etcd on a cluster, a local
+//! run's store, or an in-memory [`tessera_store::EmbeddedStore`] in tests and the benchmark.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use tessera_api::RunProgress;
 use tessera_api::store_keys::RunKeys;
-use tessera_store::Store;
+use tessera_store::{EmbeddedStore, RunStore, Store};
 
 /// Why progress could not be read or keys not removed.
 #[derive(Debug, thiserror::Error)]
@@ -33,44 +30,11 @@ pub enum ProgressError {
     },
 }
 
-/// The run state the operator needs from the coordination store.
-pub trait ProgressSource: Send + Sync + 'static {
-    /// The newest progress published for the run; `None` before its agents publish any.
-    fn progress<'a>(
-        &'a self,
-        namespace: &'a str,
-        name: &'a str,
-    ) -> BoxFuture<'a, Result<Option<RunProgress>, ProgressError>>;
-
-    /// Removes every key of the run (its whole prefix).
-    fn delete_run_keys<'a>(
-        &'a self,
-        namespace: &'a str,
-        name: &'a str,
-    ) -> BoxFuture<'a, Result<(), ProgressError>>;
-}
-
-/// Parses the bytes stored under a run's `progress` key.
-pub fn parse_progress(
-    namespace: &str,
-    name: &str,
-    bytes: Option<&[u8]>,
-) -> Result<Option<RunProgress>, ProgressError> {
-    bytes
-        .map(|b| {
-            RunProgress::from_json(b).map_err(|source| ProgressError::Malformed {
-                namespace: namespace.to_string(),
-                name: name.to_string(),
-                source,
-            })
-        })
-        .transpose()
-}
-
 /// How long connecting to the store may take before the operator gives up.
 const STORE_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The coordination store behind `tessera_store::Store`.
+/// The run state the operator needs from the coordination store.
+#[derive(Clone)]
 pub struct StoreProgress {
     store: Arc<dyn Store>,
 }
@@ -79,109 +43,71 @@ impl StoreProgress {
     pub fn new(store: Arc<dyn Store>) -> StoreProgress {
         StoreProgress { store }
     }
-}
 
-/// Connects to the store `endpoint` names (`etcd://host:port[,...]`, `tessera://host:port`).
-pub async fn connect_store(endpoint: &str) -> Result<Arc<dyn ProgressSource>, ProgressError> {
-    let store = tessera_store::connect(endpoint, STORE_CONNECT_TIMEOUT)
-        .await
-        .map_err(|e| ProgressError::Store(e.to_string()))?;
-    Ok(Arc::new(StoreProgress::new(store)))
-}
-
-impl ProgressSource for StoreProgress {
-    fn progress<'a>(
-        &'a self,
-        namespace: &'a str,
-        name: &'a str,
-    ) -> BoxFuture<'a, Result<Option<RunProgress>, ProgressError>> {
-        Box::pin(async move {
-            let value = self
-                .store
-                .get(&RunKeys::new(namespace, name).progress())
-                .await
-                .map_err(|e| ProgressError::Store(e.to_string()))?;
-            parse_progress(
-                namespace,
-                name,
-                value.as_ref().map(|kv| kv.value.as_slice()),
-            )
-        })
+    /// Over a fresh in-memory store (tests, the benchmark).
+    pub fn in_memory() -> StoreProgress {
+        StoreProgress::new(Arc::new(EmbeddedStore::new()))
     }
 
-    fn delete_run_keys<'a>(
-        &'a self,
-        namespace: &'a str,
-        name: &'a str,
-    ) -> BoxFuture<'a, Result<(), ProgressError>> {
-        Box::pin(async move {
-            self.store
-                .delete_prefix(RunKeys::new(namespace, name).prefix())
-                .await
-                .map_err(|e| ProgressError::Store(e.to_string()))?;
-            Ok(())
-        })
-    }
-}
-
-/// An in-memory key-value map with the store's key layout.
-#[derive(Debug, Default)]
-pub struct MemoryProgress {
-    keys: Mutex<BTreeMap<String, Vec<u8>>>,
-}
-
-impl MemoryProgress {
-    pub fn new() -> MemoryProgress {
-        MemoryProgress::default()
+    /// Connects to the store `endpoint` names (`etcd://host:port[,...]`, `tessera://host:port`).
+    pub async fn connect(endpoint: &str) -> Result<StoreProgress, ProgressError> {
+        let store = tessera_store::connect(endpoint, STORE_CONNECT_TIMEOUT)
+            .await
+            .map_err(|e| ProgressError::Store(e.to_string()))?;
+        Ok(StoreProgress::new(store))
     }
 
-    /// Stores raw bytes under a key, as an agent's `put` would.
-    pub fn put(&self, key: &str, value: &[u8]) {
-        self.lock().insert(key.to_string(), value.to_vec());
+    /// The store itself (tests publish through it, as agents do).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
-    /// Publishes a run's progress, as its agents would.
-    pub fn publish(&self, namespace: &str, name: &str, progress: &RunProgress) {
-        self.put(
-            &RunKeys::new(namespace, name).progress(),
-            &progress.to_json(),
-        );
-    }
-
-    /// Every key currently stored, for tests.
-    pub fn keys(&self) -> Vec<String> {
-        self.lock().keys().cloned().collect()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Vec<u8>>> {
-        // A panic while holding the lock leaves the map usable: recover it.
-        self.keys
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-impl ProgressSource for MemoryProgress {
-    fn progress<'a>(
-        &'a self,
-        namespace: &'a str,
-        name: &'a str,
-    ) -> BoxFuture<'a, Result<Option<RunProgress>, ProgressError>> {
+    /// The newest progress published for the run; `None` before its agents publish any.
+    pub async fn progress(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<RunProgress>, ProgressError> {
         let bytes = self
-            .lock()
-            .get(&RunKeys::new(namespace, name).progress())
-            .cloned();
-        Box::pin(async move { parse_progress(namespace, name, bytes.as_deref()) })
+            .run(namespace, name)
+            .progress()
+            .await
+            .map_err(|e| ProgressError::Store(e.to_string()))?;
+        bytes
+            .map(|bytes| {
+                RunProgress::from_json(&bytes).map_err(|source| ProgressError::Malformed {
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                    source,
+                })
+            })
+            .transpose()
     }
 
-    fn delete_run_keys<'a>(
-        &'a self,
-        namespace: &'a str,
-        name: &'a str,
-    ) -> BoxFuture<'a, Result<(), ProgressError>> {
-        let prefix = RunKeys::new(namespace, name).prefix().to_string();
-        self.lock().retain(|key, _| !key.starts_with(&prefix));
-        Box::pin(async { Ok(()) })
+    /// Publishes a run's progress, as its agents do.
+    pub async fn publish(
+        &self,
+        namespace: &str,
+        name: &str,
+        progress: &RunProgress,
+    ) -> Result<(), ProgressError> {
+        self.run(namespace, name)
+            .publish_progress(&progress.to_json())
+            .await
+            .map_err(|e| ProgressError::Store(e.to_string()))
+    }
+
+    fn run(&self, namespace: &str, name: &str) -> RunStore {
+        RunStore::new(self.store.clone(), RunKeys::new(namespace, name))
+    }
+
+    /// Removes every key of the run (its whole prefix).
+    pub async fn delete_run_keys(&self, namespace: &str, name: &str) -> Result<(), ProgressError> {
+        self.store
+            .delete_prefix(RunKeys::new(namespace, name).prefix())
+            .await
+            .map(|_| ())
+            .map_err(|e| ProgressError::Store(e.to_string()))
     }
 }
 
@@ -190,26 +116,8 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn memory_progress_reads_published_progress_and_deletes_only_the_runs_keys() {
-        let store = MemoryProgress::new();
-        assert_eq!(store.progress("ml", "a").await.unwrap(), None);
-        let progress = RunProgress {
-            generation: 2,
-            step: 7,
-            ..RunProgress::default()
-        };
-        store.publish("ml", "a", &progress);
-        store.publish("ml", "ab", &progress);
-        store.put(&RunKeys::new("ml", "a").generation(), b"2");
-        assert_eq!(store.progress("ml", "a").await.unwrap(), Some(progress));
-        store.delete_run_keys("ml", "a").await.unwrap();
-        assert_eq!(store.keys(), vec![RunKeys::new("ml", "ab").progress()]);
-    }
-
-    #[tokio::test]
-    async fn store_progress_reads_and_deletes_through_the_store() {
-        let store: Arc<dyn Store> = Arc::new(tessera_store::EmbeddedStore::new());
-        let source = StoreProgress::new(store.clone());
+    async fn reads_published_progress_and_deletes_only_the_runs_keys() {
+        let source = StoreProgress::in_memory();
         assert_eq!(source.progress("ml", "a").await.unwrap(), None);
         let progress = RunProgress {
             generation: 1,
@@ -217,34 +125,42 @@ mod tests {
             loss: Some(4.0),
             ..RunProgress::default()
         };
-        store
-            .put(
-                &RunKeys::new("ml", "a").progress(),
-                progress.to_json(),
-                None,
-            )
-            .await
-            .unwrap();
-        store
-            .put(
-                &RunKeys::new("ml", "b").progress(),
-                progress.to_json(),
-                None,
-            )
+        source.publish("ml", "a", &progress).await.unwrap();
+        // "ab" shares "a"'s name as a prefix of its own: its keys stay.
+        source.publish("ml", "ab", &progress).await.unwrap();
+        source
+            .store()
+            .put(&RunKeys::new("ml", "a").generation(), b"2".to_vec(), None)
             .await
             .unwrap();
         assert_eq!(source.progress("ml", "a").await.unwrap(), Some(progress));
         source.delete_run_keys("ml", "a").await.unwrap();
         assert_eq!(source.progress("ml", "a").await.unwrap(), None);
-        assert!(source.progress("ml", "b").await.unwrap().is_some());
-        assert!(connect_store("nonsense").await.is_err());
+        assert!(
+            source
+                .store()
+                .get(&RunKeys::new("ml", "a").generation())
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(source.progress("ml", "ab").await.unwrap().is_some());
+        assert!(StoreProgress::connect("nonsense").await.is_err());
     }
 
     #[tokio::test]
     async fn malformed_progress_is_an_error_naming_the_run() {
-        let store = MemoryProgress::new();
-        store.put(&RunKeys::new("ml", "bad").progress(), b"{\"step\": -1}");
-        let error = store.progress("ml", "bad").await.unwrap_err();
+        let source = StoreProgress::in_memory();
+        source
+            .store()
+            .put(
+                &RunKeys::new("ml", "bad").progress(),
+                b"{\"step\": -1}".to_vec(),
+                None,
+            )
+            .await
+            .unwrap();
+        let error = source.progress("ml", "bad").await.unwrap_err();
         assert!(error.to_string().contains("ml/bad"), "{error}");
     }
 }

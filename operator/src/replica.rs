@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::controller::{ControllerSettings, run_controller};
 use crate::leader::{LeaderElector, LeaseTimings};
 use crate::metrics::Metrics;
-use crate::progress::ProgressSource;
+use crate::progress::StoreProgress;
 
 /// Where the leader lease lives and who this replica is.
 #[derive(Clone, Debug)]
@@ -78,7 +78,7 @@ pub async fn run_replica(
     client: Client,
     settings: ControllerSettings,
     election: Option<LeaderElectionSettings>,
-    progress: Arc<dyn ProgressSource>,
+    progress: StoreProgress,
     metrics: Metrics,
     health: Arc<Health>,
     shutdown: CancellationToken,

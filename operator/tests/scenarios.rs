@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -18,7 +17,7 @@ use tessera_api::status::{ConditionStatus, Phase};
 use tessera_api::store_keys::RunKeys;
 use tessera_operator::fixtures;
 use tessera_operator::names;
-use tessera_operator::progress::MemoryProgress;
+use tessera_operator::progress::StoreProgress;
 
 use support::*;
 
@@ -55,7 +54,7 @@ async fn event_reasons(client: &kube::Client, namespace: &str) -> Vec<String> {
 async fn a_run_is_admitted_runs_reports_progress_and_succeeds() {
     bounded(async {
         let (server, client, kubelet) = cluster(2, 8).await;
-        let progress = Arc::new(MemoryProgress::new());
+        let progress = StoreProgress::in_memory();
         let operator = Operator::start(
             server.operator_client(),
             progress.clone(),
@@ -100,17 +99,20 @@ async fn a_run_is_admitted_runs_reports_progress_and_succeeds() {
 
         // The kubelet starts them; agents publish progress; the status shows it.
         wait_phase(&client, &kubelet, "ml", "gpt", Phase::Running, LIMIT).await;
-        progress.publish(
-            "ml",
-            "gpt",
-            &RunProgress {
-                generation: 1,
-                step: 17,
-                loss: Some(3.25),
-                tokens_per_second: Some(5000.0),
-                ..RunProgress::default()
-            },
-        );
+        progress
+            .publish(
+                "ml",
+                "gpt",
+                &RunProgress {
+                    generation: 1,
+                    step: 17,
+                    loss: Some(3.25),
+                    tokens_per_second: Some(5000.0),
+                    ..RunProgress::default()
+                },
+            )
+            .await
+            .expect("publish progress");
         let running = wait_for("progress in the status", LIMIT, || async {
             let run = runs(&client, "ml").get("gpt").await.ok()?;
             (run.status.as_ref()?.step == Some(17)).then_some(run)
@@ -360,7 +362,7 @@ async fn suspend_stops_the_gang_and_resume_starts_a_new_generation() {
 async fn deleting_a_run_stops_its_pods_and_removes_its_store_keys_before_it_goes() {
     bounded(async {
         let (server, client, kubelet) = cluster(2, 1).await;
-        let progress = Arc::new(MemoryProgress::new());
+        let progress = StoreProgress::in_memory();
         let operator = Operator::start(
             server.operator_client(),
             progress.clone(),
@@ -374,17 +376,31 @@ async fn deleting_a_run_stops_its_pods_and_removes_its_store_keys_before_it_goes
         )
         .await;
         wait_phase(&client, &kubelet, "ml", "tidy", Phase::Running, LIMIT).await;
-        progress.publish(
-            "ml",
-            "tidy",
-            &RunProgress {
-                generation: 1,
-                step: 5,
-                ..RunProgress::default()
-            },
-        );
-        progress.put(&RunKeys::new("ml", "tidy").generation(), b"1");
-        progress.publish("ml", "neighbour", &RunProgress::default());
+        progress
+            .publish(
+                "ml",
+                "tidy",
+                &RunProgress {
+                    generation: 1,
+                    step: 5,
+                    ..RunProgress::default()
+                },
+            )
+            .await
+            .expect("publish progress");
+        progress
+            .store()
+            .put(
+                &RunKeys::new("ml", "tidy").generation(),
+                b"1".to_vec(),
+                None,
+            )
+            .await
+            .expect("put a generation key");
+        progress
+            .publish("ml", "neighbour", &RunProgress::default())
+            .await
+            .expect("publish progress");
 
         runs(&client, "ml")
             .delete("tidy", &DeleteParams::default())
@@ -404,10 +420,15 @@ async fn deleting_a_run_stops_its_pods_and_removes_its_store_keys_before_it_goes
         })
         .await;
         assert!(kubelet.pods_of("ml", "tidy", 1).await.is_empty());
-        assert_eq!(
-            progress.keys(),
-            vec![RunKeys::new("ml", "neighbour").progress()]
-        );
+        let left: Vec<String> = progress
+            .store()
+            .get_prefix(tessera_api::store_keys::ROOT)
+            .await
+            .expect("list the store")
+            .into_iter()
+            .map(|kv| kv.key)
+            .collect();
+        assert_eq!(left, vec![RunKeys::new("ml", "neighbour").progress()]);
         assert!(
             Api::<Service>::namespaced(client.clone(), "ml")
                 .get_opt("tidy")
@@ -424,7 +445,7 @@ async fn deleting_a_run_stops_its_pods_and_removes_its_store_keys_before_it_goes
 async fn with_two_replicas_one_leads_and_the_other_takes_over_when_it_dies() {
     bounded(async {
         let (server, client, kubelet) = cluster(4, 1).await;
-        let progress = Arc::new(MemoryProgress::new());
+        let progress = StoreProgress::in_memory();
         let a = Operator::start(
             server.operator_client(),
             progress.clone(),

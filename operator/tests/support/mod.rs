@@ -19,7 +19,7 @@ use tessera_operator::controller::ControllerSettings;
 use tessera_operator::fixtures;
 use tessera_operator::leader::LeaseTimings;
 use tessera_operator::metrics::Metrics;
-use tessera_operator::progress::ProgressSource;
+use tessera_operator::progress::StoreProgress;
 use tessera_operator::replica::{Health, LeaderElectionSettings, ReplicaError, run_replica};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -59,7 +59,7 @@ impl Operator {
     /// Starts a replica; with `identity`, it takes part in leader election.
     pub fn start(
         client: Client,
-        progress: Arc<dyn ProgressSource>,
+        progress: StoreProgress,
         config: OperatorConfig,
         identity: Option<&str>,
     ) -> Operator {
@@ -99,7 +99,7 @@ impl Operator {
     pub fn start_plain(server: &ApiServer) -> Operator {
         Operator::start(
             server.operator_client(),
-            Arc::new(tessera_operator::progress::MemoryProgress::new()),
+            StoreProgress::in_memory(),
             test_config(),
             None,
         )
