@@ -304,6 +304,13 @@ fn exhausted_restarts_end_the_run_failed_with_the_reason() {
         assert!(reason.contains("maxRestarts = 1"), "{reason}");
         assert!(reason.contains("exited with code"), "{reason}");
     }
+    // Every agent names the same failure: the one recorded with the generation's end, even
+    // where a peer saw it first and this agent only had its ranks stopped.
+    let reasons: std::collections::BTreeSet<&str> = reports
+        .iter()
+        .map(|(_, _, report)| report["end"]["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
 }
 
 #[test]

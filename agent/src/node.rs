@@ -194,9 +194,16 @@ pub async fn run_agent(
         let restarts = generation.saturating_sub(1);
         metrics.generation(generation);
         if restarts > u64::from(resilience.max_restarts) {
-            let last = failures
-                .last()
-                .map_or("unknown".into(), |f| f.reason.clone());
+            // The bump that ended the previous generation recorded why; this agent may only
+            // have seen its ranks stopped by a peer.
+            let recorded = run
+                .end_reason(generation.saturating_sub(1))
+                .await
+                .ok()
+                .flatten();
+            let last = recorded
+                .or_else(|| failures.last().map(|f| f.reason.clone()))
+                .unwrap_or_else(|| "unknown".into());
             let reason = format!(
                 "{restarts} restarts exceed faultTolerance.maxRestarts = {}; the last failure: {last}",
                 resilience.max_restarts
@@ -388,7 +395,10 @@ pub async fn run_agent(
                     recovery_seconds: None,
                 });
                 // Bump first, so peers stop their ranks while this agent stops its own.
-                let won = run.bump_generation(generation).await.unwrap_or(false);
+                let won = run
+                    .bump_generation(generation, &reason)
+                    .await
+                    .unwrap_or(false);
                 board.direct(Directive::Abort);
                 ranks.stop(config.stop_grace).await;
                 if me.first_rank == 0 || won {

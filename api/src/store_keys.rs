@@ -14,6 +14,7 @@
 //!                                   written once, by create-if-absent, not leased
 //!   rendezvous/{generation}/nccl-id the NCCL unique id made by rank 0
 //!   rendezvous/{generation}/peers/{rank}  a rank's TCP address (CPU transport)
+//!   rendezvous/{generation}/ended   why that generation ended (text), written with the bump
 //!   progress                        the newest progress report (JSON)
 //!   checkpoints/latest              the newest committed checkpoint (JSON)
 //! ```
@@ -78,6 +79,11 @@ impl RunKeys {
 
     pub fn nccl_unique_id(&self, generation: u64) -> String {
         format!("{}nccl-id", self.rendezvous_prefix(generation))
+    }
+
+    /// Why `generation` ended, written by the agent whose bump ended it.
+    pub fn generation_end(&self, generation: u64) -> String {
+        format!("{}ended", self.rendezvous_prefix(generation))
     }
 
     pub fn peer(&self, generation: u64, rank: u32) -> String {

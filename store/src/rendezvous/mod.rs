@@ -4,7 +4,9 @@
 //! - **Generation.** `generation` holds the gang's generation as decimal text.
 //!   [`RunStore::current_generation`] reads it, creating "1" (create-if-absent) when missing.
 //!   [`RunStore::bump_generation`] is a compare-and-swap (value == g → g+1): of any number of
-//!   racers exactly one wins.
+//!   racers exactly one wins, and the winner's reason is kept at `rendezvous/{g}/ended`
+//!   ([`RunStore::end_reason`]), so every agent can name the failure that ended a generation,
+//!   not only the one that saw it.
 //! - **Joining.** [`RunStore::join`] puts the member's record at `rendezvous/{g}/members/{node}`
 //!   and `members/{node}`, both under the member's lease, in one transaction that holds only
 //!   while the generation is still g and its table is not fixed. It then waits (watching, and
@@ -96,17 +98,32 @@ impl RunStore {
         }
     }
 
-    /// Moves the generation from `from` to `from + 1` if it is still `from`; returns whether this
-    /// caller did it (of several racers exactly one does).
-    pub async fn bump_generation(&self, from: u64) -> Result<bool, RendezvousError> {
+    /// Moves the generation from `from` to `from + 1` if it is still `from`, recording `reason`
+    /// as why `from` ended; returns whether this caller did it (of several racers exactly one
+    /// does, and only its reason is kept).
+    pub async fn bump_generation(&self, from: u64, reason: &str) -> Result<bool, RendezvousError> {
         let next = from.checked_add(1).ok_or_else(|| {
             RendezvousError::Invalid(format!("generation {from} cannot be bumped further"))
         })?;
         let key = self.keys.generation();
         let bump = Txn::new()
             .when([Compare::value(&key, from.to_string())])
-            .and_then([TxnOp::put(&key, next.to_string())]);
+            .and_then([
+                TxnOp::put(&key, next.to_string()),
+                TxnOp::put(self.keys.generation_end(from), reason),
+            ]);
         Ok(self.store.txn(bump).await?.succeeded)
+    }
+
+    /// Why `generation` ended, as recorded by the bump that ended it; `None` while it has not
+    /// ended (or once pruned).
+    pub async fn end_reason(&self, generation: u64) -> Result<Option<String>, RendezvousError> {
+        let key = self.keys.generation_end(generation);
+        Ok(self
+            .store
+            .get(&key)
+            .await?
+            .map(|kv| String::from_utf8_lossy(&kv.value).into_owned()))
     }
 
     /// Joins generation `generation` as `member`, its records held by `lease`, and waits for the

@@ -563,7 +563,7 @@ pub async fn racing_generation_bumps(h: &Harness) {
         let barrier = barrier.clone();
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
-            racer.bump_generation(1).await.unwrap()
+            racer.bump_generation(1, "a racer").await.unwrap()
         }));
     }
     let mut winners = 0;
@@ -572,9 +572,24 @@ pub async fn racing_generation_bumps(h: &Harness) {
     }
     assert_eq!(winners, 1, "exactly one racer bumps");
     assert_eq!(run.current_generation().await.unwrap(), 2);
-    assert!(!run.bump_generation(1).await.unwrap());
-    assert!(run.bump_generation(2).await.unwrap());
+    assert_eq!(
+        run.end_reason(1).await.unwrap().as_deref(),
+        Some("a racer"),
+        "the winner's reason is kept"
+    );
+    assert!(!run.bump_generation(1, "too late").await.unwrap());
+    assert_eq!(run.end_reason(1).await.unwrap().as_deref(), Some("a racer"));
+    assert_eq!(run.end_reason(2).await.unwrap(), None, "2 has not ended");
+    assert!(
+        run.bump_generation(2, "rank 3 exited with code 1")
+            .await
+            .unwrap()
+    );
     assert_eq!(run.current_generation().await.unwrap(), 3);
+    assert_eq!(
+        run.end_reason(2).await.unwrap().as_deref(),
+        Some("rank 3 exited with code 1")
+    );
 }
 
 pub async fn superseded_while_waiting(h: &Harness) {
@@ -590,7 +605,7 @@ pub async fn superseded_while_waiting(h: &Harness) {
         let run = run.clone();
         async move { run.wait_for_generation_past(g).await }
     });
-    assert!(run.bump_generation(g).await.unwrap());
+    assert!(run.bump_generation(g, "a test").await.unwrap());
     let (outcome, _keeper) = waiting.await.unwrap();
     assert_eq!(outcome, Ok(JoinOutcome::Superseded { generation: g + 1 }));
     assert_eq!(next.await.unwrap(), Ok(g + 1));
