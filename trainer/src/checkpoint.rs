@@ -5,9 +5,11 @@
 //! root/
 //!   step-0000000100/              committed (renamed into place after the manifest is durable)
 //!     model.safetensors           parameters by name, f32, with shapes
-//!     optimizer.safetensors       AdamW moments ("m.<param>", "v.<param>"), step in metadata
-//!       or optimizer-rank-NNNNN.safetensors, one per rank of a sharded run: flat "m" and "v"
-//!       over the rank's range of the flat parameter space (listed in the manifest)
+//!     optimizer.safetensors       AdamW moments ("m.<param>", "v.<param>"), step in metadata,
+//!                                 and fp32 master weights ("master.<param>") from backends
+//!                                 that keep them apart from bf16 parameters (CUDA)
+//!       or optimizer-rank-NNNNN.safetensors, one per rank of a sharded run: flat "m", "v"
+//!       (and "master") over the rank's range of the flat parameter space (in the manifest)
 //!     manifest.json               commit marker, written last: every file's size and SHA-256
 //!   step-0000000200.partial/      being written, or left by a crash: never loaded
 //!
@@ -33,9 +35,9 @@ use std::path::PathBuf;
 
 pub use background::BackgroundWriter;
 pub use load::{
-    CheckpointListing, CheckpointScan, FileCheck, InvalidReason, LoadedCheckpoint,
-    SkippedCheckpoint, VerifyReport, find_latest_valid, flat_optimizer_state, list_checkpoints,
-    load_checkpoint, verify_checkpoint,
+    CheckpointListing, CheckpointScan, FileCheck, FlatOptimizerState, InvalidReason,
+    LoadedCheckpoint, SkippedCheckpoint, VerifyReport, find_latest_valid, flat_optimizer_state,
+    list_checkpoints, load_checkpoint, verify_checkpoint,
 };
 pub use write::{CommittedCheckpoint, PartialCheckpoint, remove_stale_partials, write_checkpoint};
 
@@ -48,13 +50,15 @@ pub fn optimizer_shard_file(rank: u32) -> String {
     format!("optimizer-rank-{rank:05}.safetensors")
 }
 
-/// One rank's slice of the AdamW moments, from a sharded checkpoint.
+/// One rank's slice of the AdamW moments (and fp32 master weights, when the backend that
+/// wrote it keeps them), from a sharded checkpoint.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OptimizerShard {
     pub rank: u32,
     pub flat_range: std::ops::Range<usize>,
     pub m: Vec<f32>,
     pub v: Vec<f32>,
+    pub master: Option<Vec<f32>>,
 }
 
 /// Key in `optimizer.safetensors`' metadata holding the optimizer's step count.

@@ -12,13 +12,16 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use tessera_api::manifest::{Override, parse_training_run_with};
 use tessera_trainer::{
-    backend::cpu::CpuBackend,
+    backend::{
+        cpu::CpuBackend,
+        cuda::{CudaBackend, gpu_count},
+    },
     collective::{
         Collective, Solo,
         rendezvous::{StaticRendezvous, connect_ring, rendezvous},
     },
-    hook::Unsupervised,
-    run::{RunOptions, train_ranked},
+    hook::{RunHook, Unsupervised},
+    run::{RunOptions, RunSummary, model_config, train_ranked},
     supervised::AgentLink,
 };
 
@@ -62,6 +65,10 @@ struct Args {
     /// The gang generation (ranks of another generation are refused at rendezvous).
     #[arg(long, default_value_t = 0)]
     generation: u64,
+    /// Where to train: `cuda` (a GPU; this rank's local index picks which), `cpu`, or `auto`
+    /// (a GPU when the NVIDIA driver reports one, else the CPU).
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    device: Device,
     /// Append one JSON line per step (rank 0) to this file.
     #[arg(long)]
     history: Option<PathBuf>,
@@ -77,6 +84,59 @@ struct Args {
     /// Supervised mode: seconds between heartbeats to the agent.
     #[arg(long, default_value_t = 1.0, requires = "agent_socket")]
     heartbeat_interval: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Device {
+    Auto,
+    Cuda,
+    Cpu,
+}
+
+/// Trains on the device asked for; `index` (the rank on this machine) picks the GPU.
+fn train_on(
+    device: Device,
+    index: u32,
+    run: &tessera_api::TrainingRun,
+    options: &RunOptions,
+    comm: Box<dyn Collective>,
+    hook: &mut dyn RunHook,
+) -> Result<RunSummary> {
+    let gpus = match device {
+        Device::Cpu => 0,
+        Device::Auto | Device::Cuda => gpu_count(),
+    };
+    let (config, _) = model_config(run)?;
+    let unsupported = CudaBackend::unsupported(&config);
+    if let (Device::Cuda, Some(why)) = (device, &unsupported) {
+        bail!("--device cuda: {why}; change spec.model or use --device cpu");
+    }
+    if device == Device::Cpu || (device == Device::Auto && (gpus == 0 || unsupported.is_some())) {
+        if device == Device::Auto {
+            match &unsupported {
+                Some(why) if gpus > 0 => tracing::info!("{why}: training on the CPU"),
+                _ => tracing::info!(
+                    "no GPU found (no NVIDIA driver or no device): training on the CPU"
+                ),
+            }
+        }
+        return Ok(train_ranked(
+            CpuBackend::<f32>::new(),
+            run,
+            options,
+            comm,
+            hook,
+        )?);
+    }
+    let ordinal = index as usize % gpus.max(1);
+    let backend = CudaBackend::new(ordinal).context("--device cuda")?;
+    tracing::info!(
+        gpu = ordinal,
+        name = backend.device_name(),
+        arch = backend.arch(),
+        "training on the GPU (bf16, fp32 master weights)"
+    );
+    Ok(train_ranked(backend, run, options, comm, hook)?)
 }
 
 fn main() -> ExitCode {
@@ -138,7 +198,14 @@ fn run(args: Args) -> Result<()> {
             let interval = Duration::from_secs_f64(args.heartbeat_interval.clamp(0.05, 60.0));
             link.start_heartbeats(interval, (interval * 10).max(Duration::from_secs(10)));
             options.generation = info.generation;
-            train_ranked(CpuBackend::<f32>::new(), &run, &options, comm, &mut link)?
+            train_on(
+                args.device,
+                args.local_rank,
+                &run,
+                &options,
+                comm,
+                &mut link,
+            )?
         }
         None => {
             let master_addr = match (&args.master_addr, args.world_size) {
@@ -156,8 +223,9 @@ fn run(args: Args) -> Result<()> {
                 timeout: rendezvous_timeout,
                 collective_timeout,
             })?;
-            train_ranked(
-                CpuBackend::<f32>::new(),
+            train_on(
+                args.device,
+                args.rank,
                 &run,
                 &options,
                 comm,
@@ -186,5 +254,7 @@ fn summary_json(s: &tessera_trainer::run::RunSummary) -> serde_json::Value {
         "stepSeconds": s.step_seconds,
         "commSecondsPerStep": s.comm_seconds_per_step,
         "optimizerStateBytes": s.optimizer_state_bytes,
+        "backend": s.backend,
+        "peakDeviceMemoryBytes": s.peak_device_memory_bytes,
     })
 }

@@ -282,27 +282,29 @@ impl<B: Backend> Gpt<B> {
             heads: config.heads,
         };
         let att_state_len = backend.attention_state_len(att);
+        // Storage precision for tensors, fp32 for statistics and losses.
         let a = |len: usize| backend.alloc(len);
+        let f = |len: usize| backend.alloc_f32(len);
         let acts = Activations {
             encoded: a(bt * c)?,
             ln1: a(l * bt * c)?,
-            ln1_mean: a(l * bt)?,
-            ln1_rstd: a(l * bt)?,
+            ln1_mean: f(l * bt)?,
+            ln1_rstd: f(l * bt)?,
             qkv: a(l * bt * 3 * c)?,
             atty: a(l * bt * c)?,
-            att_state: a(l * att_state_len)?,
+            att_state: f(l * att_state_len)?,
             residual2: a(l * bt * c)?,
             ln2: a(l * bt * c)?,
-            ln2_mean: a(l * bt)?,
-            ln2_rstd: a(l * bt)?,
+            ln2_mean: f(l * bt)?,
+            ln2_rstd: f(l * bt)?,
             fch: a(l * bt * 4 * c)?,
             fch_gelu: a(l * bt * 4 * c)?,
             residual3: a(l * bt * c)?,
             lnf: a(bt * c)?,
-            lnf_mean: a(bt)?,
-            lnf_rstd: a(bt)?,
+            lnf_mean: f(bt)?,
+            lnf_rstd: f(bt)?,
             logits: a(bt * vp)?,
-            losses: a(bt)?,
+            losses: f(bt)?,
             proj_out: a(bt * c)?,
         };
         let act_grads = ActGrads {
@@ -311,7 +313,7 @@ impl<B: Backend> Gpt<B> {
             dqkv: a(bt * 3 * c)?,
             dfch_gelu: a(bt * 4 * c)?,
             dfch: a(bt * 4 * c)?,
-            att_scratch: a(backend.attention_scratch_len(att))?,
+            att_scratch: f(backend.attention_scratch_len(att))?,
         };
         let mut params = a(layout.total)?;
         let grads = a(layout.total)?;

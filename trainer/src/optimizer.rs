@@ -166,6 +166,9 @@ pub struct OptimizerState {
     pub updates: u64,
     pub m: Vec<f32>,
     pub v: Vec<f32>,
+    /// fp32 master weights of the owned range, from backends that keep them apart from
+    /// lower-precision parameters (CUDA); `None` where the parameters are the masters.
+    pub master: Option<Vec<f32>>,
 }
 
 /// AdamW over a model's flat parameter space, or over one rank's shard of it (ZeRO-1).
@@ -305,10 +308,15 @@ impl<B: Backend> AdamW<B> {
         model
             .backend()
             .download_opt_state(&self.state, &mut m, &mut v)?;
+        let mut master = vec![0.0; n];
+        let kept = model
+            .backend()
+            .download_master_weights(&self.state, &mut master)?;
         Ok(OptimizerState {
             updates: self.updates,
             m,
             v,
+            master: kept.then_some(master),
         })
     }
 
@@ -320,14 +328,19 @@ impl<B: Backend> AdamW<B> {
         saved: &OptimizerState,
     ) -> Result<(), OptimizerError> {
         let want = self.owned.len();
-        for got in [saved.m.len(), saved.v.len()] {
+        let master_len = saved.master.as_ref().map_or(want, Vec::len);
+        for got in [saved.m.len(), saved.v.len(), master_len] {
             if got != want {
                 return Err(OptimizerError::StateSize { want, got });
             }
         }
-        model
-            .backend()
-            .upload_opt_state(&mut self.state, model.params(), &saved.m, &saved.v)?;
+        model.backend().upload_opt_state(
+            &mut self.state,
+            model.params(),
+            &saved.m,
+            &saved.v,
+            saved.master.as_deref(),
+        )?;
         self.updates = saved.updates;
         Ok(())
     }

@@ -150,6 +150,10 @@ pub struct RunSummary {
     pub comm_seconds_per_step: f64,
     /// Bytes of optimizer state this rank holds (ZeRO-1 divides it by the world size).
     pub optimizer_state_bytes: usize,
+    /// The backend's name ("cpu-f32", "cuda-bf16").
+    pub backend: String,
+    /// The most device memory the backend's buffers held at once (GPU backends).
+    pub peak_device_memory_bytes: Option<u64>,
 }
 
 /// Resolves a path from the spec against the base directory.
@@ -331,7 +335,7 @@ pub fn train_ranked<B: Backend>(
         }
         let names: Vec<(&str, std::ops::Range<usize>)> =
             layout.tensors.iter().map(|t| (t.name, t.range())).collect();
-        let (m, v) = flat_optimizer_state(&loaded, &names, model.num_params()).map_err(|name| {
+        let flat = flat_optimizer_state(&loaded, &names, model.num_params()).map_err(|name| {
             RunError::CheckpointTensor {
                 dir: loaded.dir.clone(),
                 name,
@@ -343,8 +347,9 @@ pub fn train_ranked<B: Backend>(
             &model,
             &OptimizerState {
                 updates: loaded.optimizer_step,
-                m: m[owned.clone()].to_vec(),
-                v: v[owned].to_vec(),
+                m: flat.m[owned.clone()].to_vec(),
+                v: flat.v[owned.clone()].to_vec(),
+                master: flat.master.map(|all| all[owned].to_vec()),
             },
         )?;
         start = loaded.manifest.step;
@@ -477,6 +482,7 @@ pub fn train_ranked<B: Backend>(
                 "generation": options.generation,
                 "step": completed,
                 "loss": stats.loss,
+                "gradNorm": stats.grad_norm,
                 "valLoss": if evaluated { last_val_loss } else { None },
                 "tokensPerSecond": report.tokens_per_second,
                 "unixMs": SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
@@ -598,6 +604,8 @@ pub fn train_ranked<B: Backend>(
         step_seconds: step_seconds_sum / ran,
         comm_seconds_per_step: comm_seconds_sum / ran,
         optimizer_state_bytes,
+        backend: model.backend().name().to_string(),
+        peak_device_memory_bytes: model.backend().peak_memory_bytes(),
     })
 }
 
@@ -644,7 +652,8 @@ fn write_shards<B: Backend>(
         rank,
         shard,
         &state.m[local.clone()],
-        &state.v[local],
+        &state.v[local.clone()],
+        state.master.as_ref().map(|master| &master[local]),
         state.updates,
     )?;
     let mine = serde_json::to_vec(&file).map_err(|e| {
@@ -750,13 +759,13 @@ fn adamw_config(run: &TrainingRun) -> AdamWConfig {
     }
 }
 
-/// `m.<tensor>` and `v.<tensor>` names, in layout order.
-fn optimizer_names<B: Backend>(model: &Gpt<B>) -> Vec<(String, String)> {
+/// `m.<tensor>`, `v.<tensor>` and `master.<tensor>` names, in layout order.
+fn optimizer_names<B: Backend>(model: &Gpt<B>) -> Vec<[String; 3]> {
     model
         .layout()
         .tensors
         .iter()
-        .map(|t| (format!("m.{}", t.name), format!("v.{}", t.name)))
+        .map(|t| ["m", "v", "master"].map(|prefix| format!("{prefix}.{}", t.name)))
         .collect()
 }
 
@@ -765,11 +774,11 @@ fn checkpoint_tensors<'a, B: Backend>(
     model: &'a Gpt<B>,
     params: &'a [f32],
     state: &'a OptimizerState,
-    names: &'a [(String, String)],
+    names: &'a [[String; 3]],
 ) -> CheckpointTensors<'a> {
     let layout = &model.layout().tensors;
-    let mut optimizer = Vec::with_capacity(2 * layout.len());
-    for (tensor, (m_name, v_name)) in layout.iter().zip(names) {
+    let mut optimizer = Vec::with_capacity(3 * layout.len());
+    for (tensor, [m_name, v_name, master_name]) in layout.iter().zip(names) {
         optimizer.push(NamedTensor {
             name: m_name,
             shape: &tensor.shape,
@@ -780,6 +789,13 @@ fn checkpoint_tensors<'a, B: Backend>(
             shape: &tensor.shape,
             values: &state.v[tensor.range()],
         });
+        if let Some(master) = &state.master {
+            optimizer.push(NamedTensor {
+                name: master_name,
+                shape: &tensor.shape,
+                values: &master[tensor.range()],
+            });
+        }
     }
     CheckpointTensors {
         model: model_tensors(model, params),

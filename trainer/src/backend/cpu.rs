@@ -141,6 +141,10 @@ impl<F: Float> Backend for CpuBackend<F> {
         Ok(v)
     }
 
+    fn alloc_f32(&self, len: usize) -> Result<Vec<F>, BackendError> {
+        self.alloc(len)
+    }
+
     fn buf_len(&self, buf: &Vec<F>) -> usize {
         buf.len()
     }
@@ -455,6 +459,7 @@ impl<F: Float> Backend for CpuBackend<F> {
         _params: &Vec<F>,
         m: &[f32],
         v: &[f32],
+        _master: Option<&[f32]>,
     ) -> Result<(), BackendError> {
         check_len("upload_opt_state", "m", state.m.len(), m.len())?;
         check_len("upload_opt_state", "v", state.v.len(), v.len())?;

@@ -1,10 +1,13 @@
 //! The `Backend` trait: every operation the GPT model needs, over device buffers the backend
 //! owns. The model is written once against this trait; the CPU backend ([`cpu`]) implements it
-//! in f32 (or f64, for gradient checks), and a CUDA backend can implement it later with bf16
-//! activations/parameters, fp32 master weights and fp32 optimizer state, without model changes.
+//! in f32 (or f64, for gradient checks), and the CUDA backend ([`cuda`]) with bf16
+//! activations, parameters and gradients, fp32 statistics, fp32 master weights and fp32
+//! optimizer state.
 //!
 //! ```text
 //!   host f32 ──upload──▶ Buf (backend dtype) ──view / view_mut──▶ Ref<'a> / Mut<'a> ──▶ kernels
+//!                        alloc: storage precision (bf16 on CUDA); alloc_f32: at least fp32
+//!                        (per-row statistics, losses, attention state)
 //!   host u32 ──upload_tokens──▶ Tokens
 //!   OptState (m, v, and master weights where the backend keeps them) is opaque and addressed by
 //!   ranges of the flat parameter space.
@@ -25,6 +28,7 @@
 #![allow(clippy::too_many_arguments)]
 
 pub mod cpu;
+pub mod cuda;
 
 use std::ops::Range;
 use thiserror::Error;
@@ -58,6 +62,15 @@ pub enum BackendError {
     BadDimensions { op: &'static str, detail: String },
     #[error("device allocation of {len} elements failed: {detail}")]
     Allocation { len: usize, detail: String },
+    #[error("{op}: buffer `{name}` holds {got} elements, the kernel needs {want}")]
+    ElementType {
+        op: &'static str,
+        name: &'static str,
+        want: &'static str,
+        got: &'static str,
+    },
+    #[error("{op}: the device reported: {detail}")]
+    Device { op: &'static str, detail: String },
 }
 
 /// Shape of one matrix product `out (m×n) [+]= op(a) (m×k) · op(b) (k×n) [+ bias (n)]`, all
@@ -125,10 +138,19 @@ pub trait Backend: Send + Sync {
     /// model FLOPs utilisation (MFU).
     fn peak_flops(&self) -> f64;
 
+    /// The most device memory this backend's buffers have held at once, where it keeps
+    /// count (the CUDA backend); `None` on the host.
+    fn peak_memory_bytes(&self) -> Option<u64> {
+        None
+    }
+
     // === memory ===
 
-    /// A zero-filled buffer of `len` elements.
+    /// A zero-filled buffer of `len` elements in the backend's storage precision.
     fn alloc(&self, len: usize) -> Result<Self::Buf, BackendError>;
+    /// A zero-filled buffer of `len` elements of at least fp32 precision: layernorm mean and
+    /// rstd, per-position losses, attention state and scratch.
+    fn alloc_f32(&self, len: usize) -> Result<Self::Buf, BackendError>;
     /// Number of elements in `buf`.
     fn buf_len(&self, buf: &Self::Buf) -> usize;
     /// Copies `src` into `dst[offset..offset + src.len()]`, converting from f32.
@@ -341,14 +363,27 @@ pub trait Backend: Send + Sync {
         m: &mut [f32],
         v: &mut [f32],
     ) -> Result<(), BackendError>;
-    /// Restores moments saved with [`Backend::download_opt_state`]; master weights (where kept)
-    /// are refreshed from `params`.
+    /// Copies the fp32 master weights of the owned range into `master` and returns true, on
+    /// backends that keep them; returns false (and leaves `master`) on the others, whose
+    /// parameters are their own masters.
+    fn download_master_weights(
+        &self,
+        state: &Self::OptState,
+        master: &mut [f32],
+    ) -> Result<bool, BackendError> {
+        let _ = (state, master);
+        Ok(false)
+    }
+    /// Restores moments saved with [`Backend::download_opt_state`], and the master weights
+    /// saved with [`Backend::download_master_weights`] where given (else, where the backend
+    /// keeps masters, they are refreshed from `params`).
     fn upload_opt_state(
         &self,
         state: &mut Self::OptState,
         params: &Self::Buf,
         m: &[f32],
         v: &[f32],
+        master: Option<&[f32]>,
     ) -> Result<(), BackendError>;
 }
 

@@ -479,6 +479,7 @@ fn load_dir(dir: &Path, step: Option<u64>) -> Result<LoadedCheckpoint, InvalidRe
                 flat_range: start as usize..end as usize,
                 m: take("m")?,
                 v: take("v")?,
+                master: take("master").ok(),
             });
         }
         if steps.windows(2).any(|w| w[0] != w[1]) {
@@ -499,16 +500,26 @@ fn load_dir(dir: &Path, step: Option<u64>) -> Result<LoadedCheckpoint, InvalidRe
     })
 }
 
+/// AdamW moments over the whole flat space, and the master weights when saved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlatOptimizerState {
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
+    pub master: Option<Vec<f32>>,
+}
+
 /// The whole flat AdamW state `(m, v)` of a loaded checkpoint over `tensors` (name and range
 /// of each parameter tensor, in layout order), from named tensors or from rank shards —
 /// whichever the checkpoint has — so a run resumes on any number of ranks. `None` names
-/// what is missing.
+/// what is missing. With the state come the fp32 master weights when the checkpoint holds
+/// them for the whole space (`master.<tensor>`, or `master` in every shard).
 pub fn flat_optimizer_state(
     loaded: &LoadedCheckpoint,
     tensors: &[(&str, std::ops::Range<usize>)],
     total: usize,
-) -> Result<(Vec<f32>, Vec<f32>), String> {
+) -> Result<FlatOptimizerState, String> {
     let (mut m, mut v) = (vec![0.0f32; total], vec![0.0f32; total]);
+    let mut master = Some(vec![0.0f32; total]);
     if loaded.optimizer_shards.is_empty() {
         for (name, range) in tensors {
             for (dst, prefix) in [(&mut m, "m"), (&mut v, "v")] {
@@ -519,8 +530,18 @@ pub fn flat_optimizer_state(
                     .ok_or_else(|| format!("{full} with {} values", range.len()))?;
                 dst[range.clone()].copy_from_slice(&t.values);
             }
+            let kept = loaded
+                .optimizer_tensor(&format!("master.{name}"))
+                .filter(|t| t.values.len() == range.len());
+            master = match (master, kept) {
+                (Some(mut all), Some(t)) => {
+                    all[range.clone()].copy_from_slice(&t.values);
+                    Some(all)
+                }
+                _ => None,
+            };
         }
-        return Ok((m, v));
+        return Ok(FlatOptimizerState { m, v, master });
     }
     let mut next = 0;
     for shard in &loaded.optimizer_shards {
@@ -533,6 +554,13 @@ pub fn flat_optimizer_state(
         }
         m[shard.flat_range.clone()].copy_from_slice(&shard.m);
         v[shard.flat_range.clone()].copy_from_slice(&shard.v);
+        master = match (master, &shard.master) {
+            (Some(mut all), Some(part)) => {
+                all[shard.flat_range.clone()].copy_from_slice(part);
+                Some(all)
+            }
+            _ => None,
+        };
         next = shard.flat_range.end;
     }
     if next != total {
@@ -540,7 +568,7 @@ pub fn flat_optimizer_state(
             "optimizer shards covering 0..{total}; they end at {next}"
         ));
     }
-    Ok((m, v))
+    Ok(FlatOptimizerState { m, v, master })
 }
 
 fn parse_tensors(

@@ -567,3 +567,62 @@ fn background_write_errors_are_returned_not_lost() {
     assert!(next.is_err());
     assert_eq!(writer.in_flight_step(), None);
 }
+
+#[test]
+fn master_weights_round_trip_in_single_and_sharded_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = State::new(5);
+    let master: Vec<f32> = (0..10).map(|i| 1.0 + i as f32 * 1e-7).collect();
+    let names = [("wte", 0..6), ("bias", 6..10)];
+
+    // One process: master.<tensor> beside m.<tensor> and v.<tensor>.
+    let mut tensors = state.tensors();
+    tensors.optimizer.push(NamedTensor {
+        name: "master.wte",
+        shape: &WTE_SHAPE,
+        values: &master[..6],
+    });
+    tensors.optimizer.push(NamedTensor {
+        name: "master.bias",
+        shape: &BIAS_SHAPE,
+        values: &master[6..],
+    });
+    let single = dir.path().join("single");
+    let done = write_checkpoint(&single, manifest(5), &tensors, 1).unwrap();
+    let flat = flat_optimizer_state(&load_checkpoint(&done.dir).unwrap(), &names, 10).unwrap();
+    assert_eq!(bits(&flat.m), bits(&state.m));
+    assert_eq!(bits(flat.master.as_deref().unwrap()), bits(&master));
+
+    // Without masters (the CPU backend's checkpoints) there are none to restore.
+    let plain =
+        write_checkpoint(&dir.path().join("plain"), manifest(5), &state.tensors(), 1).unwrap();
+    let flat = flat_optimizer_state(&load_checkpoint(&plain.dir).unwrap(), &names, 10).unwrap();
+    assert_eq!(flat.master, None);
+
+    // Two ranks: each shard carries its range of the masters.
+    let sharded = dir.path().join("sharded");
+    let mut partial = PartialCheckpoint::begin(&sharded, 5).unwrap();
+    partial
+        .write_tensor_file(MODEL_FILE, &state.tensors().model, Default::default())
+        .unwrap();
+    for (rank, range) in [(0u32, 0..4usize), (1, 4..10)] {
+        partial
+            .write_optimizer_shard(
+                rank,
+                range.clone(),
+                &state.m[range.clone()],
+                &state.v[range.clone()],
+                Some(&master[range]),
+                5,
+            )
+            .unwrap();
+    }
+    let mut sharded_manifest = manifest(5);
+    sharded_manifest.world_size = 2;
+    let done = partial.commit(sharded_manifest, Vec::new(), 1).unwrap();
+    let loaded = load_checkpoint(&done.dir).unwrap();
+    assert_eq!(loaded.optimizer_shards.len(), 2);
+    let flat = flat_optimizer_state(&loaded, &names, 10).unwrap();
+    assert_eq!(bits(&flat.v), bits(&state.v));
+    assert_eq!(bits(flat.master.as_deref().unwrap()), bits(&master));
+}

@@ -153,7 +153,7 @@ impl PartialCheckpoint {
     }
 
     /// Writes rank `rank`'s shard of the AdamW moments, covering `flat_range` of the flat
-    /// parameter space, as `optimizer-rank-NNNNN.safetensors` (tensors `m` and `v`), and
+    /// parameter space, as `optimizer-rank-NNNNN.safetensors` (tensors `m` and `v`, and `master` where given), and
     /// records the rank and range in its [`CheckpointFile`].
     pub fn write_optimizer_shard(
         &mut self,
@@ -161,23 +161,32 @@ impl PartialCheckpoint {
         flat_range: std::ops::Range<usize>,
         m: &[f32],
         v: &[f32],
+        master: Option<&[f32]>,
         optimizer_step: u64,
     ) -> Result<CheckpointFile, CheckpointError> {
         let shape = [flat_range.len()];
+        let mut tensors = vec![
+            NamedTensor {
+                name: "m",
+                shape: &shape,
+                values: m,
+            },
+            NamedTensor {
+                name: "v",
+                shape: &shape,
+                values: v,
+            },
+        ];
+        if let Some(master) = master {
+            tensors.push(NamedTensor {
+                name: "master",
+                shape: &shape,
+                values: master,
+            });
+        }
         let file = self.write_tensor_file(
             &optimizer_shard_file(rank),
-            &[
-                NamedTensor {
-                    name: "m",
-                    shape: &shape,
-                    values: m,
-                },
-                NamedTensor {
-                    name: "v",
-                    shape: &shape,
-                    values: v,
-                },
-            ],
+            &tensors,
             BTreeMap::from([(OPTIMIZER_STEP_KEY.to_string(), optimizer_step.to_string())]),
         )?;
         let entry = self

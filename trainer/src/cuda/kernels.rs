@@ -62,9 +62,25 @@ pub const FAMILIES: &[KernelFamily] = &[
         entry_points: &["adamw_update"],
     },
     KernelFamily {
-        name: "grad_norm",
-        source: include_str!("../../kernels/grad_norm.cu"),
-        entry_points: &["sum_squares_partial", "reduce_partials"],
+        name: "reduce",
+        source: include_str!("../../kernels/reduce.cu"),
+        entry_points: &[
+            "sum_partial_bf16",
+            "sum_partial_f32",
+            "sum_squares_partial_bf16",
+            "sum_squares_partial_f32",
+            "reduce_partials",
+        ],
+    },
+    KernelFamily {
+        name: "pointwise",
+        source: include_str!("../../kernels/pointwise.cu"),
+        entry_points: &["residual_forward", "scale_bf16", "scale_f32"],
+    },
+    KernelFamily {
+        name: "bias_grad",
+        source: include_str!("../../kernels/bias_grad.cu"),
+        entry_points: &["bias_backward_partial", "bias_backward_reduce"],
     },
 ];
 

@@ -78,6 +78,31 @@ impl Toolchain {
     }
 }
 
+/// Finds the shared library `file` (e.g. `libcublasLt.so.13`) for the CUDA backend: the file
+/// named by `$env_var`, then the library folders NVRTC is searched in, then the wheels the
+/// default python3 sees. `Err` lists the folders searched.
+pub fn find_library(file: &str, env_var: &str) -> Result<PathBuf, Vec<PathBuf>> {
+    if let Some(path) = env::var_os(env_var)
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+    {
+        return Ok(path);
+    }
+    let mut wheels = wheel_roots_without_python();
+    let look = |wheels: &[PathBuf]| {
+        lib_dirs(wheels)
+            .into_iter()
+            .map(|d| d.join(file))
+            .find(|p| p.is_file())
+    };
+    if let Some(found) = look(&wheels) {
+        return Ok(found);
+    }
+    wheels.extend(python_nvidia_roots());
+    wheels.extend(usual_site_packages());
+    look(&wheels).ok_or_else(|| lib_dirs(&wheels))
+}
+
 fn search(wheels: &[PathBuf]) -> (Option<PathBuf>, Option<PathBuf>) {
     let lib = env::var_os("TESSERA_NVRTC_LIB")
         .map(PathBuf::from)
@@ -139,6 +164,8 @@ fn lib_dirs(wheels: &[PathBuf]) -> Vec<PathBuf> {
     for root in wheels {
         dirs.push(root.join("nvidia/cu13/lib"));
         dirs.push(root.join("nvidia/cuda_nvrtc/lib"));
+        dirs.push(root.join("nvidia/cublas/lib"));
+        dirs.push(root.join("nvidia/nccl/lib"));
     }
     dirs
 }
@@ -221,6 +248,17 @@ mod tests {
         let lib = lib_dirs(std::slice::from_ref(&root));
         assert!(lib.contains(&root.join("nvidia/cu13/lib")));
         assert!(lib.contains(&root.join("nvidia/cuda_nvrtc/lib")));
+    }
+
+    #[test]
+    fn a_missing_library_lists_the_folders_searched() {
+        let searched = find_library("libtessera-absent.so.9", "TESSERA_TEST_UNSET_LIBRARY")
+            .expect_err("no such library exists");
+        assert!(
+            searched
+                .iter()
+                .any(|d| d.ends_with("nvidia/cu13/lib") || d == Path::new("/usr/local/cuda/lib64"))
+        );
     }
 
     #[test]

@@ -1,0 +1,28 @@
+// pointwise.cu — elementwise kernels (the CPU backend's pointwise.rs, less GELU: gelu.cu).
+//
+// residual_forward  out[i] = a[i] + b[i]      bf16, the sum in fp32 rounded once
+// scale_bf16        x[i] = x[i]·factor        bf16, the product in fp32 rounded once
+// scale_f32         x[i] = x[i]·factor        fp32
+//   grid (ceil(N / 256)), block (256), no shared memory; one thread per element.
+#include "common.cuh"
+
+extern "C" __global__ void __launch_bounds__(256) residual_forward(
+    bf16* __restrict__ out, const bf16* __restrict__ a, const bf16* __restrict__ b, long long N) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= N) return;
+    out[i] = to_bf16(to_f32(a[i]) + to_f32(b[i]));
+}
+
+extern "C" __global__ void __launch_bounds__(256) scale_bf16(
+    bf16* __restrict__ x, float factor, long long N) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= N) return;
+    x[i] = to_bf16(to_f32(x[i]) * factor);
+}
+
+extern "C" __global__ void __launch_bounds__(256) scale_f32(
+    float* __restrict__ x, float factor, long long N) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= N) return;
+    x[i] *= factor;
+}

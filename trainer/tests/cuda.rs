@@ -1,0 +1,713 @@
+//! The CUDA backend against the CPU backend: every kernel family, one training step of a
+//! whole model, run-to-run determinism, and bit-exact resume through the trainer binary.
+//!
+//! On a machine without an NVIDIA GPU every GPU test prints `SKIPPED (no NVIDIA GPU)` and
+//! returns; with `TESSERA_REQUIRE_GPU=1` (the GPU benchmark machine) a missing GPU fails them
+//! instead. What runs everywhere: the comparison harness itself, CPU against CPU (so a broken
+//! harness cannot pass GPU runs), and the clear refusal of `--device cuda` without a GPU.
+//!
+//! Tolerances, per output precision (inputs are rounded to bf16 first, so both backends see
+//! the same values):
+//! - bf16 outputs: |gpu − cpu| ≤ 2⁻⁷·|cpu| + 2⁻⁸·max|cpu| elementwise (one bf16 rounding of
+//!   the output, and of the accumulated-into value where the kernel adds, plus fp32 order);
+//! - fp32 outputs (layernorm mean/rstd, losses, attention log-sum-exp, AdamW state):
+//!   |gpu − cpu| ≤ 1e-4·|cpu| + 1e-5·max|cpu|;
+//! - a whole model step: loss within 1e-2 relative, gradient norm within 5e-2 relative, and
+//!   the gradient's cosine similarity with the CPU's at least 0.99 (bf16 activations through
+//!   every layer).
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use tessera_trainer::backend::{
+    AdamWStep, AttentionShape, Backend, MatmulShape,
+    cpu::CpuBackend,
+    cuda::{CudaBackend, gpu_count, memory::round_to_bf16},
+};
+use tessera_trainer::config::ModelConfig;
+use tessera_trainer::model::Gpt;
+use tessera_trainer::optimizer::{AdamW, AdamWConfig};
+
+// === the harness ===
+
+/// The GPU, or `None` after saying why the test is skipped.
+fn gpu(test: &str) -> Option<CudaBackend> {
+    if gpu_count() == 0 {
+        assert!(
+            std::env::var_os("TESSERA_REQUIRE_GPU").is_none(),
+            "{test}: TESSERA_REQUIRE_GPU is set but the NVIDIA driver reports no GPU"
+        );
+        eprintln!("{test}: SKIPPED (no NVIDIA GPU on this machine)");
+        return None;
+    }
+    Some(CudaBackend::new(0).unwrap_or_else(|e| panic!("{test}: the CUDA backend: {e}")))
+}
+
+/// How close a device's output must be to the CPU's.
+#[derive(Clone, Copy, Debug)]
+struct Tol {
+    /// Elementwise, relative to the CPU value.
+    rel: f64,
+    /// Elementwise, relative to the largest CPU value.
+    abs_of_max: f64,
+}
+
+const BF16: Tol = Tol {
+    rel: 1.0 / 128.0,
+    abs_of_max: 1.0 / 256.0,
+};
+const FP32: Tol = Tol {
+    rel: 1e-4,
+    abs_of_max: 1e-5,
+};
+/// CPU against itself: the harness must see identical results.
+const SAME: Tol = Tol {
+    rel: 0.0,
+    abs_of_max: 0.0,
+};
+
+fn assert_close(what: &str, got: &[f32], want: &[f32], tol: Tol) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    let max = want.iter().fold(0f64, |m, v| m.max(f64::from(v.abs())));
+    assert!(
+        want.iter().all(|v| v.is_finite()),
+        "{what}: the CPU reference is not finite"
+    );
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let (g, w) = (f64::from(g), f64::from(w));
+        let limit = tol.rel * w.abs() + tol.abs_of_max * max;
+        assert!(
+            (g - w).abs() <= limit,
+            "{what}[{i}]: device {g} vs cpu {w} (|Δ| {} > {limit}; max |cpu| {max})",
+            (g - w).abs()
+        );
+    }
+}
+
+/// Values ~ N(0, std²), rounded to bf16.
+fn randn(seed: u64, n: usize, std: f64) -> Vec<f32> {
+    let mut v = common::to_f32(&common::randn(seed, n, std));
+    round_to_bf16(&mut v);
+    v
+}
+
+fn upload<B: Backend>(be: &B, host: &[f32]) -> B::Buf {
+    let mut buf = be.alloc(host.len()).unwrap();
+    be.upload(&mut buf, 0, host).unwrap();
+    buf
+}
+
+fn upload_f32<B: Backend>(be: &B, host: &[f32]) -> B::Buf {
+    let mut buf = be.alloc_f32(host.len()).unwrap();
+    be.upload(&mut buf, 0, host).unwrap();
+    buf
+}
+
+fn host<B: Backend>(be: &B, buf: &B::Buf) -> Vec<f32> {
+    let mut out = vec![0.0; be.buf_len(buf)];
+    be.download(buf, 0, &mut out).unwrap();
+    out
+}
+
+fn all<B: Backend>(be: &B, buf: &B::Buf) -> std::ops::Range<usize> {
+    0..be.buf_len(buf)
+}
+
+// === one function per kernel family: outputs of the family on backend B ===
+
+fn embedding<B: Backend>(be: &B) -> Vec<(&'static str, Vec<f32>, Tol)> {
+    let (b, t, c, vp) = (3, 37, 64, 96);
+    let tokens = common::tokens(11, b * t, 90);
+    let wte = upload(be, &randn(12, vp * c, 1.0));
+    let wpe = upload(be, &randn(13, t * c, 1.0));
+    let dout = upload(be, &randn(14, b * t * c, 1.0));
+    let mut toks = be.alloc_tokens(b * t).unwrap();
+    be.upload_tokens(&mut toks, &tokens).unwrap();
+    let mut out = be.alloc(b * t * c).unwrap();
+    let r = all(be, &out);
+    be.encoder_forward(
+        be.view_mut(&mut out, r).unwrap(),
+        &toks,
+        be.view(&wte, 0..vp * c).unwrap(),
+        be.view(&wpe, 0..t * c).unwrap(),
+        b,
+        t,
+        c,
+    )
+    .unwrap();
+    // Accumulates into existing gradients.
+    let mut dwte = upload(be, &randn(15, vp * c, 0.1));
+    let mut dwpe = upload(be, &randn(16, t * c, 0.1));
+    let (rw, rp) = (all(be, &dwte), all(be, &dwpe));
+    be.encoder_backward(
+        be.view_mut(&mut dwte, rw).unwrap(),
+        be.view_mut(&mut dwpe, rp).unwrap(),
+        be.view(&dout, 0..b * t * c).unwrap(),
+        &toks,
+        b,
+        t,
+        c,
+    )
+    .unwrap();
+    vec![
+        ("encoder out", host(be, &out), BF16),
+        ("dwte", host(be, &dwte), BF16),
+        ("dwpe", host(be, &dwpe), BF16),
+    ]
+}
+
+fn layernorm<B: Backend>(be: &B) -> Vec<(&'static str, Vec<f32>, Tol)> {
+    let (rows, c) = (75, 192);
+    let x = upload(be, &randn(21, rows * c, 2.0));
+    let w = upload(be, &randn(22, c, 1.0));
+    let bias = upload(be, &randn(23, c, 1.0));
+    let dout = upload(be, &randn(24, rows * c, 1.0));
+    let mut out = be.alloc(rows * c).unwrap();
+    let mut mean = be.alloc_f32(rows).unwrap();
+    let mut rstd = be.alloc_f32(rows).unwrap();
+    be.layernorm_forward(
+        be.view_mut(&mut out, 0..rows * c).unwrap(),
+        be.view_mut(&mut mean, 0..rows).unwrap(),
+        be.view_mut(&mut rstd, 0..rows).unwrap(),
+        be.view(&x, 0..rows * c).unwrap(),
+        be.view(&w, 0..c).unwrap(),
+        be.view(&bias, 0..c).unwrap(),
+        rows,
+        c,
+    )
+    .unwrap();
+    let mut dx = upload(be, &randn(25, rows * c, 0.1));
+    let mut dw = upload(be, &randn(26, c, 0.1));
+    let mut db = upload(be, &randn(27, c, 0.1));
+    be.layernorm_backward(
+        be.view_mut(&mut dx, 0..rows * c).unwrap(),
+        be.view_mut(&mut dw, 0..c).unwrap(),
+        be.view_mut(&mut db, 0..c).unwrap(),
+        be.view(&dout, 0..rows * c).unwrap(),
+        be.view(&x, 0..rows * c).unwrap(),
+        be.view(&w, 0..c).unwrap(),
+        be.view(&mean, 0..rows).unwrap(),
+        be.view(&rstd, 0..rows).unwrap(),
+        rows,
+        c,
+    )
+    .unwrap();
+    vec![
+        ("layernorm out", host(be, &out), BF16),
+        ("mean", host(be, &mean), FP32),
+        ("rstd", host(be, &rstd), FP32),
+        ("dinp", host(be, &dx), BF16),
+        ("dweight", host(be, &dw), BF16),
+        ("dbias", host(be, &db), BF16),
+    ]
+}
+
+fn matmul<B: Backend>(be: &B) -> Vec<(&'static str, Vec<f32>, Tol)> {
+    let (m, n, k) = (70, 96, 136);
+    let mut outs = Vec::new();
+    let names = ["a·b", "a·bᵀ", "aᵀ·b", "aᵀ·bᵀ"];
+    for (i, (at, bt)) in [(false, false), (false, true), (true, false), (true, true)]
+        .into_iter()
+        .enumerate()
+    {
+        let shape = MatmulShape {
+            m,
+            n,
+            k,
+            a_transposed: at,
+            b_transposed: bt,
+        };
+        let a = upload(be, &randn(31 + i as u64, m * k, 1.0));
+        let b = upload(be, &randn(41 + i as u64, k * n, 1.0));
+        let bias = upload(be, &randn(51 + i as u64, n, 1.0));
+        let mut out = be.alloc(m * n).unwrap();
+        be.matmul(
+            be.view_mut(&mut out, 0..m * n).unwrap(),
+            be.view(&a, 0..m * k).unwrap(),
+            be.view(&b, 0..k * n).unwrap(),
+            Some(be.view(&bias, 0..n).unwrap()),
+            shape,
+            false,
+        )
+        .unwrap();
+        outs.push((names[i], host(be, &out), BF16));
+        // += without bias, into the result above.
+        be.matmul(
+            be.view_mut(&mut out, 0..m * n).unwrap(),
+            be.view(&a, 0..m * k).unwrap(),
+            be.view(&b, 0..k * n).unwrap(),
+            None,
+            shape,
+            true,
+        )
+        .unwrap();
+        outs.push(("accumulated", host(be, &out), BF16));
+    }
+    let (rows, cols) = (300, 72);
+    let dout = upload(be, &randn(61, rows * cols, 1.0));
+    let mut dbias = upload(be, &randn(62, cols, 1.0));
+    be.bias_backward(
+        be.view_mut(&mut dbias, 0..cols).unwrap(),
+        be.view(&dout, 0..rows * cols).unwrap(),
+        rows,
+        cols,
+    )
+    .unwrap();
+    outs.push(("dbias", host(be, &dbias), BF16));
+    outs
+}
+
+fn attention<B: Backend>(be: &B) -> Vec<(&'static str, Vec<f32>, Tol)> {
+    // T not a multiple of the 64-row tiles; two heads of 64.
+    let s = AttentionShape {
+        batch: 2,
+        seq_len: 70,
+        channels: 128,
+        heads: 2,
+    };
+    let btc = s.batch * s.seq_len * s.channels;
+    let qkv = upload(be, &randn(71, 3 * btc, 1.0));
+    let dout = upload(be, &randn(72, btc, 1.0));
+    let mut out = be.alloc(btc).unwrap();
+    let mut state = be.alloc_f32(be.attention_state_len(s)).unwrap();
+    let rs = all(be, &state);
+    be.attention_forward(
+        be.view_mut(&mut out, 0..btc).unwrap(),
+        be.view_mut(&mut state, rs.clone()).unwrap(),
+        be.view(&qkv, 0..3 * btc).unwrap(),
+        s,
+    )
+    .unwrap();
+    let mut scratch = be.alloc_f32(be.attention_scratch_len(s)).unwrap();
+    let rsc = all(be, &scratch);
+    let mut dqkv = be.alloc(3 * btc).unwrap();
+    be.attention_backward(
+        be.view_mut(&mut dqkv, 0..3 * btc).unwrap(),
+        be.view_mut(&mut scratch, rsc).unwrap(),
+        be.view(&dout, 0..btc).unwrap(),
+        be.view(&qkv, 0..3 * btc).unwrap(),
+        be.view(&out, 0..btc).unwrap(),
+        be.view(&state, rs).unwrap(),
+        s,
+    )
+    .unwrap();
+    // The saved state differs by design (probabilities on the CPU, log-sum-exp on the GPU):
+    // only outputs and gradients are compared.
+    vec![
+        ("attention out", host(be, &out), BF16),
+        ("dqkv", host(be, &dqkv), BF16),
+    ]
+}
+
+fn pointwise<B: Backend>(be: &B) -> Vec<(&'static str, Vec<f32>, Tol)> {
+    let n = 5000;
+    let x = upload(be, &randn(81, n, 2.0));
+    let y = upload(be, &randn(82, n, 1.0));
+    let mut g = be.alloc(n).unwrap();
+    be.gelu_forward(
+        be.view_mut(&mut g, 0..n).unwrap(),
+        be.view(&x, 0..n).unwrap(),
+    )
+    .unwrap();
+    let mut dg = be.alloc(n).unwrap();
+    be.gelu_backward(
+        be.view_mut(&mut dg, 0..n).unwrap(),
+        be.view(&x, 0..n).unwrap(),
+        be.view(&y, 0..n).unwrap(),
+    )
+    .unwrap();
+    let mut r = be.alloc(n).unwrap();
+    be.residual_forward(
+        be.view_mut(&mut r, 0..n).unwrap(),
+        be.view(&x, 0..n).unwrap(),
+        be.view(&y, 0..n).unwrap(),
+    )
+    .unwrap();
+    let mut scaled = upload(be, &randn(83, n, 1.0));
+    be.scale(be.view_mut(&mut scaled, 0..n).unwrap(), 0.37)
+        .unwrap();
+    let mut stats = upload_f32(be, &randn(84, n, 1.0));
+    be.scale(be.view_mut(&mut stats, 0..n).unwrap(), -1.5)
+        .unwrap();
+    let mut zeroed = upload(be, &randn(85, n, 1.0));
+    be.fill_zero(be.view_mut(&mut zeroed, 10..n - 10).unwrap())
+        .unwrap();
+    vec![
+        ("gelu", host(be, &g), BF16),
+        ("gelu backward", host(be, &dg), BF16),
+        ("residual", host(be, &r), BF16),
+        ("scale bf16", host(be, &scaled), BF16),
+        ("scale fp32", host(be, &stats), FP32),
+        ("fill_zero", host(be, &zeroed), SAME),
+    ]
+}
+
+fn softmax_xent<B: Backend>(be: &B) -> Vec<(&'static str, Vec<f32>, Tol)> {
+    let (rows, v, vp) = (40, 1000, 1024);
+    let mut logits = upload(be, &randn(91, rows * vp, 3.0));
+    let mut targets = be.alloc_tokens(rows).unwrap();
+    be.upload_tokens(&mut targets, &common::tokens(92, rows, v as u32))
+        .unwrap();
+    let mut losses = be.alloc_f32(rows).unwrap();
+    be.softmax_cross_entropy(
+        be.view_mut(&mut logits, 0..rows * vp).unwrap(),
+        be.view_mut(&mut losses, 0..rows).unwrap(),
+        &targets,
+        rows,
+        v,
+        vp,
+        1.0 / rows as f64,
+    )
+    .unwrap();
+    vec![
+        ("losses", host(be, &losses), FP32),
+        ("dlogits", host(be, &logits), BF16),
+    ]
+}
+
+fn reduce<B: Backend>(be: &B) -> Vec<(&'static str, Vec<f32>, Tol)> {
+    let n = 300_001;
+    let x = upload(be, &randn(101, n, 1.0));
+    let f = upload_f32(be, &randn(102, n, 1.0));
+    let sums = vec![
+        be.sum(be.view(&x, 0..n).unwrap()).unwrap() as f32,
+        be.sum_squares(be.view(&x, 0..n).unwrap()).unwrap() as f32,
+        be.sum(be.view(&f, 0..n).unwrap()).unwrap() as f32,
+        be.sum_squares(be.view(&f, 17..n).unwrap()).unwrap() as f32,
+    ];
+    // Sums of 3·10⁵ terms in fp32 in two different orders: relative to the sum of |x|.
+    vec![(
+        "sums",
+        sums,
+        Tol {
+            rel: 1e-4,
+            abs_of_max: 1e-4,
+        },
+    )]
+}
+
+fn adamw<B: Backend>(be: &B) -> Vec<(&'static str, Vec<f32>, Tol)> {
+    let n = 4099;
+    let mut params = upload(be, &randn(111, n, 1.0));
+    let grads = upload(be, &randn(112, n, 0.5));
+    let owned = 3..n - 5;
+    let mut state = be.alloc_opt_state(&params, owned.clone()).unwrap();
+    for t in 1..=3 {
+        let step = AdamWStep {
+            lr: 1e-2,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: if t == 2 { 0.0 } else { 0.1 },
+            grad_scale: 0.8,
+            bias_correction1: 1.0 - 0.9f32.powi(t),
+            bias_correction2: 1.0 - 0.95f32.powi(t),
+        };
+        // Two ranges, as the optimizer's decay segments.
+        for range in [owned.start..1000, 1000..owned.end] {
+            let g = be.view(&grads, range.clone()).unwrap();
+            be.adamw_update(&mut params, g, &mut state, range, &step)
+                .unwrap();
+        }
+    }
+    let (mut m, mut v) = (vec![0.0; owned.len()], vec![0.0; owned.len()]);
+    be.download_opt_state(&state, &mut m, &mut v).unwrap();
+    let mut master = vec![0.0; owned.len()];
+    let params_host = host(be, &params);
+    if !be.download_master_weights(&state, &mut master).unwrap() {
+        master.copy_from_slice(&params_host[owned.clone()]);
+    }
+    vec![
+        ("params", params_host, BF16),
+        ("m", m, FP32),
+        ("v", v, FP32),
+        ("master weights", master, FP32),
+    ]
+}
+
+type Family<B> = fn(&B) -> Vec<(&'static str, Vec<f32>, Tol)>;
+
+/// Runs `family` on `device` and on the CPU and compares every output.
+fn parity<D: Backend>(name: &str, device: &D, on_device: Family<D>, on_cpu: Family<CpuBackend>) {
+    let cpu = CpuBackend::<f32>::new();
+    let want = on_cpu(&cpu);
+    let got = on_device(device);
+    assert_eq!(got.len(), want.len());
+    for ((what, g, tol), (_, w, _)) in got.iter().zip(&want) {
+        assert_close(&format!("{name}: {what}"), g, w, *tol);
+    }
+}
+
+macro_rules! gpu_parity {
+    ($test:ident, $family:ident) => {
+        #[test]
+        fn $test() {
+            let Some(gpu) = gpu(stringify!($test)) else {
+                return;
+            };
+            parity(stringify!($family), &gpu, $family, $family);
+        }
+    };
+}
+
+gpu_parity!(gpu_embedding_matches_cpu, embedding);
+gpu_parity!(gpu_layernorm_matches_cpu, layernorm);
+gpu_parity!(gpu_matmul_matches_cpu, matmul);
+gpu_parity!(gpu_attention_matches_cpu, attention);
+gpu_parity!(gpu_pointwise_matches_cpu, pointwise);
+gpu_parity!(gpu_softmax_xent_matches_cpu, softmax_xent);
+gpu_parity!(gpu_reduce_matches_cpu, reduce);
+gpu_parity!(gpu_adamw_matches_cpu, adamw);
+
+#[test]
+fn the_harness_sees_the_cpu_equal_to_itself() {
+    let cpu = CpuBackend::<f32>::new();
+    let families: [(&str, Family<CpuBackend>); 8] = [
+        ("embedding", embedding),
+        ("layernorm", layernorm),
+        ("matmul", matmul),
+        ("attention", attention),
+        ("pointwise", pointwise),
+        ("softmax_xent", softmax_xent),
+        ("reduce", reduce),
+        ("adamw", adamw),
+    ];
+    for (name, family) in families {
+        let outputs = family(&cpu);
+        assert!(!outputs.is_empty());
+        for (what, values, _) in &outputs {
+            assert!(
+                values.iter().any(|v| *v != 0.0),
+                "{name}: {what} is all zero: the comparison would be vacuous"
+            );
+        }
+        parity(name, &cpu, family, family);
+    }
+    // And it notices a difference of one bf16 step where none is allowed.
+    let a = [1.0f32, 2.0];
+    let b = [1.0f32, 2.0 + 1.0 / 64.0];
+    let caught = std::panic::catch_unwind(|| assert_close("x", &a, &b, SAME));
+    assert!(caught.is_err());
+}
+
+// === whole model ===
+
+/// A GPT the GPU kernels support (head size 64), small enough for the CPU reference.
+fn tiny_config() -> ModelConfig {
+    ModelConfig::new(2, 2, 128, 64, 300).unwrap()
+}
+
+/// `batch` windows of `t + 1` random tokens below the tiny model's vocabulary, as
+/// (inputs, targets).
+fn batch_of(seed: u64, batch: usize, t: usize) -> (Vec<u32>, Vec<u32>) {
+    let tokens = common::tokens(seed, batch * (t + 1), 300);
+    let window = |b: usize| &tokens[b * (t + 1)..(b + 1) * (t + 1)];
+    (
+        (0..batch).flat_map(|b| window(b)[..t].to_vec()).collect(),
+        (0..batch).flat_map(|b| window(b)[1..].to_vec()).collect(),
+    )
+}
+
+/// One forward + backward on `be` from bf16-representable weights; (loss, grads).
+fn model_step<B: Backend>(be: B, weights: &[f32]) -> (f64, Vec<f32>) {
+    let (batch, t) = (4, 64);
+    let mut model = Gpt::new(be, tiny_config(), batch, t, 5).unwrap();
+    model.load_params_from_host(weights).unwrap();
+    let (inputs, targets) = batch_of(7, batch, t);
+    model.zero_grad().unwrap();
+    let loss = model.forward(&inputs, &targets).unwrap();
+    model.backward().unwrap();
+    (loss, model.grads_to_host().unwrap())
+}
+
+fn bf16_weights() -> Vec<f32> {
+    let cpu = Gpt::new(CpuBackend::<f32>::new(), tiny_config(), 1, 1, 5).unwrap();
+    let mut w = cpu.params_to_host().unwrap();
+    round_to_bf16(&mut w);
+    w
+}
+
+#[test]
+fn gpu_model_step_matches_cpu() {
+    let Some(gpu) = gpu("gpu_model_step_matches_cpu") else {
+        return;
+    };
+    let weights = bf16_weights();
+    let (cpu_loss, cpu_grads) = model_step(CpuBackend::<f32>::new(), &weights);
+    let (gpu_loss, gpu_grads) = model_step(gpu, &weights);
+    let norm = |g: &[f32]| g.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let dot: f64 = cpu_grads
+        .iter()
+        .zip(&gpu_grads)
+        .map(|(a, b)| f64::from(*a) * f64::from(*b))
+        .sum();
+    let (nc, ng) = (norm(&cpu_grads), norm(&gpu_grads));
+    eprintln!("loss cpu {cpu_loss} gpu {gpu_loss}; grad norm cpu {nc} gpu {ng}");
+    assert!(((gpu_loss - cpu_loss) / cpu_loss).abs() < 1e-2);
+    assert!(((ng - nc) / nc).abs() < 5e-2);
+    assert!(
+        dot / (nc * ng) > 0.99,
+        "gradient cosine {}",
+        dot / (nc * ng)
+    );
+}
+
+/// Three AdamW steps on `be`; the final parameters' bits.
+fn three_steps<B: Backend>(be: B, weights: &[f32]) -> Vec<u32> {
+    let (batch, t) = (4, 64);
+    let mut model = Gpt::new(be, tiny_config(), batch, t, 5).unwrap();
+    model.load_params_from_host(weights).unwrap();
+    let mut opt = AdamW::new(
+        AdamWConfig {
+            total_steps: 3,
+            ..AdamWConfig::default()
+        },
+        &model,
+    )
+    .unwrap();
+    for step in 0..3u64 {
+        let (inputs, targets) = batch_of(100 + step, batch, t);
+        model.zero_grad().unwrap();
+        model.forward(&inputs, &targets).unwrap();
+        model.backward().unwrap();
+        opt.step(&mut model, step).unwrap();
+    }
+    model
+        .params_to_host()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_bits())
+        .collect()
+}
+
+#[test]
+fn gpu_training_is_bit_identical_run_to_run() {
+    let Some(first) = gpu("gpu_training_is_bit_identical_run_to_run") else {
+        return;
+    };
+    let weights = bf16_weights();
+    let a = three_steps(first, &weights);
+    let b = three_steps(CudaBackend::new(0).unwrap(), &weights);
+    assert!(a == b, "two GPU runs of the same steps differ");
+    assert!(a != weights.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+}
+
+// === through the trainer binary ===
+
+const MANIFEST: &str = r#"
+apiVersion: tessera.dev/v1alpha1
+kind: TrainingRun
+metadata:
+  name: cuda-resume-test
+spec:
+  model: {layers: 2, heads: 2, width: 128, context: 64}
+  data: {train: data/train-*.bin, validation: data/val-*.bin, tokenizer: bytes}
+  optimizer: {lr: 0.003, warmupSteps: 5, globalBatchTokens: 512, microBatch: 4}
+  training: {steps: 40, seed: 7, evalInterval: 20, evalBatches: 2}
+  checkpoint: {path: checkpoints, everySteps: 10, keep: 3}
+"#;
+
+/// The trainer binary: cargo's, or `$TESSERA_TRAINER_BIN` where this test runs away from its
+/// build (bench/gpu/device-check.sh on a GPU machine without Rust).
+fn trainer(dir: &Path, device: &str) -> Command {
+    let bin = std::env::var_os("TESSERA_TRAINER_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_tessera-trainer").into());
+    let mut cmd = Command::new(bin);
+    cmd.arg("--config")
+        .arg(dir.join("run.yaml"))
+        .arg("--base-dir")
+        .arg(dir)
+        .args(["--log-every", "1", "--device", device])
+        .env("RUST_LOG", "info");
+    cmd
+}
+
+fn summary(out: std::process::Output) -> serde_json::Value {
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "trainer failed:\n{log}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("summary: {e}\n{log}"))
+}
+
+#[test]
+fn gpu_run_killed_after_a_checkpoint_resumes_bit_identically() {
+    if gpu("gpu_run_killed_after_a_checkpoint_resumes_bit_identically").is_none() {
+        return;
+    }
+    let straight = common::run_dir_with(MANIFEST);
+    let uninterrupted = summary(trainer(straight.path(), "cuda").output().unwrap());
+    assert_eq!(uninterrupted["backend"], "cuda-bf16");
+
+    let dir = common::run_dir_with(MANIFEST);
+    let mut child = trainer(dir.path(), "cuda")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if line.contains("checkpoint committed") && line.contains("step=20") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint at step 20 in time"
+        );
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let resumed = summary(trainer(dir.path(), "cuda").output().unwrap());
+    let from = resumed["resumedFrom"].as_u64().expect("resumed");
+    assert!((20..40).contains(&from), "resumed from {from}");
+    assert_eq!(
+        resumed["weightsSha256"], uninterrupted["weightsSha256"],
+        "GPU weights differ after resume"
+    );
+}
+
+#[test]
+fn device_cuda_without_a_gpu_is_refused_naming_the_fix() {
+    if gpu_count() > 0 {
+        eprintln!("SKIPPED: this machine has a GPU, so --device cuda is not refused");
+        return;
+    }
+    let dir = common::run_dir_with(MANIFEST);
+    let out = trainer(dir.path(), "cuda").output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "--device cuda must fail without a GPU"
+    );
+    assert!(
+        log.contains("--device cpu") && (log.contains("libcuda") || log.contains("no usable GPU")),
+        "{log}"
+    );
+    // And auto falls back to the CPU.
+    let auto = summary(trainer(dir.path(), "auto").output().unwrap());
+    assert_eq!(auto["backend"], "cpu-f32");
+}
+
+#[test]
+fn device_cuda_refuses_a_head_size_other_than_64_before_training() {
+    let dir = common::run_dir_with(&MANIFEST.replace("heads: 2", "heads: 4"));
+    let out = trainer(dir.path(), "cuda").output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{log}");
+    assert!(
+        log.contains("head size of 64")
+            && log.contains("4 heads is 32")
+            && log.contains("spec.model"),
+        "{log}"
+    );
+    assert!(
+        !dir.path().join("checkpoints").exists(),
+        "nothing may have trained"
+    );
+}
