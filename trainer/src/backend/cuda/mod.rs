@@ -265,6 +265,7 @@ impl CudaBackend {
         if host.is_empty() {
             return Ok(());
         }
+        self.gpu.ctx.bind_to_thread().map_err(device_error(op))?;
         // SAFETY: the caller checked that `addr` starts a device range of at least
         // size_of_val(host) bytes; a copy from pageable memory has read `host` when it returns.
         #[allow(unsafe_code)]
@@ -284,6 +285,7 @@ impl CudaBackend {
         if host.is_empty() {
             return Ok(());
         }
+        self.gpu.ctx.bind_to_thread().map_err(device_error(op))?;
         // SAFETY: the caller checked that `addr` starts a device range of at least
         // size_of_val(host) bytes; the stream is synchronised before `host` is read.
         #[allow(unsafe_code)]
@@ -433,6 +435,10 @@ impl Backend for CudaBackend {
         if x.len == 0 {
             return Ok(());
         }
+        self.gpu
+            .ctx
+            .bind_to_thread()
+            .map_err(device_error("fill_zero"))?;
         // SAFETY: `x` is a live view of `len` elements of its type.
         #[allow(unsafe_code)]
         unsafe {
