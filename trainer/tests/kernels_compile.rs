@@ -126,3 +126,16 @@ fn a_second_compile_is_a_cache_hit_and_a_changed_option_a_miss() {
         "one file per distinct compile, no temporary files left"
     );
 }
+
+#[test]
+fn an_unwritable_cache_is_skipped_not_fatal() {
+    // A cache folder that cannot exist (its parent is a file), as on a read-only filesystem.
+    let blocker = tempfile::NamedTempFile::new().unwrap();
+    let nvrtc = compiler(Some(KernelCache::new(blocker.path().join("kernels"))));
+    let gelu = FAMILIES.iter().find(|f| f.name == "gelu").unwrap();
+    for _ in 0..2 {
+        let compiled = nvrtc.compile(gelu, &CompileOptions::ptx(ARCH)).unwrap();
+        assert!(!compiled.cache_hit, "nothing can have been cached");
+        assert!(String::from_utf8_lossy(&compiled.image).contains(".entry gelu_forward"));
+    }
+}

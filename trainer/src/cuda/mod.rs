@@ -216,19 +216,27 @@ impl Compiler {
     ) -> Result<Compiled, CudaError> {
         let args = options.nvrtc_args(&self.toolchain.include_dir)?;
         let key = cache::key(family, &args, options, self.nvrtc_version);
-        if let Some(cache) = &self.cache
-            && let Some((image, log)) = cache.load(&key)?
-        {
-            return Ok(Compiled {
-                image,
-                output: options.output,
-                log,
-                cache_hit: true,
-            });
+        // The cache only saves time: one that cannot be read or written (a read-only root
+        // filesystem in a pod) is logged and compiling goes on without it.
+        if let Some(cache) = &self.cache {
+            match cache.load(&key) {
+                Ok(Some((image, log))) => {
+                    return Ok(Compiled {
+                        image,
+                        output: options.output,
+                        log,
+                        cache_hit: true,
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!("{e}; compiling without the kernel cache"),
+            }
         }
         let (image, log) = nvrtc::compile(family, &args, options)?;
-        if let Some(cache) = &self.cache {
-            cache.store(&key, &image, &log)?;
+        if let Some(cache) = &self.cache
+            && let Err(e) = cache.store(&key, &image, &log)
+        {
+            tracing::warn!("{e}; set XDG_CACHE_HOME to a writable folder to keep compiled kernels");
         }
         Ok(Compiled {
             image,
