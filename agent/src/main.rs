@@ -136,6 +136,8 @@ async fn run(args: Args) -> Result<()> {
     };
     let metrics = AgentMetrics::new(&args.namespace, &name, &args.node)?;
     metrics.gpus(&gpus.scan());
+    let given: Vec<u32> = healthy.iter().copied().take(slots as usize).collect();
+    tokio::spawn(sample_gpus(gpus, metrics.clone(), given));
     if let Some(addr) = args.metrics_addr {
         let bound = metrics.clone().serve(addr).await?;
         tracing::info!(addr = %bound, "serving /metrics");
@@ -154,7 +156,7 @@ async fn run(args: Args) -> Result<()> {
             socket: default_socket(&args.socket_dir, &args.node),
             listen_host: args.listen_host,
             heartbeat_interval: Duration::from_secs(1),
-            gpus: healthy.into_iter().take(slots as usize).collect(),
+            gpus: healthy.iter().copied().take(slots as usize).collect(),
             metrics_addrs: rank_metrics_addrs(args.rank_metrics_port, slots)?,
             log_dir: args.log_dir.clone(),
             history: args.history.clone(),
@@ -185,5 +187,33 @@ async fn run(args: Args) -> Result<()> {
     match report.end {
         AgentEnd::Succeeded | AgentEnd::Stopped { .. } => Ok(()),
         AgentEnd::Failed { reason } => anyhow::bail!("the run failed: {reason}"),
+    }
+}
+
+/// How often the GPU series are sampled.
+const GPU_SAMPLE: Duration = Duration::from_secs(5);
+
+/// Samples the node's GPUs into the metrics every [`GPU_SAMPLE`] for the agent's life, and
+/// logs once when a GPU given to a rank turns unhealthy (its rank then fails or hangs, which
+/// the agent detects and restarts as any rank failure).
+async fn sample_gpus(gpus: GpuInventory, metrics: AgentMetrics, given: Vec<u32>) {
+    let mut reported = std::collections::BTreeSet::new();
+    loop {
+        tokio::time::sleep(GPU_SAMPLE).await;
+        let scan = gpus.scan();
+        metrics.gpus(&scan);
+        for g in scan
+            .iter()
+            .filter(|g| !g.healthy && given.contains(&g.index))
+        {
+            if reported.insert(g.index) {
+                tracing::error!(
+                    gpu = g.index,
+                    name = %g.name,
+                    problem = g.problem.as_deref().unwrap_or("unknown"),
+                    "a GPU given to a rank is unhealthy"
+                );
+            }
+        }
     }
 }
