@@ -38,13 +38,15 @@ if ! .venv-helm/bin/python -c 'import helm_python' 2>/dev/null; then
 fi
 
 # NVRTC and the CUDA headers for the kernel compile test (trainer/tests/kernels_compile.rs),
-# with no CUDA toolkit and no GPU: NVIDIA's PyPI wheels for CUDA 13.0, pinned. Kept in
-# .venv-cuda (git-ignored); the trainer finds it from the workspace root, or TESSERA_NVRTC_LIB
-# and TESSERA_CUDA_INCLUDE name other copies.
-cuda_wheels=(nvidia-cuda-nvrtc==13.0.88 nvidia-cuda-runtime==13.0.96)
+# and NCCL for the NCCL set-up tests (trainer/src/backend/cuda/nccl.rs; loading NCCL and
+# making a communicator id need no GPU), with no CUDA toolkit and no GPU: NVIDIA's PyPI wheels
+# for CUDA 13, pinned. Kept in .venv-cuda (git-ignored); the trainer finds it from the
+# workspace root, or TESSERA_NVRTC_LIB, TESSERA_CUDA_INCLUDE and TESSERA_NCCL_LIB name other
+# copies.
+cuda_wheels=(nvidia-cuda-nvrtc==13.0.88 nvidia-cuda-runtime==13.0.96 nvidia-nccl-cu13==2.32.3)
 cuda_installed=$(.venv-cuda/bin/python -c 'import importlib.metadata as m
-print(m.version("nvidia-cuda-nvrtc"), m.version("nvidia-cuda-runtime"))' 2>/dev/null || true)
-if [ "$cuda_installed" != "13.0.88 13.0.96" ]; then
+print(m.version("nvidia-cuda-nvrtc"), m.version("nvidia-cuda-runtime"), m.version("nvidia-nccl-cu13"))' 2>/dev/null || true)
+if [ "$cuda_installed" != "13.0.88 13.0.96 2.32.3" ]; then
   python3 -m venv .venv-cuda
   .venv-cuda/bin/pip install --quiet --disable-pip-version-check "${cuda_wheels[@]}"
 fi

@@ -2,8 +2,10 @@
 # Every check of the CUDA backend that needs a GPU, in one command, for a machine with an
 # NVIDIA GPU, Python with torch and the nvidia-* wheels, and no Rust:
 #   1. trainer/tests/cuda.rs (built by bench/gpu/bundle.sh): per-kernel parity with the CPU
-#      backend, a whole model step, run-to-run bit identity and bit-exact resume through the
-#      trainer binary — with TESSERA_REQUIRE_GPU=1, so no test can skip;
+#      backend, a whole model step, run-to-run bit identity, bit-exact resume through the
+#      trainer binary, and one rank through NCCL equal to the host path for every sharding
+#      stage (NCCL from the nvidia-nccl wheel torch brings) — with TESSERA_REQUIRE_GPU=1, so
+#      no test can skip;
 #   2. bench/gpu/run.sh: tessera-trainer against the PyTorch reference (tokens/s, MFU, peak
 #      memory, parity of loss and gradient norm).
 # Logs go to $OUT (default: a new temporary directory). Exits non-zero when either failed;

@@ -3,6 +3,8 @@
 // residual_forward  out[i] = a[i] + b[i]      bf16, the sum in fp32 rounded once
 // scale_bf16        x[i] = x[i]·factor        bf16, the product in fp32 rounded once
 // scale_f32         x[i] = x[i]·factor        fp32
+// widen_bf16        out[i] = x[i]             bf16 → fp32 (exact); NCCL sums gradients in fp32
+// narrow_f32        out[i] = x[i]             fp32 → bf16, rounded to nearest even
 //   grid (ceil(N / 256)), block (256), no shared memory; one thread per element.
 #include "common.cuh"
 
@@ -25,4 +27,18 @@ extern "C" __global__ void __launch_bounds__(256) scale_f32(
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= N) return;
     x[i] *= factor;
+}
+
+extern "C" __global__ void __launch_bounds__(256) widen_bf16(
+    float* __restrict__ out, const bf16* __restrict__ x, long long N) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= N) return;
+    out[i] = to_f32(x[i]);
+}
+
+extern "C" __global__ void __launch_bounds__(256) narrow_f32(
+    bf16* __restrict__ out, const float* __restrict__ x, long long N) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= N) return;
+    out[i] = to_bf16(x[i]);
 }

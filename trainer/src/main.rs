@@ -18,6 +18,7 @@ use tessera_trainer::{
     },
     collective::{
         Collective, Solo,
+        device::CollectiveChoice,
         rendezvous::{StaticRendezvous, connect_ring, rendezvous},
     },
     hook::{RunHook, Unsupervised},
@@ -69,6 +70,11 @@ struct Args {
     /// (a GPU when the NVIDIA driver reports one, else the CPU).
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     device: Device,
+    /// What carries the gradients and parameters between ranks: `auto` (NCCL for a gang of
+    /// GPUs when every rank can load it, else the host ring), `nccl` (even for one rank; an
+    /// error without it), or `host` (through host memory and the TCP ring).
+    #[arg(long, value_enum, default_value_t = Collectives::Auto)]
+    collectives: Collectives,
     /// Append one JSON line per step (rank 0) to this file.
     #[arg(long)]
     history: Option<PathBuf>,
@@ -84,6 +90,23 @@ struct Args {
     /// Supervised mode: seconds between heartbeats to the agent.
     #[arg(long, default_value_t = 1.0, requires = "agent_socket")]
     heartbeat_interval: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Collectives {
+    Auto,
+    Nccl,
+    Host,
+}
+
+impl From<Collectives> for CollectiveChoice {
+    fn from(c: Collectives) -> CollectiveChoice {
+        match c {
+            Collectives::Auto => CollectiveChoice::Auto,
+            Collectives::Nccl => CollectiveChoice::Device,
+            Collectives::Host => CollectiveChoice::Host,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -168,6 +191,7 @@ fn run(args: Args) -> Result<()> {
         log_every: args.log_every,
         generation: args.generation,
         history: args.history.clone(),
+        collectives: args.collectives.into(),
     };
     let rendezvous_timeout = Duration::from_secs(args.rendezvous_timeout);
     let collective_timeout = Duration::from_secs(args.collective_timeout);
@@ -256,5 +280,6 @@ fn summary_json(s: &tessera_trainer::run::RunSummary) -> serde_json::Value {
         "optimizerStateBytes": s.optimizer_state_bytes,
         "backend": s.backend,
         "peakDeviceMemoryBytes": s.peak_device_memory_bytes,
+        "collectives": s.collectives,
     })
 }

@@ -14,6 +14,11 @@
 //! gradient norm is Σ over ranks (in rank order) of each rank's Σg² over its shard, in every
 //! stage; with one rank it is exactly the single-process norm.
 //!
+//! The exchanges go through the host ring, or, when the backend brings them, through device
+//! collectives ([`DeviceCollective`]: NCCL on GPUs) on the backend's own buffers: the same
+//! steps with `reduce_scatter_start`/`finish` and `all_gather` in place of download, ring and
+//! upload, the ZeRO-2 buckets started from the backward as it goes.
+//!
 //! ZeRO-1 holds AdamW moments for 1/N of the flat space per rank ([`AdamW::sharded`]). ZeRO-2
 //! additionally keeps only the rank's shard of the reduced gradient; on the CPU backend the
 //! backward still writes a full-size local gradient buffer, so what ZeRO-2 adds there is the
@@ -29,7 +34,7 @@ use tessera_api::spec::Sharding;
 
 use crate::{
     backend::Backend,
-    collective::{Collective, CollectiveError, ShardPlan},
+    collective::{Collective, CollectiveError, ShardPlan, device::DeviceCollective},
     model::{Gpt, ModelError},
     optimizer::{AdamW, OptimizerError, UpdateStats},
 };
@@ -60,6 +65,8 @@ pub struct DataParallel<B: Backend> {
     /// ZeRO-2: the reduced gradient of this rank's shard, on the host and on the device.
     shard_host: Vec<f32>,
     shard_grads: Option<B::Buf>,
+    /// Collectives on the backend's buffers, when it has them; the host ring otherwise.
+    device: Option<Box<dyn DeviceCollective<B>>>,
     /// Time this step spent waiting on communication (not hidden behind compute).
     comm_wait: Duration,
 }
@@ -87,10 +94,36 @@ impl<B: Backend> DataParallel<B> {
             host: Vec::new(),
             shard_host: Vec::new(),
             shard_grads,
+            device: None,
             comm_wait: Duration::ZERO,
             plan,
             comm,
         })
+    }
+
+    /// Moves the gradients and parameters through `device` (on the backend's buffers) from
+    /// now on. With a device collective the exchanges run even for a world of one (so one
+    /// GPU exercises NCCL), and ZeRO-2 keeps its reduced shard for any world size.
+    pub fn set_device_collective(
+        &mut self,
+        device: Box<dyn DeviceCollective<B>>,
+        model: &Gpt<B>,
+    ) -> Result<(), ParallelError> {
+        if self.stage == Sharding::Gradients && self.shard_grads.is_none() {
+            let own = self.plan.range(self.rank());
+            self.shard_grads = Some(model.backend().alloc(own.len()).map_err(ModelError::from)?);
+        }
+        self.device = Some(device);
+        Ok(())
+    }
+
+    /// What carries the gradients: the device collective's name, or the host ring.
+    pub fn transport(&self) -> String {
+        match &self.device {
+            Some(device) => device.describe(),
+            None if self.world_size() > 1 => "host ring (tcp)".into(),
+            None => "none (one rank)".into(),
+        }
     }
 
     pub fn rank(&self) -> u32 {
@@ -133,6 +166,26 @@ impl<B: Backend> DataParallel<B> {
     pub fn backward_last(&mut self, model: &mut Gpt<B>) -> Result<(), ParallelError> {
         if self.shard_grads.is_none() {
             model.backward()?;
+            return Ok(());
+        }
+        if let Some(device) = self.device.as_mut() {
+            // Each bucket's reduction is enqueued behind its gradients and runs while the
+            // backward goes on; finish_step waits for them.
+            let plan = &self.plan;
+            let mut failed = None;
+            let backward = model.backward_with(&mut |backend, grads, ranges| {
+                device
+                    .reduce_scatter_start(backend, grads, ranges, plan)
+                    .map_err(|e| {
+                        let detail = e.to_string();
+                        failed = Some(e);
+                        ModelError::GradientSync(detail)
+                    })
+            });
+            if let Some(e) = failed {
+                return Err(e.into());
+            }
+            backward?;
             return Ok(());
         }
         let n = model.num_params();
@@ -205,7 +258,33 @@ impl<B: Backend> DataParallel<B> {
         let n = model.num_params();
         let own = self.plan.range(rank);
         let t = Instant::now();
-        if world > 1 && self.shard_grads.is_none() {
+        if let Some(device) = self.device.as_mut() {
+            let (backend, grads) = model.grads_mut();
+            match self.shard_grads.as_mut() {
+                Some(shard) => {
+                    let out = backend
+                        .view_mut(shard, 0..own.len())
+                        .map_err(ModelError::from)?;
+                    device.reduce_scatter_finish(backend, out, &self.plan)?;
+                }
+                None => {
+                    let whole = 0..n;
+                    device.reduce_scatter_start(
+                        backend,
+                        grads,
+                        std::slice::from_ref(&whole),
+                        &self.plan,
+                    )?;
+                    let out = backend
+                        .view_mut(grads, own.clone())
+                        .map_err(ModelError::from)?;
+                    device.reduce_scatter_finish(backend, out, &self.plan)?;
+                    if self.stage == Sharding::None {
+                        device.all_gather(backend, grads, &self.plan)?;
+                    }
+                }
+            }
+        } else if world > 1 && self.shard_grads.is_none() {
             // none and optimizer: reduce the whole gradient through the host.
             self.host.resize(n, 0.0);
             model
@@ -229,7 +308,7 @@ impl<B: Backend> DataParallel<B> {
                 .upload(grads, upload.start, &self.host[upload])
                 .map_err(ModelError::from)?;
         }
-        if let Some(shard) = self.shard_grads.as_mut() {
+        if let (Some(shard), None) = (self.shard_grads.as_mut(), &self.device) {
             model
                 .backend()
                 .upload(shard, 0, &self.shard_host)
@@ -263,7 +342,12 @@ impl<B: Backend> DataParallel<B> {
             None => optimizer.apply(backend, params, grads, 0, grad_norm, step)?,
         };
 
-        if world > 1 && self.stage != Sharding::None {
+        if let (Some(device), true) = (self.device.as_mut(), self.stage != Sharding::None) {
+            let t = Instant::now();
+            let (backend, params, _, _) = model.update_parts();
+            device.all_gather(backend, params, &self.plan)?;
+            self.comm_wait += t.elapsed();
+        } else if world > 1 && self.stage != Sharding::None {
             let t = Instant::now();
             self.host.resize(n, 0.0);
             let (backend, params, _, _) = model.update_parts();

@@ -36,7 +36,7 @@ use crate::{
         CommittedCheckpoint, MODEL_FILE, NamedTensor, PartialCheckpoint, find_latest_valid,
         flat_optimizer_state, load_checkpoint, remove_stale_partials, write_checkpoint,
     },
-    collective::{Collective, Solo},
+    collective::{Collective, Solo, device::CollectiveChoice},
     config::{ConfigError, ModelConfig},
     data::loader::{BatchLayout, EvalBatches, LoaderError, TokenStream, TrainBatches},
     hf,
@@ -65,6 +65,8 @@ pub struct RunOptions {
     /// Rank 0 appends one JSON line per step here (step, loss, val loss, generation, time):
     /// the loss curve `tessera run` draws.
     pub history: Option<PathBuf>,
+    /// What carries the gang's gradients and parameters (NCCL or the host ring).
+    pub collectives: CollectiveChoice,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +156,8 @@ pub struct RunSummary {
     pub backend: String,
     /// The most device memory the backend's buffers held at once (GPU backends).
     pub peak_device_memory_bytes: Option<u64>,
+    /// What carried the gradients and parameters ("nccl 2.32.3", "host ring (tcp)").
+    pub collectives: String,
 }
 
 /// Resolves a path from the spec against the base directory.
@@ -276,6 +280,13 @@ pub fn train_ranked<B: Backend>(
         spec.training.seed,
     )?;
     let mut dp = DataParallel::new(spec.parallelism.sharding, comm, &model)?;
+    if let Some(device) = model
+        .backend()
+        .device_collective(dp.comm(), options.collectives)
+        .map_err(ParallelError::from)?
+    {
+        dp.set_device_collective(device, &model)?;
+    }
     let mut optimizer = AdamW::sharded(adamw_config(run), &model, dp.optimizer_range())?;
     let peak_flops = model.backend().peak_flops();
     let flops_per_step = config.flops_per_token(context as usize) * global as f64;
@@ -606,6 +617,7 @@ pub fn train_ranked<B: Backend>(
         optimizer_state_bytes,
         backend: model.backend().name().to_string(),
         peak_device_memory_bytes: model.backend().peak_memory_bytes(),
+        collectives: dp.transport(),
     })
 }
 

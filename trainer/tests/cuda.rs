@@ -598,6 +598,47 @@ fn gpu_training_is_bit_identical_run_to_run() {
     assert!(a != weights.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
 }
 
+#[test]
+fn gpu_bf16_fp32_conversions_match_the_host_rounding() {
+    let Some(be) = gpu("gpu_bf16_fp32_conversions_match_the_host_rounding") else {
+        return;
+    };
+    let n = 4099;
+    let mut values = randn(91, n, 3.0);
+    values[0] = 1.0 + 1.0 / 256.0; // a tie: rounds to even (1.0)
+    values[1] = f32::MAX;
+    values[2] = -0.0;
+    let wide = upload_f32(&be, &values);
+    let mut narrow = be.alloc(n).unwrap();
+    be.convert_launch(
+        be.view_mut(&mut narrow, 0..n).unwrap(),
+        be.view(&wide, 0..n).unwrap(),
+    )
+    .unwrap();
+    let mut want = values.clone();
+    round_to_bf16(&mut want);
+    let got = host(&be, &narrow);
+    assert!(
+        got.iter()
+            .zip(&want)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "fp32 -> bf16 differs from round-to-nearest-even"
+    );
+    let mut back = be.alloc_f32(n).unwrap();
+    be.convert_launch(
+        be.view_mut(&mut back, 0..n).unwrap(),
+        be.view(&narrow, 0..n).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        host(&be, &back)
+            .iter()
+            .zip(&want)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "bf16 -> fp32 is not exact"
+    );
+}
+
 // === through the trainer binary ===
 
 const MANIFEST: &str = r#"
@@ -710,4 +751,66 @@ fn device_cuda_refuses_a_head_size_other_than_64_before_training() {
         !dir.path().join("checkpoints").exists(),
         "nothing may have trained"
     );
+}
+
+#[test]
+fn gpu_nccl_on_one_rank_matches_the_host_path_bitwise() {
+    // One GPU: NCCL runs a world of one (NCCL refuses two ranks on one GPU), which still puts
+    // every gradient through widen, ncclReduce, narrow and every parameter through
+    // ncclBroadcast; the sums of one rank are exact, so the weights must equal the host path's.
+    if gpu("gpu_nccl_on_one_rank_matches_the_host_path_bitwise").is_none() {
+        return;
+    }
+    for stage in ["none", "optimizer", "gradients"] {
+        let run = |collectives: &str| {
+            let dir = common::run_dir_with(MANIFEST);
+            summary(
+                trainer(dir.path(), "cuda")
+                    .args(["--collectives", collectives])
+                    .args(["--set", "training.steps=12"])
+                    .args(["--set", &format!("parallelism.sharding={stage}")])
+                    .output()
+                    .unwrap(),
+            )
+        };
+        let (nccl, host) = (run("nccl"), run("host"));
+        let carried = nccl["collectives"].as_str().unwrap_or_default().to_string();
+        assert!(
+            carried.starts_with("nccl 2."),
+            "{stage}: collectives = {carried}"
+        );
+        assert_eq!(
+            nccl["weightsSha256"], host["weightsSha256"],
+            "{stage}: NCCL and the host path reach different weights"
+        );
+    }
+}
+
+#[test]
+fn collectives_nccl_on_the_cpu_is_refused_naming_the_fix() {
+    let dir = common::run_dir_with(MANIFEST);
+    let out = trainer(dir.path(), "cpu")
+        .args(["--collectives", "nccl"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{log}");
+    assert!(
+        log.contains("--collectives nccl needs the CUDA backend")
+            && log.contains("cpu-f32")
+            && log.contains("--collectives auto or host"),
+        "{log}"
+    );
+    assert!(
+        !dir.path().join("checkpoints").exists(),
+        "nothing may have trained"
+    );
+    // The default on one rank moves nothing between ranks, and says so.
+    let one = summary(
+        trainer(dir.path(), "cpu")
+            .args(["--set", "training.steps=6"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(one["collectives"], "none (one rank)");
 }

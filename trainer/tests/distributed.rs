@@ -69,6 +69,7 @@ fn gang(dir: &Path, world: u32, overrides: &[&str]) -> Vec<RunSummary> {
                         log_every: 1000,
                         generation: 0,
                         history: None,
+                        collectives: Default::default(),
                     };
                     train_ranked(
                         CpuBackend::<f32>::new(),

@@ -50,6 +50,7 @@ fn tiny_gets_clearly_below_the_bigram_entropy_on_shakespeare() {
         log_every: 100,
         generation: 0,
         history: None,
+        collectives: Default::default(),
     };
     let summary = train(CpuBackend::<f32>::new(), &run, &options).unwrap();
     let val = summary

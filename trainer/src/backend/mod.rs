@@ -144,6 +144,20 @@ pub trait Backend: Send + Sync {
         None
     }
 
+    /// Collectives on this backend's own buffers for the gang `host` connects (NCCL on the
+    /// CUDA backend), as `choice` asks; `Ok(None)` keeps the host ring. Every rank of a gang
+    /// calls it at the same point, and all of them get the same answer.
+    fn device_collective(
+        &self,
+        host: &mut dyn crate::collective::Collective,
+        choice: crate::collective::device::CollectiveChoice,
+    ) -> crate::collective::device::DeviceCollectiveResult<Self>
+    where
+        Self: Sized,
+    {
+        crate::collective::device::host_only(self, host, choice)
+    }
+
     // === memory ===
 
     /// A zero-filled buffer of `len` elements in the backend's storage precision.

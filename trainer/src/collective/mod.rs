@@ -11,11 +11,13 @@
 //! ```
 //!
 //! Implementations: [`Solo`] for a world of one, and [`ring::RingTcp`], rings over TCP for CPU
-//! ranks. Both work on host `f32` slices; the trainer stages device buffers through the host
-//! (a CUDA backend brings NCCL on device buffers instead). Every reduction runs in a fixed
+//! ranks. Both work on host `f32` slices; the trainer stages device buffers through the host,
+//! unless the backend brings collectives on its own buffers ([`device::DeviceCollective`]:
+//! NCCL on GPUs), which then carry the gradients and parameters. Every reduction runs in a fixed
 //! order that depends only on the world size, so a run is bit-reproducible for a given rank
 //! count, and the sharding stages reach identical weights.
 
+pub mod device;
 pub mod rendezvous;
 pub mod ring;
 
@@ -64,6 +66,8 @@ pub enum CollectiveError {
     Protocol { peer: u32, detail: String },
     #[error("rendezvous failed: {0}")]
     Rendezvous(String),
+    #[error("device collective {op}: {detail}")]
+    Device { op: &'static str, detail: String },
 }
 
 /// An even split of the flat space `0..total` into one contiguous range per rank (the first

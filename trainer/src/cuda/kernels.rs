@@ -75,7 +75,13 @@ pub const FAMILIES: &[KernelFamily] = &[
     KernelFamily {
         name: "pointwise",
         source: include_str!("../../kernels/pointwise.cu"),
-        entry_points: &["residual_forward", "scale_bf16", "scale_f32"],
+        entry_points: &[
+            "residual_forward",
+            "scale_bf16",
+            "scale_f32",
+            "widen_bf16",
+            "narrow_f32",
+        ],
     },
     KernelFamily {
         name: "bias_grad",

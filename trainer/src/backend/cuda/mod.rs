@@ -11,6 +11,7 @@
 //!   matmul.rs   cuBLASLt products, bias fused as an epilogue, one algorithm per shape
 //!   embedding.rs layernorm.rs attention.rs pointwise.rs softmax_xent.rs reduce.rs adamw.rs
 //!               one launcher file per kernel family in trainer/kernels/
+//!   nccl.rs     NCCL for gangs of GPUs, on its own stream (gradients and parameters)
 //! ```
 //!
 //! Everything runs in order on the one compute stream; host copies (`download`, `sum`) wait
@@ -29,6 +30,7 @@ mod embedding;
 mod layernorm;
 mod matmul;
 pub mod memory;
+pub mod nccl;
 mod pointwise;
 mod reduce;
 mod softmax_xent;
@@ -177,7 +179,8 @@ impl CudaBackend {
         let head = config.width / config.heads.max(1);
         (head != attention::HEAD_SIZE).then(|| {
             format!(
-                "the CUDA backend's attention needs a head size of {} (width = 64 × heads);                  width {} over {} heads is {head}",
+                "the CUDA backend's attention needs a head size of {} (width = 64 × heads); \
+                 width {} over {} heads is {head}",
                 attention::HEAD_SIZE,
                 config.width,
                 config.heads
@@ -275,6 +278,23 @@ impl CudaBackend {
         .map_err(device_error(op))
     }
 
+    /// Copies `bytes` bytes from device address `src` to `dst` (stream-ordered).
+    fn copy_on_device(
+        &self,
+        dst: u64,
+        src: u64,
+        bytes: usize,
+        op: &'static str,
+    ) -> Result<(), BackendError> {
+        self.gpu.ctx.bind_to_thread().map_err(device_error(op))?;
+        // SAFETY: the caller checked that both ranges hold `bytes` bytes of live buffers.
+        #[allow(unsafe_code)]
+        unsafe {
+            cudarc::driver::result::memcpy_dtod_async(dst, src, bytes, self.gpu.stream.cu_stream())
+        }
+        .map_err(device_error(op))
+    }
+
     /// Copies from device address `addr` into `host` and waits for it.
     fn copy_to_host<T>(
         &self,
@@ -328,6 +348,14 @@ impl Backend for CudaBackend {
 
     fn peak_memory_bytes(&self) -> Option<u64> {
         Some(self.ledger.peak.load(Ordering::Relaxed) as u64)
+    }
+
+    fn device_collective(
+        &self,
+        host: &mut dyn crate::collective::Collective,
+        choice: crate::collective::device::CollectiveChoice,
+    ) -> crate::collective::device::DeviceCollectiveResult<Self> {
+        nccl::connect(self, host, choice)
     }
 
     // === memory ===

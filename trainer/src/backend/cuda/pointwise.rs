@@ -1,5 +1,5 @@
-//! Launchers of `kernels/pointwise.cu` (residual add, scale) and `kernels/gelu.cu`, and of
-//! `kernels/bias_grad.cu` (the bias gradient, a column sum).
+//! Launchers of `kernels/pointwise.cu` (residual add, scale, bf16 ⇄ fp32 conversion) and
+//! `kernels/gelu.cu`, and of `kernels/bias_grad.cu` (the bias gradient, a column sum).
 
 use super::{CudaBackend, CudaMut, CudaRef, DType, blocks, int, launch, memory};
 use crate::backend::BackendError;
@@ -62,6 +62,32 @@ impl CudaBackend {
         match x.dtype {
             DType::Bf16 => launch!(self, "scale_bf16", grid, 256, 0; addr, factor, n),
             DType::F32 => launch!(self, "scale_f32", grid, 256, 0; addr, factor, n),
+        }
+    }
+
+    /// `out = x` converted to `out`'s element type (bf16 → fp32 exactly, fp32 → bf16 rounded
+    /// to nearest even); equal lengths. NCCL's fp32 gradient sums go through here.
+    pub fn convert_launch(&self, out: CudaMut<'_>, x: CudaRef<'_>) -> Result<(), BackendError> {
+        const OP: &str = "convert";
+        let len = x.len;
+        if out.len != len {
+            return Err(BackendError::ShapeMismatch {
+                op: OP,
+                name: "out",
+                want: len,
+                got: out.len,
+            });
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let n = len as i64;
+        let grid = (blocks(OP, len, 256)?, 1, 1);
+        let (dst, src) = (out.addr, x.addr);
+        match (out.dtype, x.dtype) {
+            (DType::F32, DType::Bf16) => launch!(self, "widen_bf16", grid, 256, 0; dst, src, n),
+            (DType::Bf16, DType::F32) => launch!(self, "narrow_f32", grid, 256, 0; dst, src, n),
+            (a, _) => self.copy_on_device(dst, src, len * a.size(), OP),
         }
     }
 
