@@ -20,8 +20,8 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use tessera_agent::{
-    AgentConfig, AgentEnd, AgentProgress, AgentReport, metrics::AgentMetrics, ranks::RankLaunch,
-    run_agent,
+    AgentConfig, AgentEnd, AgentProgress, AgentReport, gpu::GpuHealth, metrics::AgentMetrics,
+    ranks::RankLaunch, run_agent,
 };
 use tessera_api::{
     TrainingRun,
@@ -224,6 +224,7 @@ pub async fn run_local(args: LocalRun) -> Result<LocalSummary> {
             last_call: Duration::from_secs(2),
             stop_grace: Duration::from_secs(5),
             stop_timeout: Duration::from_secs(300),
+            gpu_health: GpuHealth::quiet(),
         };
         let metrics = AgentMetrics::new(LOCAL_NAMESPACE, &name, &node)?;
         agent_metrics.push(metrics.clone());

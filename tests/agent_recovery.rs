@@ -290,6 +290,110 @@ fn a_lost_agent_of_a_fixed_size_run_is_waited_for_and_replaced() {
     }
 }
 
+/// Writes a `--gpu-file` of GPUs 0..count, those in `bad` unhealthy with `problem`
+/// (atomically: the agent re-reads it while it runs).
+fn write_gpus(path: &Path, count: u32, bad: &[u32], problem: &str) {
+    let gpus: Vec<Json> = (0..count)
+        .map(|index| {
+            let healthy = !bad.contains(&index);
+            serde_json::json!({
+                "index": index,
+                "name": "drill GPU",
+                "healthy": healthy,
+                "problem": if healthy { Json::Null } else { Json::from(problem) },
+            })
+        })
+        .collect();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_string(&gpus).unwrap()).unwrap();
+    std::fs::rename(tmp, path).unwrap();
+}
+
+const ECC: &str = "3 uncorrected ECC errors since the driver loaded";
+
+#[test]
+fn an_unhealthy_gpu_fails_its_generation_and_a_spare_takes_its_place() {
+    let mut gang = Gang::new(&manifest("heartbeatTimeoutSeconds: 10"));
+    let (n0_gpus, n1_gpus) = (gang.path("gpus-n0.json"), gang.path("gpus-n1.json"));
+    write_gpus(&n0_gpus, 3, &[], ECC);
+    write_gpus(&n1_gpus, 2, &[], ECC);
+    for (node, file) in [("n0", &n0_gpus), ("n1", &n1_gpus)] {
+        let file = file.to_string_lossy().into_owned();
+        gang.start_agent(
+            node,
+            &[
+                "--ranks",
+                "2",
+                "--gpu-file",
+                &file,
+                "--gpu-sample-seconds",
+                "0.2",
+            ],
+        );
+    }
+    common::wait_for_step(&gang.path("history.jsonl"), 15, Duration::from_secs(120));
+    write_gpus(&n0_gpus, 3, &[1], ECC);
+    let reports = gang.finish(Duration::from_secs(180));
+    assert_succeeded(&gang, &reports);
+    let failures = all_failures(&reports);
+    let gpu = failures
+        .iter()
+        .find(|f| f["kind"] == "gpu-unhealthy")
+        .unwrap_or_else(|| panic!("no GPU failure recorded: {failures:?}"));
+    let reason = gpu["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("GPU 1 of node n0 (local rank 1)") && reason.contains(ECC),
+        "{reason}"
+    );
+    // The next generation gave n0's second rank the spare; n1 kept its GPUs.
+    let gpus_of = |node: &str| reports.iter().find(|(n, ..)| n == node).unwrap().2["gpus"].clone();
+    assert_eq!(gpus_of("n0"), serde_json::json!([0, 2]));
+    assert_eq!(gpus_of("n1"), serde_json::json!([0, 1]));
+    for (_, _, report) in &reports {
+        assert_eq!(report["generation"], 2, "{report}");
+        assert_eq!(report["rankSummary"]["steps"], 40, "{report}");
+    }
+}
+
+#[test]
+fn a_node_left_with_too_few_healthy_gpus_leaves_and_the_elastic_gang_goes_on() {
+    let mut gang = Gang::new(&manifest("heartbeatTimeoutSeconds: 10, minNodes: 1"));
+    for node in ["n0", "n1"] {
+        let file = gang.path(&format!("gpus-{node}.json"));
+        write_gpus(&file, 2, &[], ECC);
+        let file = file.to_string_lossy().into_owned();
+        gang.start_agent(node, &["--gpu-file", &file, "--gpu-sample-seconds", "0.2"]);
+    }
+    common::wait_for_step(&gang.path("history.jsonl"), 15, Duration::from_secs(120));
+    write_gpus(
+        &gang.path("gpus-n1.json"),
+        2,
+        &[0],
+        "fell off the bus (GPU lost)",
+    );
+    let reports = gang.finish(Duration::from_secs(180));
+    let (_, n1_ok, n1) = reports.iter().find(|(n, ..)| n == "n1").unwrap();
+    assert!(!n1_ok, "n1 must exit non-zero: {n1}");
+    let reason = n1["end"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("node n1 has 1 healthy GPU(s) of the 2 its ranks need")
+            && reason.contains("GPU 0: fell off the bus"),
+        "{n1}\n{}",
+        gang.log("n1")
+    );
+    let (_, n0_ok, n0) = reports.iter().find(|(n, ..)| n == "n0").unwrap();
+    assert!(n0_ok, "{n0}\n{}", gang.log("n0"));
+    assert_eq!(n0["end"]["phase"], "succeeded", "{n0}");
+    assert_eq!(n0["rankSummary"]["worldSize"], 2, "{n0}");
+    assert_eq!(n0["rankSummary"]["steps"], 40, "{n0}");
+    assert!(
+        all_failures(&reports)
+            .iter()
+            .any(|f| f["kind"] == "gpu-unhealthy"),
+        "{reports:?}"
+    );
+}
+
 #[test]
 fn exhausted_restarts_end_the_run_failed_with_the_reason() {
     let mut gang = Gang::new(&manifest("heartbeatTimeoutSeconds: 10, maxRestarts: 1"));

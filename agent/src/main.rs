@@ -5,8 +5,12 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{Context, Result};
 use clap::Parser;
 use tessera_agent::{
-    AgentConfig, AgentEnd, gpu::GpuInventory, metrics::AgentMetrics, node::default_socket,
-    ranks::RankLaunch, run_agent,
+    AgentConfig, AgentEnd,
+    gpu::{GpuHealth, GpuInventory, unhealthy_among},
+    metrics::AgentMetrics,
+    node::default_socket,
+    ranks::RankLaunch,
+    run_agent,
 };
 use tessera_api::manifest::{Override, parse_training_run_with};
 use tokio_util::sync::CancellationToken;
@@ -73,6 +77,14 @@ struct Args {
     /// Rank 0 appends one JSON line per step to this file.
     #[arg(long)]
     history: Option<PathBuf>,
+    /// Read the node's GPUs from this JSON file instead of NVML, re-read at every sample: a
+    /// list of {"index": N, "healthy": true|false, "problem": "..."} (rigs without GPUs:
+    /// tests and failure drills; the ranks still train on whatever device they find).
+    #[arg(long, value_name = "FILE")]
+    gpu_file: Option<PathBuf>,
+    /// Seconds between samples of the GPUs (metrics and health).
+    #[arg(long, default_value_t = 5.0)]
+    gpu_sample_seconds: f64,
 }
 
 /// `0.0.0.0:(first + r)` for each local rank r, when rank metrics are asked for.
@@ -120,7 +132,10 @@ async fn run(args: Args) -> Result<()> {
     let name = run.metadata.name.clone().unwrap_or_default();
     let store =
         tessera_store::connect(&args.store, Duration::from_secs(args.store_timeout)).await?;
-    let gpus = GpuInventory::open();
+    let gpus = match &args.gpu_file {
+        Some(file) => GpuInventory::from_file(file),
+        None => GpuInventory::open(),
+    };
     let healthy = gpus.healthy_indices();
     let slots = args.ranks.unwrap_or(if healthy.is_empty() {
         run.spec.parallelism.gpus_per_node
@@ -136,8 +151,16 @@ async fn run(args: Args) -> Result<()> {
     };
     let metrics = AgentMetrics::new(&args.namespace, &name, &args.node)?;
     metrics.gpus(&gpus.scan());
-    let given: Vec<u32> = healthy.iter().copied().take(slots as usize).collect();
-    tokio::spawn(sample_gpus(gpus, metrics.clone(), given));
+    // Every healthy GPU is in the pool: a spare replaces one that turns unhealthy.
+    let (health_tx, gpu_health) = GpuHealth::channel();
+    let every = Duration::from_secs_f64(args.gpu_sample_seconds.clamp(0.1, 3600.0));
+    tokio::spawn(sample_gpus(
+        gpus,
+        metrics.clone(),
+        healthy.clone(),
+        every,
+        health_tx,
+    ));
     if let Some(addr) = args.metrics_addr {
         let bound = metrics.clone().serve(addr).await?;
         tracing::info!(addr = %bound, "serving /metrics");
@@ -156,7 +179,7 @@ async fn run(args: Args) -> Result<()> {
             socket: default_socket(&args.socket_dir, &args.node),
             listen_host: args.listen_host,
             heartbeat_interval: Duration::from_secs(1),
-            gpus: healthy.iter().copied().take(slots as usize).collect(),
+            gpus: healthy,
             metrics_addrs: rank_metrics_addrs(args.rank_metrics_port, slots)?,
             log_dir: args.log_dir.clone(),
             history: args.history.clone(),
@@ -166,6 +189,7 @@ async fn run(args: Args) -> Result<()> {
         last_call: Duration::from_secs_f64(args.last_call.clamp(0.0, 3600.0)),
         stop_grace: Duration::from_secs(10),
         stop_timeout: Duration::from_secs(300),
+        gpu_health,
         run,
     };
     let shutdown = CancellationToken::new();
@@ -190,30 +214,32 @@ async fn run(args: Args) -> Result<()> {
     }
 }
 
-/// How often the GPU series are sampled.
-const GPU_SAMPLE: Duration = Duration::from_secs(5);
-
-/// Samples the node's GPUs into the metrics every [`GPU_SAMPLE`] for the agent's life, and
-/// logs once when a GPU given to a rank turns unhealthy (its rank then fails or hangs, which
-/// the agent detects and restarts as any rank failure).
-async fn sample_gpus(gpus: GpuInventory, metrics: AgentMetrics, given: Vec<u32>) {
-    let mut reported = std::collections::BTreeSet::new();
+/// Samples the node's GPUs into the metrics every `every` for the agent's life, and publishes
+/// which GPUs of `pool` are unhealthy (or gone) to the agent, which fails the generation of a
+/// rank whose GPU is among them and leaves that GPU out from then on.
+async fn sample_gpus(
+    gpus: GpuInventory,
+    metrics: AgentMetrics,
+    pool: Vec<u32>,
+    every: Duration,
+    health: tokio::sync::watch::Sender<std::collections::BTreeMap<u32, String>>,
+) {
     loop {
-        tokio::time::sleep(GPU_SAMPLE).await;
+        tokio::time::sleep(every).await;
         let scan = gpus.scan();
         metrics.gpus(&scan);
-        for g in scan
-            .iter()
-            .filter(|g| !g.healthy && given.contains(&g.index))
-        {
-            if reported.insert(g.index) {
-                tracing::error!(
-                    gpu = g.index,
-                    name = %g.name,
-                    problem = g.problem.as_deref().unwrap_or("unknown"),
-                    "a GPU given to a rank is unhealthy"
-                );
+        let unhealthy = unhealthy_among(&pool, &scan);
+        health.send_if_modified(|seen| {
+            // A GPU that was unhealthy stays out, even if it later reads healthy again.
+            let mut changed = false;
+            for (gpu, why) in &unhealthy {
+                if !seen.contains_key(gpu) {
+                    tracing::error!(gpu, problem = %why, "a GPU of this node is unhealthy");
+                    seen.insert(*gpu, why.clone());
+                    changed = true;
+                }
             }
-        }
+            changed
+        });
     }
 }

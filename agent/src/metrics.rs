@@ -14,7 +14,13 @@ use tessera_api::metrics as names;
 use crate::{board::RankBeat, gpu::GpuStatus};
 
 /// Why a generation ended, as the `reason` label.
-pub const REASONS: &[&str] = &["rank-exit", "hang", "peer-lost", "lease-lost"];
+pub const REASONS: &[&str] = &[
+    "rank-exit",
+    "hang",
+    "peer-lost",
+    "lease-lost",
+    "gpu-unhealthy",
+];
 
 /// The agent's metrics, labelled with the run and node.
 #[derive(Clone)]

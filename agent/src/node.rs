@@ -10,6 +10,8 @@
 //!     all ranks exit 0 at the last step ─▶ Succeeded        a rank exits non-zero ─▶ failure
 //!     a rank silent / no progress > heartbeatTimeout ─▶ failure
 //!     a member of g leaves (lease expired) ─▶ failure        g bumped by a peer ─▶ next g
+//!     a GPU given to a rank turns unhealthy ─▶ failure (the GPU is left out from then on;
+//!       a node left with fewer healthy GPUs than ranks leaves the run)
 //!     SIGTERM / Stop RPC ─▶ directive STOP: ranks checkpoint and exit 0 ─▶ Stopped
 //!   failure: bump g (compare-and-swap; one agent wins), stop the ranks, back off, next g
 //! ```
@@ -43,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     board::Board,
+    gpu::GpuHealth,
     metrics::AgentMetrics,
     ranks::{RankExit, RankLaunch, Ranks},
     service::{AgentService, ServiceEvent, serve_on_socket},
@@ -69,6 +72,9 @@ pub struct AgentConfig {
     pub stop_grace: Duration,
     /// How long a graceful stop waits for the ranks' checkpoint and exit.
     pub stop_timeout: Duration,
+    /// The node's unhealthy GPUs, as the sampler sees them; `launch.gpus` is the pool ranks
+    /// take their GPUs from (empty: CPU ranks).
+    pub gpu_health: GpuHealth,
 }
 
 /// How the agent's work ended.
@@ -107,6 +113,8 @@ pub struct AgentReport {
     pub failures: Vec<Failure>,
     /// The trainer's JSON summary from this node's first rank in the last generation.
     pub rank_summary: Option<serde_json::Value>,
+    /// The GPUs this node's ranks used in the last generation, by local rank (empty: CPU).
+    pub gpus: Vec<u32>,
 }
 
 /// The progress report the agent of rank 0 publishes: the operator's [`RunProgress`] plus
@@ -182,13 +190,17 @@ pub async fn run_agent(
     let mut failures: Vec<Failure> = Vec::new();
     let mut generation = run.current_generation().await?;
     let mut failed_at: Option<Instant> = None;
-    let report = |end: AgentEnd, generation: u64, failures: &[Failure], summary| AgentReport {
-        end,
-        node: config.node.clone(),
-        generation,
-        failures: failures.to_vec(),
-        rank_summary: summary,
-    };
+    let mut gpus_used: Vec<u32> = Vec::new();
+    let report =
+        |end: AgentEnd, generation: u64, failures: &[Failure], summary, gpus: &[u32]| AgentReport {
+            end,
+            node: config.node.clone(),
+            generation,
+            failures: failures.to_vec(),
+            rank_summary: summary,
+            gpus: gpus.to_vec(),
+        };
+    let mut gpu_health = config.gpu_health.clone();
 
     loop {
         let restarts = generation.saturating_sub(1);
@@ -215,6 +227,7 @@ pub async fn run_agent(
                 generation,
                 &failures,
                 None,
+                &gpus_used,
             ));
         }
         if shutdown.is_cancelled() {
@@ -226,6 +239,46 @@ pub async fn run_agent(
                 generation,
                 &failures,
                 None,
+                &gpus_used,
+            ));
+        }
+
+        // === this node's GPUs ===
+        // Ranks take GPUs from the pool less those that turned unhealthy; a node left with
+        // fewer than its ranks need leaves the run (an elastic gang goes on without it; a
+        // fixed one waits for a replacement node).
+        let unhealthy = gpu_health.now();
+        let pool: Vec<u32> = config
+            .launch
+            .gpus
+            .iter()
+            .copied()
+            .filter(|g| !unhealthy.contains_key(g))
+            .collect();
+        if !config.launch.gpus.is_empty() && pool.len() < config.slots as usize {
+            let problems: Vec<String> = unhealthy
+                .iter()
+                .map(|(g, why)| format!("GPU {g}: {why}"))
+                .collect();
+            let reason = format!(
+                "node {} has {} healthy GPU(s) of the {} its ranks need ({}); it leaves the run",
+                config.node,
+                pool.len(),
+                config.slots,
+                if problems.is_empty() {
+                    "too few GPUs in the pool".to_string()
+                } else {
+                    problems.join("; ")
+                }
+            );
+            tracing::error!("{reason}");
+            let _ = lease.revoke().await;
+            return Ok(report(
+                AgentEnd::Failed { reason },
+                generation,
+                &failures,
+                None,
+                &gpus_used,
             ));
         }
 
@@ -304,10 +357,17 @@ pub async fn run_agent(
         let (resume, resume_step) = newest_valid_checkpoint(&config);
         metrics.checkpoint_step(resume_step);
         board.begin_generation(table.clone(), me.first_rank, me.slots, resume);
-        let mut ranks =
-            Ranks::spawn(&config.launch, generation, me.slots).map_err(AgentError::Spawn)?;
+        let mut launch = config.launch.clone();
+        launch.gpus = pool.iter().copied().take(me.slots as usize).collect();
+        gpus_used = launch.gpus.clone();
+        if !gpus_used.is_empty() {
+            tracing::info!(generation, gpus = ?gpus_used, "GPUs of this node's ranks, by local rank");
+        }
+        let mut ranks = Ranks::spawn(&launch, generation, me.slots).map_err(AgentError::Spawn)?;
         let end = watch_generation(
             &config,
+            &mut gpu_health,
+            &gpus_used,
             &run,
             &board,
             &metrics,
@@ -339,7 +399,13 @@ pub async fn run_agent(
                     .await;
                 }
                 let _ = lease.revoke().await;
-                return Ok(report(AgentEnd::Succeeded, generation, &failures, summary));
+                return Ok(report(
+                    AgentEnd::Succeeded,
+                    generation,
+                    &failures,
+                    summary,
+                    &gpus_used,
+                ));
             }
             GenerationEnd::Stopped(step, summary) => {
                 tracing::info!(
@@ -368,6 +434,7 @@ pub async fn run_agent(
                     generation,
                     &failures,
                     summary,
+                    &gpus_used,
                 ));
             }
             GenerationEnd::Superseded(newer) => {
@@ -465,6 +532,8 @@ fn newest_valid_checkpoint(config: &AgentConfig) -> (String, u64) {
 #[allow(clippy::too_many_arguments)]
 async fn watch_generation(
     config: &AgentConfig,
+    gpu_health: &mut GpuHealth,
+    given: &[u32],
     run: &RunStore,
     board: &Board,
     metrics: &AgentMetrics,
@@ -572,6 +641,22 @@ async fn watch_generation(
                     return GenerationEnd::Failed {
                         kind: "peer-lost",
                         reason: format!("node {node} left generation {generation} (its agent's lease expired)"),
+                    };
+                }
+            }
+            _ = gpu_health.changed() => {
+                let unhealthy = gpu_health.now();
+                if let Some((local, gpu, why)) = given
+                    .iter()
+                    .enumerate()
+                    .find_map(|(local, g)| unhealthy.get(g).map(|why| (local, g, why)))
+                {
+                    return GenerationEnd::Failed {
+                        kind: "gpu-unhealthy",
+                        reason: format!(
+                            "GPU {gpu} of node {} (local rank {local}) turned unhealthy: {why}",
+                            config.node
+                        ),
                     };
                 }
             }
