@@ -451,21 +451,31 @@ pub async fn run_agent(
             GenerationEnd::Failed { kind, reason } => {
                 tracing::warn!(generation, %reason, "failure detected; restarting the gang");
                 failed_at = Some(Instant::now());
-                metrics.restart(kind);
-                failures.push(Failure {
-                    generation,
-                    kind: kind.to_string(),
-                    reason: reason.clone(),
-                    detected_unix_ms: std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis() as u64),
-                    recovery_seconds: None,
-                });
+                let detected_unix_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
                 // Bump first, so peers stop their ranks while this agent stops its own.
                 let won = run
                     .bump_generation(generation, &reason)
                     .await
                     .unwrap_or(false);
+                // One failure per ended generation: the bump's winner records it. A loser saw a
+                // consequence (its ranks lost their peers) or the same failure a moment later.
+                if won {
+                    metrics.restart(kind);
+                    failures.push(Failure {
+                        generation,
+                        kind: kind.to_string(),
+                        reason: reason.clone(),
+                        detected_unix_ms,
+                        recovery_seconds: None,
+                    });
+                } else {
+                    tracing::info!(
+                        generation,
+                        "a peer ended this generation first; its failure is the one recorded"
+                    );
+                }
                 board.direct(Directive::Abort);
                 ranks.stop(config.stop_grace).await;
                 if me.first_rank == 0 || won {

@@ -20,11 +20,13 @@
 //! ```
 //!
 //! The manifest type is the contract in `tessera_api::checkpoint`; this module owns the bytes.
-//! [`background`] runs the same write on a thread from an owned snapshot.
+//! [`background`] runs the same write on a thread from an owned snapshot; [`gang`] writes a
+//! gang's shards in the background and commits when all are durable.
 
 #![forbid(unsafe_code)]
 
 pub mod background;
+pub mod gang;
 mod load;
 pub(crate) mod write;
 
@@ -34,6 +36,7 @@ mod tests;
 use std::path::PathBuf;
 
 pub use background::BackgroundWriter;
+pub use gang::{GangWriter, ShardSnapshot};
 pub use load::{
     CheckpointListing, CheckpointScan, FileCheck, FlatOptimizerState, InvalidReason,
     LoadedCheckpoint, SkippedCheckpoint, VerifyReport, find_latest_valid, flat_optimizer_state,

@@ -32,9 +32,9 @@ use tracing::{info, warn};
 use crate::{
     backend::Backend,
     checkpoint::{
-        BackgroundWriter, CheckpointError, CheckpointSnapshot, CheckpointTensors,
-        CommittedCheckpoint, MODEL_FILE, NamedTensor, PartialCheckpoint, find_latest_valid,
-        flat_optimizer_state, load_checkpoint, remove_stale_partials, write_checkpoint,
+        BackgroundWriter, CheckpointError, CheckpointSnapshot, CheckpointTensors, GangWriter,
+        NamedTensor, ShardSnapshot, find_latest_valid, flat_optimizer_state, load_checkpoint,
+        write_checkpoint,
     },
     collective::{Collective, Solo, device::CollectiveChoice},
     config::{ConfigError, ModelConfig},
@@ -401,9 +401,13 @@ pub fn train_ranked<B: Backend>(
         let bound = metrics.serve(addr)?;
         info!(addr = %bound, "serving /metrics");
     }
-    // A gang writes its shards synchronously; one process may write in the background.
+    // One process writes whole checkpoints (in the background with checkpoint.async); a gang
+    // writes one shard per rank, committed by rank 0 when all are durable.
     let mut writer = (spec.checkpoint.async_write && world == 1)
         .then(|| BackgroundWriter::new(&checkpoint_root, spec.checkpoint.keep))
+        .transpose()?;
+    let mut gang_writer = (world > 1)
+        .then(|| GangWriter::new(&checkpoint_root, spec.checkpoint.keep))
         .transpose()?;
     let optimizer_state_bytes = optimizer.state_bytes(&model);
 
@@ -542,19 +546,15 @@ pub fn train_ranked<B: Backend>(
             let t_stall = Instant::now();
             let params = model.params_to_host()?;
             let state = optimizer.state_to_host(&model)?;
-            if world > 1 {
-                let done = write_shards(
-                    &mut dp,
-                    &checkpoint_root,
-                    manifest,
-                    &model,
-                    &params,
-                    &optimizer,
-                    &state,
-                    spec.checkpoint.keep,
-                )?;
-                write_started = Some(t_stall);
+            if let Some(gang) = gang_writer.as_mut() {
+                let snapshot = shard_snapshot(&dp, &model, &params, &optimizer, &state);
+                let done = gang.submit(dp.comm(), manifest, snapshot)?;
                 committed(&metrics, hook, &mut write_started, done);
+                write_started = Some(t_stall);
+                if !spec.checkpoint.async_write {
+                    let done = gang.wait(dp.comm())?;
+                    committed(&metrics, hook, &mut write_started, done);
+                }
             } else {
                 let names = optimizer_names(&model);
                 let tensors = checkpoint_tensors(&model, &params, &state, &names);
@@ -583,6 +583,9 @@ pub fn train_ranked<B: Backend>(
         if let Some(writer) = writer.as_mut() {
             committed(&metrics, hook, &mut write_started, writer.poll()?);
         }
+        if let Some(gang) = gang_writer.as_mut() {
+            committed(&metrics, hook, &mut write_started, gang.poll(dp.comm())?);
+        }
         if directive == Directive::Stop {
             info!(
                 step = completed,
@@ -594,6 +597,9 @@ pub fn train_ranked<B: Backend>(
     }
     if let Some(writer) = writer.as_mut() {
         committed(&metrics, hook, &mut write_started, writer.wait()?);
+    }
+    if let Some(gang) = gang_writer.as_mut() {
+        committed(&metrics, hook, &mut write_started, gang.wait(dp.comm())?);
     }
     hook.phase(Phase::Done);
 
@@ -621,70 +627,33 @@ pub fn train_ranked<B: Backend>(
     })
 }
 
-/// Writes this rank's shard of a gang checkpoint: rank 0 begins the partial directory and
-/// writes the parameters; every rank writes its optimizer shard and makes it durable; the
-/// file lists meet at rank 0 (the barrier), which then writes the commit marker. Returns the
-/// commit on rank 0.
-#[allow(clippy::too_many_arguments)]
-fn write_shards<B: Backend>(
-    dp: &mut DataParallel<B>,
-    root: &Path,
-    manifest: CheckpointManifest,
+/// This rank's part of a gang checkpoint, copied out of training: its shard of the AdamW
+/// state (the plan's range, cut from what the optimizer owns) and, on rank 0, the parameters.
+fn shard_snapshot<B: Backend>(
+    dp: &DataParallel<B>,
     model: &Gpt<B>,
     params: &[f32],
     optimizer: &AdamW<B>,
     state: &OptimizerState,
-    keep: u32,
-) -> Result<Option<CommittedCheckpoint>, RunError> {
+) -> ShardSnapshot {
     let rank = dp.rank();
-    let step = manifest.step;
-    // This rank's shard of the moments: the plan's range, cut from what the optimizer owns.
     let shard = dp.plan().range(rank);
     let owned = optimizer.owned();
     let local = shard.start - owned.start..shard.end - owned.start;
-    let mut partial = if rank == 0 {
-        remove_stale_partials(root)?;
-        Some(PartialCheckpoint::begin(root, step)?)
-    } else {
-        None
-    };
-    dp.comm().barrier().map_err(ParallelError::from)?;
-    let mut partial = match partial.take() {
-        Some(p) => p,
-        None => PartialCheckpoint::join(root, step)?,
-    };
-    if rank == 0 {
-        partial.write_tensor_file(
-            MODEL_FILE,
-            &model_tensors(model, params),
-            Default::default(),
-        )?;
-    }
-    let file = partial.write_optimizer_shard(
+    ShardSnapshot {
+        model: (rank == 0).then(|| {
+            model_tensors(model, params)
+                .into_iter()
+                .map(Into::into)
+                .collect()
+        }),
         rank,
-        shard,
-        &state.m[local.clone()],
-        &state.v[local.clone()],
-        state.master.as_ref().map(|master| &master[local]),
-        state.updates,
-    )?;
-    let mine = serde_json::to_vec(&file).map_err(|e| {
-        CheckpointError::Manifest(format!("cannot encode rank {rank}'s file entry: {e}"))
-    })?;
-    let all = dp
-        .comm()
-        .all_gather_bytes(&mine)
-        .map_err(ParallelError::from)?;
-    if rank != 0 {
-        return Ok(None);
+        flat_range: shard,
+        m: state.m[local.clone()].to_vec(),
+        v: state.v[local.clone()].to_vec(),
+        master: state.master.as_ref().map(|master| master[local].to_vec()),
+        optimizer_step: state.updates,
     }
-    let mut others = Vec::new();
-    for (peer, bytes) in all.iter().enumerate().skip(1) {
-        others.push(serde_json::from_slice(bytes).map_err(|e| {
-            CheckpointError::Manifest(format!("rank {peer} sent an unreadable file entry: {e}"))
-        })?);
-    }
-    Ok(Some(partial.commit(manifest, others, keep)?))
 }
 
 /// Logs a checkpoint commit, records how long it took since it was started, and tells the

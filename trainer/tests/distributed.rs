@@ -15,7 +15,7 @@ use std::{
 use tessera_api::manifest::{Override, parse_training_run_with};
 use tessera_trainer::{
     backend::cpu::CpuBackend,
-    checkpoint::load_checkpoint,
+    checkpoint::{load_checkpoint, verify_checkpoint},
     collective::rendezvous::{StaticRendezvous, rendezvous},
     hook::Unsupervised,
     run::{RunOptions, RunSummary, train_ranked},
@@ -234,6 +234,75 @@ fn a_checkpoint_from_four_ranks_resumes_on_two_and_three() {
         let shards = manifest.files.iter().filter(|f| f.rank.is_some()).count();
         assert_eq!(shards, world as usize);
     }
+}
+
+#[test]
+fn a_gang_writes_its_checkpoints_in_the_background_with_the_same_contents() {
+    // 3 ranks (an uneven split), a checkpoint every 3 steps: written by the ranks' threads
+    // while training goes on, committed by rank 0 at a later step once all shards are durable.
+    let dir = common::run_dir_with(MANIFEST);
+    let shape = [
+        "optimizer.microBatch=1",
+        "optimizer.globalBatchTokens=384",
+        "training.steps=10",
+        "checkpoint.everySteps=3",
+        "checkpoint.keep=10",
+        "parallelism.sharding=optimizer",
+    ];
+    let run = |path: &str, write_async: bool| {
+        let mut all: Vec<String> = shape.iter().map(|s| s.to_string()).collect();
+        all.push(format!("checkpoint.path={path}"));
+        all.push(format!("checkpoint.async={write_async}"));
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        gang(dir.path(), 3, &refs)
+    };
+    let sync = run("ck-sync", false);
+    let background = run("ck-async", true);
+    assert_eq!(background[0].weights_sha256, sync[0].weights_sha256);
+    let (a, b) = (dir.path().join("ck-async"), dir.path().join("ck-sync"));
+    for step in [3u64, 6, 9, 10] {
+        let dir_of = |root: &Path| root.join(format!("step-{step:010}"));
+        let report = verify_checkpoint(&dir_of(&a));
+        assert!(report.is_valid(), "step {step}: {report:?}");
+        let (x, y) = (
+            load_checkpoint(&dir_of(&a)).unwrap(),
+            load_checkpoint(&dir_of(&b)).unwrap(),
+        );
+        assert_eq!(x.manifest.world_size, 3);
+        let shards = x.manifest.files.iter().filter(|f| f.rank.is_some()).count();
+        assert_eq!(shards, 3, "step {step}");
+        // Byte for byte the same files as the synchronous writes.
+        let hashes = |m: &tessera_api::checkpoint::CheckpointManifest| {
+            let mut h: Vec<(String, String)> = m
+                .files
+                .iter()
+                .map(|f| (f.path.clone(), f.sha256.clone()))
+                .collect();
+            h.sort();
+            h
+        };
+        assert_eq!(hashes(&x.manifest), hashes(&y.manifest), "step {step}");
+    }
+    // Nothing half-written is left behind.
+    let partials: Vec<_> = std::fs::read_dir(&a)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+        .collect();
+    assert!(partials.is_empty(), "{partials:?}");
+    // And the run resumes from a background checkpoint: 4 ranks this time.
+    let resumed_root = dir.path().join("ck-resume");
+    copy_dir(
+        &a.join("step-0000000006"),
+        &resumed_root.join("step-0000000006"),
+    );
+    let mut all: Vec<String> = shape.iter().map(|s| s.to_string()).collect();
+    all.push("checkpoint.path=ck-resume".into());
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    let ranks = gang(dir.path(), 4, &refs);
+    assert!(ranks.iter().all(|r| r.resumed_from == Some(6)));
+    let gap = (loss_at(&resumed_root, 9) - loss_at(&a, 9)).abs();
+    assert!(gap < 1e-6, "step 9 loss after resuming differs by {gap}");
 }
 
 fn trainer(dir: &Path, rank: u32, world: u32, master: &str, timeout_s: u64) -> Command {
