@@ -201,6 +201,9 @@ pub async fn run_agent(
             gpus: gpus.to_vec(),
         };
     let mut gpu_health = config.gpu_health.clone();
+    // Failures that ended generations through a peer's bump, as recorded in the store: the
+    // progress this agent publishes explains every restart, not only its own.
+    let mut ended_by_peers: Vec<Failure> = Vec::new();
 
     loop {
         let restarts = generation.saturating_sub(1);
@@ -221,7 +224,16 @@ pub async fn run_agent(
                 resilience.max_restarts
             );
             tracing::error!("{reason}");
-            publish(&run, &board, generation, "Failed", &failures, &reason, 0).await;
+            publish(
+                &run,
+                &board,
+                generation,
+                "Failed",
+                &known(&failures, &ended_by_peers),
+                &reason,
+                0,
+            )
+            .await;
             return Ok(report(
                 AgentEnd::Failed { reason },
                 generation,
@@ -379,6 +391,7 @@ pub async fn run_agent(
             &shutdown,
             &mut failed_at,
             &mut failures,
+            &ended_by_peers,
         )
         .await;
 
@@ -392,7 +405,7 @@ pub async fn run_agent(
                         &board,
                         generation,
                         "Succeeded",
-                        &failures,
+                        &known(&failures, &ended_by_peers),
                         "",
                         table.world_size,
                     )
@@ -420,7 +433,7 @@ pub async fn run_agent(
                         &board,
                         generation,
                         "Stopped",
-                        &failures,
+                        &known(&failures, &ended_by_peers),
                         "",
                         table.world_size,
                     )
@@ -446,6 +459,7 @@ pub async fn run_agent(
                 board.direct(Directive::Abort);
                 ranks.stop(config.stop_grace).await;
                 failed_at.get_or_insert_with(Instant::now);
+                ended_by_peers.extend(recorded_failure(&run, generation).await);
                 generation = newer;
             }
             GenerationEnd::Failed { kind, reason } => {
@@ -456,7 +470,7 @@ pub async fn run_agent(
                     .map_or(0, |d| d.as_millis() as u64);
                 // Bump first, so peers stop their ranks while this agent stops its own.
                 let won = run
-                    .bump_generation(generation, &reason)
+                    .bump_generation(generation, &format!("{kind}: {reason}"))
                     .await
                     .unwrap_or(false);
                 // One failure per ended generation: the bump's winner records it. A loser saw a
@@ -475,6 +489,7 @@ pub async fn run_agent(
                         generation,
                         "a peer ended this generation first; its failure is the one recorded"
                     );
+                    ended_by_peers.extend(recorded_failure(&run, generation).await);
                 }
                 board.direct(Directive::Abort);
                 ranks.stop(config.stop_grace).await;
@@ -484,7 +499,7 @@ pub async fn run_agent(
                         &board,
                         generation,
                         "Restarting",
-                        &failures,
+                        &known(&failures, &ended_by_peers),
                         &reason,
                         table.world_size,
                     )
@@ -555,6 +570,7 @@ async fn watch_generation(
     shutdown: &CancellationToken,
     failed_at: &mut Option<Instant>,
     failures: &mut [Failure],
+    ended_by_peers: &[Failure],
 ) -> GenerationEnd {
     let generation = table.generation;
     let timeout = Duration::from_secs(u64::from(
@@ -642,7 +658,7 @@ async fn watch_generation(
                 }
                 if first_rank == 0 && last_publish.elapsed() > Duration::from_secs(1) {
                     last_publish = Instant::now();
-                    publish(run, board, generation, "Running", failures, "", table.world_size).await;
+                    publish(run, board, generation, "Running", &known(failures, ended_by_peers), "", table.world_size).await;
                 }
             }
             node = next_departure(&mut departures) => {
@@ -750,6 +766,38 @@ async fn publish_checkpoint(run: &RunStore, checkpoint: &CheckpointRef) {
     }
 }
 
+/// The failure recorded with the end of `generation` (by whichever agent's bump ended it),
+/// as `kind: reason`.
+async fn recorded_failure(run: &RunStore, generation: u64) -> Option<Failure> {
+    let recorded = run.end_reason(generation).await.ok().flatten()?;
+    let (kind, reason) = recorded
+        .split_once(": ")
+        .filter(|(kind, _)| crate::metrics::REASONS.contains(kind))
+        .unwrap_or(("failure", recorded.as_str()));
+    Some(Failure {
+        generation,
+        kind: kind.to_string(),
+        reason: reason.to_string(),
+        detected_unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        recovery_seconds: None,
+    })
+}
+
+/// This agent's failures and those its peers ended generations with, one per generation (its
+/// own first), oldest first.
+fn known(own: &[Failure], ended_by_peers: &[Failure]) -> Vec<Failure> {
+    let mut all: Vec<Failure> = own.to_vec();
+    for f in ended_by_peers {
+        if !all.iter().any(|o| o.generation == f.generation) {
+            all.push(f.clone());
+        }
+    }
+    all.sort_by_key(|f| f.generation);
+    all
+}
+
 /// Publishes the run's progress as this agent sees it (logged, not fatal, when the store is
 /// away).
 async fn publish(
@@ -805,6 +853,48 @@ pub fn loopback() -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_generation_a_peer_ended_is_explained_with_its_recorded_failure() {
+        let run = RunStore::new(
+            Arc::new(tessera_store::EmbeddedStore::new()),
+            RunKeys::new("test", "run"),
+        );
+        let first = run.current_generation().await.unwrap();
+        let hang = "hang: rank 2 sent no heartbeat for 10 s";
+        assert!(run.bump_generation(first, hang).await.unwrap());
+        let odd = "something else entirely";
+        assert!(run.bump_generation(first + 1, odd).await.unwrap());
+        let peer = recorded_failure(&run, first).await.unwrap();
+        assert_eq!((peer.kind.as_str(), peer.generation), ("hang", first));
+        assert_eq!(peer.reason, "rank 2 sent no heartbeat for 10 s");
+        // A record without a known kind keeps its whole text.
+        let other = recorded_failure(&run, first + 1).await.unwrap();
+        assert_eq!(
+            (other.kind.as_str(), other.reason.as_str()),
+            ("failure", odd)
+        );
+        assert!(
+            recorded_failure(&run, first + 2).await.is_none(),
+            "the current generation has not ended"
+        );
+
+        // Published: this agent's own failures first, a peer's only for other generations.
+        let own = Failure {
+            generation: first + 1,
+            kind: "rank-exit".into(),
+            reason: "rank 0 exited with code 1".into(),
+            detected_unix_ms: 0,
+            recovery_seconds: Some(1.5),
+        };
+        let known = known(std::slice::from_ref(&own), &[other, peer]);
+        assert_eq!(known.len(), 2);
+        assert_eq!(
+            (known[0].generation, known[0].kind.as_str()),
+            (first, "hang")
+        );
+        assert_eq!(known[1], own);
+    }
 
     #[test]
     fn backoff_doubles_and_is_capped() {
