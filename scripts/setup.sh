@@ -5,8 +5,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Every package named: --no-install-recommends skips what a package only recommends (a
+# fresh machine once lacked libprotobuf-dev, which protobuf-compiler merely recommends).
 packages=(
-  protobuf-compiler   # protoc, for the agent's gRPC protocol (api/proto)
+  protobuf-compiler   # protoc, for the agent's and the store's gRPC protocols and etcd-client's
+  libprotobuf-dev     # protobuf's well-known .proto files (google/protobuf/descriptor.proto)
+                      # that etcd-client's protocol imports
+  gcc                 # the linker driver rustc uses, and the C compiler of -sys crates
+  libc6-dev           # the C library's headers and start files for linking
+  ca-certificates     # TLS to the package registries
   prometheus          # prometheus and promtool, for the chart's alert and dashboard tests
   python3-venv        # the virtual environment holding the Helm SDK (below)
 )

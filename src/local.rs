@@ -119,25 +119,6 @@ pub async fn run_local(args: LocalRun) -> Result<LocalSummary> {
     // Relative paths in the manifest are taken from the current directory, as
     // `tessera-trainer` takes them from its --base-dir (default: here).
     let base_dir = std::env::current_dir()?;
-    // Data that is not there fails every rank the same way: refuse before anything starts.
-    let mut data = vec![("spec.data.train", run.spec.data.train.clone())];
-    data.extend(
-        run.spec
-            .data
-            .validation
-            .clone()
-            .map(|v| ("spec.data.validation", v)),
-    );
-    for (field, spec) in data {
-        let resolved = tessera_trainer::run::resolve_path(&base_dir, &spec);
-        tessera_trainer::data::loader::resolve_shard_spec(&resolved.to_string_lossy())
-            .with_context(|| {
-                format!(
-                    "{field}: {spec} (from {}) has no shards; prepare them with `tessera data prepare`",
-                    base_dir.display()
-                )
-            })?;
-    }
     let out = absolute(
         &args
             .out
@@ -153,6 +134,42 @@ pub async fn run_local(args: LocalRun) -> Result<LocalSummary> {
         out.join("checkpoints")
     };
     overrides.push(format!("checkpoint.path={}", checkpoint_root.display()));
+    // Data that is not there fails every rank the same way: refuse before anything starts.
+    // Text is tokenized here, once, into the cache beside the checkpoints; the ranks find it.
+    let data =
+        tessera_trainer::data::cache::resolve_run_data(&run.spec.data, &base_dir, &checkpoint_root)
+            .with_context(|| {
+                format!(
+                    "{}: spec.data names no usable data (paths are taken from {})",
+                    args.file.display(),
+                    base_dir.display()
+                )
+            })?;
+    for entry in &data.tokenized {
+        let r = &entry.record;
+        let what = if entry.reused { "cached" } else { "tokenized" };
+        let files = match r.inputs.len() {
+            1 => "1 file".to_string(),
+            n => format!("{n} files"),
+        };
+        eprintln!(
+            "data: {files} {what} with {}: {} training + {} validation tokens in {}",
+            r.tokenizer.name(),
+            r.train_tokens,
+            r.val_tokens,
+            entry.dir.display()
+        );
+    }
+    for (field, spec) in [
+        ("spec.data.train", Some(&data.train)),
+        ("spec.data.validation", data.validation.as_ref()),
+    ] {
+        if let Some(spec) = spec {
+            tessera_trainer::data::loader::resolve_shard_spec(spec).with_context(|| {
+                format!("{field}: {spec} has no shards; prepare them with `tessera data prepare`, or name text files")
+            })?;
+        }
+    }
     let nodes = run.spec.parallelism.nodes;
     let slots = run.spec.parallelism.gpus_per_node;
 

@@ -38,7 +38,11 @@ fn crd_prints_the_checked_in_definition() {
 
 #[test]
 fn the_examples_are_valid() {
-    for example in ["examples/tiny.yaml", "examples/gpt2-124m.yaml"] {
+    for example in [
+        "examples/tiny.yaml",
+        "examples/gpt2-124m.yaml",
+        "examples/local.yaml",
+    ] {
         let out = tessera(&["validate", example]);
         assert!(out.status.success(), "{example}: {}", text(&out.stderr));
         assert!(text(&out.stdout).contains("is valid"));

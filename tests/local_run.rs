@@ -108,6 +108,49 @@ fn a_killed_trainer_costs_one_restart_and_the_weights_are_unchanged() {
     );
 }
 
+/// The manifest names raw text; `tessera run` tokenizes it into the cache beside the
+/// checkpoints and holds out a validation split.
+const TEXT_MANIFEST: &str = r#"
+apiVersion: tessera.dev/v1alpha1
+kind: TrainingRun
+metadata:
+  name: local-text
+spec:
+  model: {preset: tiny}
+  data: {train: corpus.txt, validationFraction: 0.1, tokenizer: bytes}
+  optimizer: {lr: 0.003, warmupSteps: 2, globalBatchTokens: 512, microBatch: 2}
+  training: {steps: 6, seed: 7, evalInterval: 3, evalBatches: 2}
+  parallelism: {nodes: 2, gpusPerNode: 1}
+  checkpoint: {path: checkpoints, everySteps: 3, keep: 2}
+  faultTolerance: {backoffSeconds: 0, heartbeatTimeoutSeconds: 30, maxRestarts: 1}
+"#;
+
+#[test]
+fn text_in_the_manifest_is_tokenized_once_into_the_cache() {
+    let dir = common::run_dir(TEXT_MANIFEST);
+    let (first, log) = summary_of(tessera_run(dir.path(), "text").output().unwrap());
+    assert_eq!(first["phase"], "Succeeded", "{log}");
+    assert_eq!(first["steps"], 6, "{log}");
+    assert!(first["finalValLoss"].is_number(), "{first}");
+    assert!(log.contains("data: 1 file tokenized with bytes"), "{log}");
+    let entries: Vec<_> = std::fs::read_dir(dir.path().join("text/checkpoints/tokens"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 1, "one cache entry: {entries:?}");
+    let record: Json =
+        serde_json::from_slice(&std::fs::read(entries[0].join("cache.json")).unwrap()).unwrap();
+    assert_eq!(record["trainTokens"], 180_000, "{record}");
+    assert_eq!(record["valTokens"], 20_000, "{record}");
+
+    // The second start of the same run finds the entry: nothing is tokenized again.
+    let (second, log) = summary_of(tessera_run(dir.path(), "text").output().unwrap());
+    assert_eq!(second["phase"], "Succeeded", "{log}");
+    assert!(log.contains("data: 1 file cached"), "{log}");
+    assert!(!log.contains("tokenized with"), "{log}");
+    assert_eq!(second["weightsSha256"], first["weightsSha256"]);
+}
+
 #[test]
 fn invalid_manifests_are_refused_before_anything_starts() {
     let dir = tempfile::tempdir().unwrap();

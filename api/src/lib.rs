@@ -8,6 +8,7 @@
 //! - [`checkpoint`]: the checkpoint manifest and directory layout;
 //! - [`store_keys`]: the coordination-store key layout, and [`progress`]: the progress report
 //!   agents publish there;
+//! - [`token_cache`]: the record of text tokenized into the cache beside the checkpoints;
 //! - [`metrics`]: every exported metric name.
 #![forbid(unsafe_code)]
 
@@ -22,6 +23,7 @@ pub mod report;
 pub mod spec;
 pub mod status;
 pub mod store_keys;
+pub mod token_cache;
 pub mod validate;
 
 pub use manifest::{ManifestError, parse_training_run};

@@ -215,13 +215,21 @@ impl ModelSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DataSpec {
-    /// Training token shards: a shard file, a directory of `*.bin` shards, or a glob.
+    /// The training data: token shards (a shard file, a directory of `*.bin` shards, or a glob
+    /// such as `data/train-*.bin`), or text (a UTF-8 file, a directory of text files walked
+    /// recursively, or a glob), which the run tokenizes with `tokenizer` into a cache beside
+    /// the checkpoints before its first step.
     #[schemars(length(min = 1))]
     pub train: String,
-    /// Held-out token shards for the validation loss; same forms as `train`.
+    /// Held-out data for the validation loss; same forms as `train`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation: Option<String>,
-    /// How the shards were tokenized.
+    /// For text `train` data: the fraction of every input file's tokens (its end) held out as
+    /// the validation set, in place of `validation`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 0.5))]
+    pub validation_fraction: Option<f64>,
+    /// How the shards were tokenized, or how the run tokenizes text.
     #[serde(default)]
     pub tokenizer: Tokenizer,
     /// A volume holding the shards, mounted read-only on every worker (Kubernetes only).

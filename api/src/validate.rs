@@ -171,10 +171,25 @@ pub fn cross_field_rules() -> Vec<CrossFieldRule> {
         CrossFieldRule {
             scope: &[],
             field_path: ".training.evalInterval",
-            cel: "self.training.evalInterval == 0 || has(self.data.validation)".into(),
-            message: "training.evalInterval needs data.validation: name validation shards, or \
-                      set evalInterval to 0",
-            holds: |s| s.training.eval_interval == 0 || s.data.validation.is_some(),
+            cel: "self.training.evalInterval == 0 || has(self.data.validation) || \
+                  (has(self.data.validationFraction) && self.data.validationFraction > 0.0)"
+                .into(),
+            message: "training.evalInterval needs validation data: name data.validation, hold \
+                      out part of text data with data.validationFraction, or set evalInterval \
+                      to 0",
+            holds: |s| {
+                s.training.eval_interval == 0
+                    || s.data.validation.is_some()
+                    || s.data.validation_fraction.is_some_and(|f| f > 0.0)
+            },
+        },
+        CrossFieldRule {
+            scope: &["data"],
+            field_path: ".validationFraction",
+            cel: "!has(self.validation) || !has(self.validationFraction)".into(),
+            message: "data.validationFraction holds out part of the training text as the \
+                      validation set: remove it, or remove data.validation",
+            holds: |s| s.data.validation.is_none() || s.data.validation_fraction.is_none(),
         },
         CrossFieldRule {
             scope: &["optimizer"],
@@ -299,6 +314,9 @@ fn check_bounds(spec: &TrainingRunSpec) -> Vec<Violation> {
         b.within("spec.model.vocab", v, 1, MAX_VOCAB);
     }
     b.not_empty("spec.data.train", &spec.data.train);
+    if let Some(v) = spec.data.validation_fraction {
+        b.within("spec.data.validationFraction", v, 0.0, 0.5);
+    }
     if let Some(volume) = &spec.data.volume {
         b.not_empty("spec.data.volume.claimName", &volume.claim_name);
         b.not_empty("spec.data.volume.mountPath", &volume.mount_path);

@@ -38,7 +38,10 @@ use crate::{
     },
     collective::{Collective, Solo, device::CollectiveChoice},
     config::{ConfigError, ModelConfig},
-    data::loader::{BatchLayout, EvalBatches, LoaderError, TokenStream, TrainBatches},
+    data::{
+        cache::resolve_run_data,
+        loader::{BatchLayout, EvalBatches, LoaderError, TokenStream, TrainBatches},
+    },
     hf,
     hook::{Directive, Phase, RunHook, Unsupervised},
     metrics::{MetricsError, StepReport, TrainerMetrics},
@@ -77,6 +80,8 @@ pub enum RunError {
     Model(#[from] ConfigError),
     #[error("spec.data: {0}")]
     Data(#[from] LoaderError),
+    #[error(transparent)]
+    DataCache(#[from] crate::data::cache::CacheError),
     #[error(
         "spec.model.vocab is {model}, but the data in {data} was tokenized with {data_vocab} \
          tokens; raise model.vocab to at least {data_vocab} or use data made with the model's tokenizer"
@@ -216,8 +221,11 @@ pub fn train_ranked<B: Backend>(
 
     // === model shape and data ===
     let (config, resolved) = model_config(run)?;
-    let train_stream =
-        TokenStream::open(&resolve_path(&options.base_dir, &spec.data.train).to_string_lossy())?;
+    let checkpoint_root = resolve_path(&options.base_dir, &spec.checkpoint.path);
+    // Text the manifest names is tokenized into the cache beside the checkpoints (once: a
+    // later start, and every other rank, finds the entry).
+    let data = resolve_run_data(&spec.data, &options.base_dir, &checkpoint_root)?;
+    let train_stream = TokenStream::open(&data.train)?;
     if (train_stream.vocab_size() as usize) > config.vocab {
         return Err(RunError::VocabTooSmall {
             model: config.vocab,
@@ -250,10 +258,9 @@ pub fn train_ranked<B: Backend>(
             context,
         },
     )?;
-    let eval = match &spec.data.validation {
+    let eval = match &data.validation {
         Some(val) => {
-            let stream =
-                TokenStream::open(&resolve_path(&options.base_dir, val).to_string_lossy())?;
+            let stream = TokenStream::open(val)?;
             if (stream.vocab_size() as usize) > config.vocab {
                 return Err(RunError::VocabTooSmall {
                     model: config.vocab,
@@ -293,7 +300,6 @@ pub fn train_ranked<B: Backend>(
 
     // === resume ===
     // Rank 0 picks the newest committed checkpoint that verifies; every rank loads that one.
-    let checkpoint_root = resolve_path(&options.base_dir, &spec.checkpoint.path);
     let mut chosen = Vec::new();
     let mut loaded = None;
     if rank == 0 {

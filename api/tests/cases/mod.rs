@@ -230,6 +230,21 @@ pub fn invalid_cases() -> Vec<Case> {
             Cel,
         ),
         case(
+            "validation fraction beside validation data",
+            vec![("spec.data.validationFraction", Some(json!(0.1)))],
+            "spec.data.validationFraction",
+            Cel,
+        ),
+        case(
+            "validation fraction above one half",
+            vec![
+                ("spec.data.validation", None),
+                ("spec.data.validationFraction", Some(json!(0.9))),
+            ],
+            "spec.data.validationFraction",
+            Schema,
+        ),
+        case(
             "checkpoint every zero steps",
             vec![("spec.checkpoint.everySteps", Some(json!(0)))],
             "spec.checkpoint.everySteps",

@@ -128,7 +128,11 @@ pub fn resolve_shard_spec(spec: &str) -> Result<Vec<PathBuf>, LoaderError> {
     matching_files(&dir, &pattern, spec)
 }
 
-fn matching_files(dir: &Path, pattern: &str, spec: &str) -> Result<Vec<PathBuf>, LoaderError> {
+pub(crate) fn matching_files(
+    dir: &Path,
+    pattern: &str,
+    spec: &str,
+) -> Result<Vec<PathBuf>, LoaderError> {
     let list_err = |source| LoaderError::List {
         path: dir.to_path_buf(),
         source,

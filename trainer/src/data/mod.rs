@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! text files ──prepare──▶ DIR/train-*.bin, DIR/val-*.bin, DIR/dataset.json
+//!   (a manifest naming text: cache::resolve_run_data tokenizes it into CHECKPOINTS/tokens/KEY)
 //!                              │
 //!                  TokenStream::open("DIR/train-*.bin")   (shards concatenated)
 //!                              │
@@ -11,6 +12,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod loader;
 pub mod prepare;
 pub mod shard;

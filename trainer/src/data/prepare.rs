@@ -215,7 +215,7 @@ pub fn read_dataset_description(dir: &Path) -> Option<DatasetDescription> {
 }
 
 /// Every input file, directories expanded recursively, each argument's files sorted by path.
-fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, PrepareError> {
+pub(crate) fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, PrepareError> {
     if inputs.is_empty() {
         return Err(PrepareError::NoInputs);
     }
