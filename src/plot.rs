@@ -1,23 +1,29 @@
 //! The loss-curve picture of a run: from a [`History`] and a title, an SVG document and a PNG
-//! image with the same layout — axes with round tick values (steps on x, loss on y), the
-//! training loss as a line, the validation loss as points joined by a line in another colour,
-//! a dashed vertical marker at each restart labelled `restart (gen N)`, and a legend.
+//! image with the same layout — axes with tick values (steps on x, loss on y), the training
+//! loss as a line, the validation loss as points joined by a line in another colour, a dashed
+//! vertical marker at each restart labelled `restart (gen N)`, and a legend.
 //!
 //! ```text
-//! History ─▶ scene (shapes in pixel coordinates, laid out once) ─┬▶ svg()  text
-//!                                                                └▶ png()  raster::render ─▶ png crate
+//! History ─▶ draw() on a plotters backend ─┬▶ SVGBackend     ─▶ svg()  text
+//!                                          └▶ BitMapBackend  ─▶ png()  png crate (RGB)
 //! ```
 //!
-//! The PNG is rasterized here ([`raster`]: Wu lines, a built-in 5×7 bitmap [`font`]) and
-//! encoded with the `png` crate; nothing depends on system fonts or libraries.
-
-pub mod font;
-pub mod raster;
+//! The drawing is plotters'. Its text is laid out and rasterized by ab_glyph from a font
+//! compiled into the binary (Noto Sans Regular, from the `ttf-noto-sans` crate), so nothing
+//! depends on system fonts or libraries; the SVG names the family `sans-serif`.
 
 use std::{
-    fmt::Write as _,
     io,
+    ops::Range,
     path::{Path, PathBuf},
+    sync::OnceLock,
+};
+
+use plotters::{
+    coord::Shift,
+    element::{DashedPathElement, MultiLineText},
+    prelude::*,
+    style::{FontStyle, register_font},
 };
 
 use crate::history::History;
@@ -31,112 +37,45 @@ pub const SVG_FILE: &str = "loss.svg";
 pub const PNG_FILE: &str = "loss.png";
 
 /// The training loss colour (blue).
-pub const TRAIN_COLOR: Rgb = Rgb(0x1f, 0x77, 0xb4);
+pub const TRAIN_COLOR: RGBColor = RGBColor(0x1f, 0x77, 0xb4);
 /// The validation loss colour (orange).
-pub const VAL_COLOR: Rgb = Rgb(0xff, 0x7f, 0x0e);
+pub const VAL_COLOR: RGBColor = RGBColor(0xff, 0x7f, 0x0e);
 /// The restart marker colour (red).
-pub const RESTART_COLOR: Rgb = Rgb(0xd6, 0x27, 0x28);
-const BACKGROUND: Rgb = Rgb(0xff, 0xff, 0xff);
-const INK: Rgb = Rgb(0x22, 0x22, 0x22);
-const GRID: Rgb = Rgb(0xe4, 0xe4, 0xe4);
+pub const RESTART_COLOR: RGBColor = RGBColor(0xd6, 0x27, 0x28);
+/// Text and axes.
+const INK: RGBColor = RGBColor(0x22, 0x22, 0x22);
+const GRID: RGBColor = RGBColor(0xe4, 0xe4, 0xe4);
 
-/// Text scale: every glyph cell is this many pixels square.
-const TEXT_SCALE: u32 = 2;
+/// The family every text uses; the embedded font is registered under it.
+const FONT: &str = "sans-serif";
 /// Losses beyond this magnitude are treated as absent (they would ruin the axis).
 const MAX_LOSS: f64 = 1e30;
-
-/// The plot area.
-const LEFT: f64 = 90.0;
-const RIGHT: f64 = WIDTH as f64 - 30.0;
-const TOP: f64 = 64.0;
-const BOTTOM: f64 = HEIGHT as f64 - 62.0;
-
-/// An sRGB colour.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Rgb(pub u8, pub u8, pub u8);
-
-impl Rgb {
-    fn hex(self) -> String {
-        format!("#{:02x}{:02x}{:02x}", self.0, self.1, self.2)
-    }
-}
-
-/// Where a text's `x` is: its start, middle or end.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Anchor {
-    Start,
-    Middle,
-    End,
-}
-
-/// A shape in pixel coordinates (SVG user units).
-#[derive(Clone, Debug)]
-pub enum Shape {
-    Line {
-        from: (f64, f64),
-        to: (f64, f64),
-        width: f64,
-        /// (dash, gap) lengths.
-        dash: Option<(f64, f64)>,
-    },
-    Polyline {
-        points: Vec<(f64, f64)>,
-        width: f64,
-    },
-    Circle {
-        center: (f64, f64),
-        radius: f64,
-    },
-    Rect {
-        x: f64,
-        y: f64,
-        w: f64,
-        h: f64,
-        /// Filled with the item's colour.
-        fill: bool,
-        stroke: Option<Rgb>,
-    },
-    /// Bitmap-font text with its baseline at `at.1`.
-    Text {
-        at: (f64, f64),
-        text: String,
-        anchor: Anchor,
-        scale: u32,
-    },
-}
-
-/// A shape, its colour, and its role (the SVG `class`).
-#[derive(Clone, Debug)]
-pub struct Item {
-    pub shape: Shape,
-    pub color: Rgb,
-    pub class: &'static str,
-}
-
-/// The laid-out picture both renderers draw.
-#[derive(Clone, Debug)]
-pub struct Scene {
-    pub width: u32,
-    pub height: u32,
-    pub background: Rgb,
-    pub items: Vec<Item>,
-}
+/// The legend's text size, inner margin and sample width, in pixels (plotters' layout).
+const LEGEND_TEXT: f64 = 16.0;
+const LEGEND_MARGIN: i32 = 10;
+const LEGEND_SAMPLE: i32 = 36;
 
 /// The loss curve as an SVG document.
-pub fn svg(history: &History, title: &str) -> String {
-    to_svg(&scene(history, title))
+pub fn svg(history: &History, title: &str) -> io::Result<String> {
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, (WIDTH, HEIGHT)).into_drawing_area();
+        draw(&root, history, title).map_err(drawing_error)?;
+        root.present().map_err(drawing_error)?;
+    }
+    Ok(out)
 }
 
-/// The loss curve as a PNG image (RGB, [`WIDTH`]×[`HEIGHT`]).
-pub fn png(history: &History, title: &str) -> Result<Vec<u8>, png::EncodingError> {
-    let canvas = raster::render(&scene(history, title));
+/// The loss curve as a PNG image (8-bit RGB, [`WIDTH`]×[`HEIGHT`]).
+pub fn png(history: &History, title: &str) -> io::Result<Vec<u8>> {
+    let (rgb, _) = rgb(history, title)?;
     let mut out = Vec::new();
-    let mut encoder = png::Encoder::new(&mut out, canvas.width, canvas.height);
+    let mut encoder = png::Encoder::new(&mut out, WIDTH, HEIGHT);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
-    let mut writer = encoder.write_header()?;
-    writer.write_image_data(&canvas.pixels)?;
-    writer.finish()?;
+    let mut writer = encoder.write_header().map_err(io::Error::other)?;
+    writer.write_image_data(&rgb).map_err(io::Error::other)?;
+    writer.finish().map_err(io::Error::other)?;
     Ok(out)
 }
 
@@ -144,515 +83,236 @@ pub fn png(history: &History, title: &str) -> Result<Vec<u8>, png::EncodingError
 pub fn write_files(history: &History, title: &str, dir: &Path) -> io::Result<(PathBuf, PathBuf)> {
     let svg_path = dir.join(SVG_FILE);
     let png_path = dir.join(PNG_FILE);
-    std::fs::write(&svg_path, svg(history, title))?;
-    std::fs::write(&png_path, png(history, title).map_err(io::Error::other)?)?;
+    std::fs::write(&svg_path, svg(history, title)?)?;
+    std::fs::write(&png_path, png(history, title)?)?;
     Ok((svg_path, png_path))
 }
 
-/// An axis: its data range and tick values.
-#[derive(Clone, Debug, PartialEq)]
-struct Axis {
-    lo: f64,
-    hi: f64,
-    ticks: Vec<f64>,
-    /// Decimals the tick labels need.
-    decimals: usize,
-}
-
-impl Axis {
-    /// Round ticks (1, 2 or 5 × 10^k apart, about `target` of them) covering `[lo, hi]`;
-    /// `min_step` bounds the spacing from below (1 for steps).
-    fn nice(lo: f64, hi: f64, target: f64, min_step: f64) -> Axis {
-        let (mut lo, mut hi) = if lo.is_finite() && hi.is_finite() && lo <= hi {
-            (lo, hi)
-        } else {
-            (0.0, 1.0)
-        };
-        if hi - lo <= 1e-9 * hi.abs().max(lo.abs()).max(1.0) {
-            let pad = (lo.abs() * 0.1).max(0.5);
-            lo -= pad;
-            hi += pad;
-        }
-        let raw = ((hi - lo) / target).max(min_step);
-        let magnitude = 10f64.powf(raw.log10().floor());
-        let step = [1.0, 2.0, 5.0, 10.0]
-            .into_iter()
-            .map(|m| m * magnitude)
-            .find(|s| *s >= raw * (1.0 - 1e-9))
-            .unwrap_or(10.0 * magnitude)
-            .max(min_step);
-        let first = (lo / step).floor();
-        let last = (hi / step).ceil();
-        let count = ((last - first) as usize).clamp(1, 60);
-        let decimals = if step >= 1.0 {
-            0
-        } else {
-            ((-step.log10().floor()) as usize).min(12)
-        };
-        // Snap to the label precision, so that 12 × 0.2 is 2.4 and not 2.4000000000000004.
-        let scale = 10f64.powi(decimals as i32);
-        let ticks: Vec<f64> = (0..=count)
-            .map(|i| {
-                let t = (first + i as f64) * step;
-                let snapped = (t * scale).round() / scale;
-                if snapped.is_finite() { snapped } else { t }
-            })
-            .collect();
-        Axis {
-            lo: ticks[0],
-            hi: ticks[ticks.len() - 1],
-            ticks,
-            decimals,
-        }
-    }
-
-    /// The position of `v` between `from` (at lo) and `to` (at hi).
-    fn map(&self, v: f64, from: f64, to: f64) -> f64 {
-        let t = (v - self.lo) / (self.hi - self.lo);
-        let p = from + t * (to - from);
-        if p.is_finite() { p } else { from }
-    }
-
-    fn label(&self, v: f64) -> String {
-        let text = format!("{v:.*}", self.decimals);
-        // "-0.0" reads badly on an axis.
-        if text.starts_with('-') && text[1..].chars().all(|c| c == '0' || c == '.') {
-            text[1..].to_string()
-        } else {
-            text
-        }
-    }
-}
-
-fn text(
-    at: (f64, f64),
-    s: impl Into<String>,
-    anchor: Anchor,
-    color: Rgb,
-    class: &'static str,
-) -> Item {
-    Item {
-        shape: Shape::Text {
-            at,
-            text: s.into(),
-            anchor,
-            scale: TEXT_SCALE,
-        },
-        color,
-        class,
-    }
-}
-
-fn line(from: (f64, f64), to: (f64, f64), width: f64, color: Rgb, class: &'static str) -> Item {
-    Item {
-        shape: Shape::Line {
-            from,
-            to,
-            width,
-            dash: None,
-        },
-        color,
-        class,
-    }
-}
-
-/// Height of a line of text, in pixels.
-const LINE_HEIGHT: f64 = ((font::GLYPH_HEIGHT + 2) * TEXT_SCALE) as f64;
-
-/// Lays the picture out.
-pub fn scene(history: &History, title: &str) -> Scene {
-    let usable = |v: f64| v.is_finite() && v.abs() < MAX_LOSS;
-    let train: Vec<(f64, f64)> = history
-        .points
-        .iter()
-        .filter(|p| usable(p.loss))
-        .map(|p| (p.step as f64, p.loss))
-        .collect();
-    let val: Vec<(f64, f64)> = history
-        .points
-        .iter()
-        .filter_map(|p| {
-            p.val_loss
-                .filter(|v| usable(*v))
-                .map(|v| (p.step as f64, v))
-        })
-        .collect();
-
-    let max_step = train
-        .iter()
-        .chain(&val)
-        .map(|p| p.0)
-        .chain(history.restarts.iter().map(|r| r.step as f64))
-        .fold(1.0f64, f64::max);
-    let x = Axis::nice(0.0, max_step, 8.0, 1.0);
-    let (lo, hi) = train
-        .iter()
-        .chain(&val)
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
-            (lo.min(p.1), hi.max(p.1))
-        });
-    let y = if lo <= hi {
-        Axis::nice(lo, hi, 6.0, 0.0)
-    } else {
-        Axis::nice(0.0, 1.0, 6.0, 0.0)
+/// The picture as RGB bytes, row by row, and where its plot area is.
+fn rgb(history: &History, title: &str) -> io::Result<(Vec<u8>, PlotArea)> {
+    let mut rgb = vec![0; (WIDTH * HEIGHT * 3) as usize];
+    let area = {
+        let root = BitMapBackend::with_buffer(&mut rgb, (WIDTH, HEIGHT)).into_drawing_area();
+        let area = draw(&root, history, title).map_err(drawing_error)?;
+        root.present().map_err(drawing_error)?;
+        area
     };
-    let px = |step: f64| x.map(step, LEFT, RIGHT);
-    let py = |loss: f64| y.map(loss, BOTTOM, TOP);
+    Ok((rgb, area))
+}
 
-    let mut items = Vec::new();
-    // Frame, grid and tick labels.
-    items.push(Item {
-        shape: Shape::Rect {
-            x: LEFT,
-            y: TOP,
-            w: RIGHT - LEFT,
-            h: BOTTOM - TOP,
-            fill: true,
-            stroke: None,
-        },
-        color: BACKGROUND,
-        class: "frame",
-    });
-    let crisp = |v: f64| v.round() + 0.5;
-    for &t in &x.ticks {
-        let gx = crisp(px(t));
-        items.push(line((gx, TOP), (gx, BOTTOM), 1.0, GRID, "grid"));
-        items.push(line((gx, BOTTOM), (gx, BOTTOM + 5.0), 1.0, INK, "tick"));
-        items.push(text(
-            (gx, BOTTOM + 8.0 + LINE_HEIGHT - 4.0),
-            x.label(t),
-            Anchor::Middle,
-            INK,
-            "tick-label",
-        ));
-    }
-    for &t in &y.ticks {
-        let gy = crisp(py(t));
-        items.push(line((LEFT, gy), (RIGHT, gy), 1.0, GRID, "grid"));
-        items.push(line((LEFT - 5.0, gy), (LEFT, gy), 1.0, INK, "tick"));
-        items.push(text(
-            (
-                LEFT - 9.0,
-                gy + f64::from(font::GLYPH_HEIGHT * TEXT_SCALE) / 2.0,
-            ),
-            y.label(t),
-            Anchor::End,
-            INK,
-            "tick-label",
-        ));
-    }
-    let (l, r, t, b) = (crisp(LEFT), crisp(RIGHT), crisp(TOP), crisp(BOTTOM));
-    items.push(line((l, b), (r, b), 1.0, INK, "axis"));
-    items.push(line((l, t), (l, b), 1.0, INK, "axis"));
-    items.push(line((r, t), (r, b), 1.0, GRID, "axis"));
-    items.push(line((l, t), (r, t), 1.0, GRID, "axis"));
+fn drawing_error(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(format!("drawing the loss curve: {e}"))
+}
 
-    // The curves.
-    items.push(Item {
-        shape: Shape::Polyline {
-            points: train.iter().map(|&(s, v)| (px(s), py(v))).collect(),
-            width: 2.0,
-        },
-        color: TRAIN_COLOR,
-        class: "train",
-    });
-    if let [(s, v)] = train[..] {
-        items.push(Item {
-            shape: Shape::Circle {
-                center: (px(s), py(v)),
-                radius: 3.0,
-            },
-            color: TRAIN_COLOR,
-            class: "train-point",
-        });
+/// Registers the embedded font under [`FONT`], once per process.
+fn font_loaded() -> bool {
+    static LOADED: OnceLock<bool> = OnceLock::new();
+    *LOADED.get_or_init(|| register_font(FONT, FontStyle::Normal, ttf_noto_sans::REGULAR).is_ok())
+}
+
+/// What the picture shows, in data coordinates.
+struct Curves {
+    train: Vec<(u64, f64)>,
+    val: Vec<(u64, f64)>,
+    steps: Range<u64>,
+    loss: Range<f64>,
+}
+
+impl Curves {
+    fn of(history: &History) -> Curves {
+        let usable = |v: f64| v.is_finite() && v.abs() < MAX_LOSS;
+        let train: Vec<(u64, f64)> = history
+            .points
+            .iter()
+            .filter(|p| usable(p.loss))
+            .map(|p| (p.step, p.loss))
+            .collect();
+        let val: Vec<(u64, f64)> = history
+            .points
+            .iter()
+            .filter_map(|p| p.val_loss.filter(|v| usable(*v)).map(|v| (p.step, v)))
+            .collect();
+        let last = train
+            .iter()
+            .chain(&val)
+            .map(|p| p.0)
+            .chain(history.restarts.iter().map(|r| r.step))
+            .fold(1, u64::max);
+        let (lo, hi) = train
+            .iter()
+            .chain(&val)
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
+                (lo.min(p.1), hi.max(p.1))
+            });
+        let (lo, hi) = if lo <= hi { (lo, hi) } else { (0.0, 1.0) };
+        // A little room above and below; a flat curve gets a band around it.
+        let pad = if hi - lo > 1e-9 * hi.abs().max(1.0) {
+            (hi - lo) * 0.05
+        } else {
+            lo.abs().max(1.0) * 0.1
+        };
+        Curves {
+            train,
+            val,
+            steps: 0..last,
+            loss: lo - pad..hi + pad,
+        }
     }
-    if !val.is_empty() {
-        items.push(Item {
-            shape: Shape::Polyline {
-                points: val.iter().map(|&(s, v)| (px(s), py(v))).collect(),
-                width: 1.5,
-            },
-            color: VAL_COLOR,
-            class: "val",
+}
+
+/// `s` without the characters XML 1.0 forbids (the SVG must stay well formed).
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect()
+}
+
+/// The pixels of the plot area (inside the axes), as plotters laid it out; the tests find
+/// the curves and markers in the picture by it.
+#[derive(Clone, Debug)]
+#[cfg_attr(not(test), allow(dead_code))]
+struct PlotArea {
+    x: Range<i32>,
+    y: Range<i32>,
+}
+
+/// Draws the picture on any plotters backend.
+fn draw<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    history: &History,
+    title: &str,
+) -> Result<PlotArea, DrawingAreaErrorKind<DB::ErrorType>> {
+    if !font_loaded() {
+        return Err(DrawingAreaErrorKind::LayoutError);
+    }
+    let curves = Curves::of(history);
+    let text = |size: f64| (FONT, size).into_font().color(&INK);
+
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(root)
+        .caption(printable(title), text(26.0))
+        .margin(14)
+        .margin_right(30)
+        .x_label_area_size(50)
+        .y_label_area_size(68)
+        .build_cartesian_2d(curves.steps.clone(), curves.loss.clone())?;
+    chart
+        .configure_mesh()
+        .bold_line_style(GRID)
+        .light_line_style(TRANSPARENT)
+        .axis_style(INK)
+        .x_labels(9)
+        .y_labels(7)
+        .label_style(text(16.0))
+        .axis_desc_style(text(18.0))
+        .x_desc("step")
+        .y_desc("loss")
+        .draw()?;
+
+    chart
+        .draw_series(LineSeries::new(
+            curves.train.iter().copied(),
+            TRAIN_COLOR.stroke_width(2),
+        ))?
+        .label("train loss")
+        .legend(|(x, y)| {
+            PathElement::new(
+                [(x, y), (x + LEGEND_SAMPLE - 8, y)],
+                TRAIN_COLOR.stroke_width(2),
+            )
         });
-        for &(s, v) in &val {
-            items.push(Item {
-                shape: Shape::Circle {
-                    center: (px(s), py(v)),
-                    radius: 4.0,
-                },
-                color: VAL_COLOR,
-                class: "val-point",
+    if let [point] = curves.train[..] {
+        // A line through one point draws nothing.
+        chart.draw_series([Circle::new(point, 3, TRAIN_COLOR.filled())])?;
+    }
+    if !curves.val.is_empty() {
+        chart
+            .draw_series(LineSeries::new(curves.val.iter().copied(), &VAL_COLOR))?
+            .label("validation loss")
+            .legend(|(x, y)| {
+                let half = (LEGEND_SAMPLE - 8) / 2;
+                EmptyElement::at((x + half, y))
+                    + PathElement::new([(-half, 0), (half, 0)], VAL_COLOR)
+                    + Circle::new((0, 0), 4, VAL_COLOR.filled())
+            });
+        chart.draw_series(
+            curves
+                .val
+                .iter()
+                .map(|&p| Circle::new(p, 4, VAL_COLOR.filled())),
+        )?;
+    }
+
+    // Restart markers: a dashed line over the whole height at the step resumed from.
+    let restart_style = RESTART_COLOR.stroke_width(2);
+    let top = curves.loss.end;
+    for (i, restart) in history.restarts.iter().enumerate() {
+        let x = restart.step;
+        let marker =
+            DashedPathElement::new([(x, curves.loss.start), (x, top)], 6, 4, restart_style);
+        let drawn = chart.draw_series([marker])?;
+        if i == 0 {
+            drawn.label("restart").legend(move |(x, y)| {
+                let mid = x + (LEGEND_SAMPLE - 8) / 2;
+                DashedPathElement::new([(mid, y - 8), (mid, y + 8)], 4, 3, restart_style)
             });
         }
     }
 
-    // The legend, top right inside the plot area.
-    let mut entries: Vec<(&str, Rgb, &str)> = vec![("train loss", TRAIN_COLOR, "train")];
-    if !val.is_empty() {
-        entries.push(("validation loss", VAL_COLOR, "val"));
+    // The legend goes top right inside the plot area; restart labels go by the top of their
+    // marker, stacked three deep so neighbours do not overwrite each other, and below the
+    // legend where they would cross it.
+    let mut legend_lines = vec!["train loss"];
+    if !curves.val.is_empty() {
+        legend_lines.push("validation loss");
     }
     if !history.restarts.is_empty() {
-        entries.push(("restart", RESTART_COLOR, "restart"));
+        legend_lines.push("restart");
     }
-    let widest = entries
-        .iter()
-        .map(|e| raster::text_width(e.0, TEXT_SCALE))
-        .max()
-        .unwrap_or(0);
-    let legend_w = 12.0 + 28.0 + 8.0 + f64::from(widest) + 12.0;
-    let legend_h = 8.0 + LINE_HEIGHT * entries.len() as f64 + 4.0;
-    let legend = (RIGHT - 10.0 - legend_w, TOP + 10.0);
-    items.push(Item {
-        shape: Shape::Rect {
-            x: legend.0,
-            y: legend.1,
-            w: legend_w,
-            h: legend_h,
-            fill: true,
-            stroke: Some(Rgb(0xb0, 0xb0, 0xb0)),
-        },
-        color: BACKGROUND,
-        class: "legend",
-    });
-    for (i, (label, color, kind)) in entries.iter().enumerate() {
-        let baseline = legend.1 + 8.0 + LINE_HEIGHT * (i as f64 + 1.0) - 6.0;
-        let mid = baseline - f64::from(font::GLYPH_HEIGHT * TEXT_SCALE) / 2.0;
-        let (x0, x1) = (legend.0 + 12.0, legend.0 + 40.0);
-        let sample = match *kind {
-            "restart" => Shape::Line {
-                from: ((x0 + x1) / 2.0, mid - 8.0),
-                to: ((x0 + x1) / 2.0, mid + 8.0),
-                width: 1.5,
-                dash: Some((4.0, 3.0)),
-            },
-            _ => Shape::Line {
-                from: (x0, mid),
-                to: (x1, mid),
-                width: 2.0,
-                dash: None,
-            },
-        };
-        items.push(Item {
-            shape: sample,
-            color: *color,
-            class: "legend",
-        });
-        if *kind == "val" {
-            items.push(Item {
-                shape: Shape::Circle {
-                    center: ((x0 + x1) / 2.0, mid),
-                    radius: 4.0,
-                },
-                color: *color,
-                class: "legend",
-            });
-        }
-        items.push(text(
-            (x1 + 8.0, baseline),
-            *label,
-            Anchor::Start,
-            INK,
-            "legend",
-        ));
+    let legend_font = (FONT, LEGEND_TEXT).into_font().color(&INK);
+    let mut lines = MultiLineText::<_, &str>::new((0, 0), &legend_font);
+    for line in &legend_lines {
+        lines.push_line(*line);
     }
-
-    // Restart markers, labels stacked so that neighbours do not overwrite each other.
+    let (text_w, text_h) = lines
+        .estimate_dimension()
+        .map_err(|_| DrawingAreaErrorKind::LayoutError)?;
+    let (legend_w, legend_h) = (
+        text_w + LEGEND_SAMPLE + 2 * LEGEND_MARGIN,
+        text_h + 2 * LEGEND_MARGIN,
+    );
+    let (area_x, area_y) = chart.plotting_area().get_pixel_range();
+    let legend_x = area_x.end - 5 - legend_w..area_x.end - 5;
+    let label_font = (FONT, 16).into_font().color(&RESTART_COLOR);
+    let line_h = 20;
     for (i, restart) in history.restarts.iter().enumerate() {
-        let mx = crisp(px(restart.step as f64));
-        items.push(Item {
-            shape: Shape::Line {
-                from: (mx, TOP),
-                to: (mx, BOTTOM),
-                width: 1.5,
-                dash: Some((6.0, 4.0)),
-            },
-            color: RESTART_COLOR,
-            class: "restart",
-        });
         let label = format!("restart (gen {})", restart.generation);
-        let w = f64::from(raster::text_width(&label, TEXT_SCALE));
-        let (x_at, anchor, x0, x1) = if mx + 4.0 + w <= RIGHT - 4.0 {
-            (mx + 4.0, Anchor::Start, mx + 4.0, mx + 4.0 + w)
+        let (w, _) = root.estimate_text_size(&label, &label_font)?;
+        let (mx, _) = chart.backend_coord(&(restart.step, top));
+        let left = if mx + 5 + w as i32 <= area_x.end - 4 {
+            mx + 5
         } else {
-            (mx - 4.0, Anchor::End, mx - 4.0 - w, mx - 4.0)
+            mx - 5 - w as i32
         };
-        let mut baseline = TOP + LINE_HEIGHT + 2.0 + LINE_HEIGHT * (i % 3) as f64;
-        let overlaps_legend = x1 > legend.0 && x0 < legend.0 + legend_w;
-        if overlaps_legend {
-            baseline += legend_h + 10.0;
+        let mut y = area_y.start + 6 + line_h * (i % 3) as i32;
+        if left < legend_x.end && left + w as i32 > legend_x.start {
+            y += 5 + legend_h + 6;
         }
-        items.push(text(
-            (x_at, baseline),
-            label,
-            anchor,
-            RESTART_COLOR,
-            "restart-label",
-        ));
+        root.draw(&Text::new(label, (left, y), label_font.clone()))?;
     }
-
-    // Title and axis names.
-    items.push(text(
-        (f64::from(WIDTH) / 2.0, 30.0),
-        title,
-        Anchor::Middle,
-        INK,
-        "title",
-    ));
-    items.push(text(
-        ((LEFT + RIGHT) / 2.0, f64::from(HEIGHT) - 12.0),
-        "step",
-        Anchor::Middle,
-        INK,
-        "axis-label",
-    ));
-    items.push(text(
-        (12.0, TOP - 12.0),
-        "loss",
-        Anchor::Start,
-        INK,
-        "axis-label",
-    ));
-
-    Scene {
-        width: WIDTH,
-        height: HEIGHT,
-        background: BACKGROUND,
-        items,
-    }
-}
-
-/// A coordinate for SVG: one decimal, never NaN.
-fn num(v: f64) -> String {
-    let v = if v.is_finite() { v } else { 0.0 };
-    let s = format!("{v:.1}");
-    s.strip_suffix(".0").map_or(s.clone(), str::to_string)
-}
-
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            // Characters XML 1.0 forbids.
-            c if (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r') => out.push('\u{fffd}'),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// Writes a scene as SVG.
-pub fn to_svg(scene: &Scene) -> String {
-    let mut out = String::new();
-    let (w, h) = (scene.width, scene.height);
-    let _ = writeln!(
-        out,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" font-family=\"monospace\">"
-    );
-    let _ = writeln!(
-        out,
-        "<rect width=\"{w}\" height=\"{h}\" fill=\"{}\"/>",
-        scene.background.hex()
-    );
-    for item in &scene.items {
-        let color = item.color.hex();
-        let class = item.class;
-        let _ = match &item.shape {
-            Shape::Line {
-                from,
-                to,
-                width,
-                dash,
-            } => {
-                let dash = dash.map_or(String::new(), |(d, g)| {
-                    format!(" stroke-dasharray=\"{} {}\"", num(d), num(g))
-                });
-                writeln!(
-                    out,
-                    "<line class=\"{class}\" x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"{color}\" stroke-width=\"{}\"{dash}/>",
-                    num(from.0),
-                    num(from.1),
-                    num(to.0),
-                    num(to.1),
-                    num(*width)
-                )
-            }
-            Shape::Polyline { points, width } => {
-                let points: Vec<String> = points
-                    .iter()
-                    .map(|p| format!("{},{}", num(p.0), num(p.1)))
-                    .collect();
-                writeln!(
-                    out,
-                    "<polyline class=\"{class}\" points=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"{}\" stroke-linejoin=\"round\"/>",
-                    points.join(" "),
-                    num(*width)
-                )
-            }
-            Shape::Circle { center, radius } => writeln!(
-                out,
-                "<circle class=\"{class}\" cx=\"{}\" cy=\"{}\" r=\"{}\" fill=\"{color}\"/>",
-                num(center.0),
-                num(center.1),
-                num(*radius)
-            ),
-            Shape::Rect {
-                x,
-                y,
-                w,
-                h,
-                fill,
-                stroke,
-            } => {
-                let fill = if *fill { color.clone() } else { "none".into() };
-                let stroke = stroke.map_or(String::new(), |s| {
-                    format!(" stroke=\"{}\" stroke-width=\"1\"", s.hex())
-                });
-                writeln!(
-                    out,
-                    "<rect class=\"{class}\" x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"{fill}\"{stroke}/>",
-                    num(*x),
-                    num(*y),
-                    num(*w),
-                    num(*h)
-                )
-            }
-            Shape::Text {
-                at,
-                text,
-                anchor,
-                scale,
-            } => {
-                let anchor = match anchor {
-                    Anchor::Start => "start",
-                    Anchor::Middle => "middle",
-                    Anchor::End => "end",
-                };
-                // The bitmap font's width, so that both pictures lay text out alike.
-                let length = raster::text_width(text, *scale);
-                let fit = if length > 0 {
-                    format!(" textLength=\"{length}\" lengthAdjust=\"spacingAndGlyphs\"")
-                } else {
-                    String::new()
-                };
-                writeln!(
-                    out,
-                    "<text class=\"{class}\" x=\"{}\" y=\"{}\" font-size=\"{}\" text-anchor=\"{anchor}\" fill=\"{color}\"{fit}>{}</text>",
-                    num(at.0),
-                    num(at.1),
-                    (font::GLYPH_HEIGHT + 1) * scale,
-                    escape(text)
-                )
-            }
-        };
-    }
-    out.push_str("</svg>\n");
-    out
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .margin(LEGEND_MARGIN)
+        .legend_area_size(LEGEND_SAMPLE)
+        .label_font(legend_font.clone())
+        .background_style(WHITE)
+        .border_style(RGBColor(0xb0, 0xb0, 0xb0))
+        .draw()?;
+    Ok(PlotArea {
+        x: area_x,
+        y: area_y,
+    })
 }
 
 #[cfg(test)]
@@ -691,27 +351,58 @@ mod tests {
         (info.width, info.height, buf)
     }
 
-    fn count_color(rgb: &[u8], color: Rgb) -> usize {
-        rgb.chunks_exact(3)
-            .filter(|p| p[0] == color.0 && p[1] == color.1 && p[2] == color.2)
-            .count()
+    fn is(pixel: &[u8], color: RGBColor) -> bool {
+        pixel == [color.0, color.1, color.2]
     }
 
-    /// The `points` attribute of the polyline of a class.
-    fn polyline_points(svg: &str, class: &str) -> Vec<(f64, f64)> {
-        let tag = format!("<polyline class=\"{class}\" points=\"");
-        let start = svg.find(&tag).expect("the polyline") + tag.len();
-        let end = start + svg[start..].find('"').unwrap();
-        svg[start..end]
-            .split_whitespace()
-            .map(|pair| {
-                let (x, y) = pair.split_once(',').unwrap();
-                (x.parse().unwrap(), y.parse().unwrap())
+    fn count_color(rgb: &[u8], color: RGBColor) -> usize {
+        rgb.chunks_exact(3).filter(|p| is(p, color)).count()
+    }
+
+    /// How many pixels of a colour each column holds.
+    fn columns(rgb: &[u8], color: RGBColor) -> Vec<usize> {
+        let mut count = vec![0; WIDTH as usize];
+        for (i, p) in rgb.chunks_exact(3).enumerate() {
+            if is(p, color) {
+                count[i % WIDTH as usize] += 1;
+            }
+        }
+        count
+    }
+
+    fn hex(color: RGBColor) -> String {
+        format!("#{:02X}{:02X}{:02X}", color.0, color.1, color.2)
+    }
+
+    /// The points of every polyline stroked in a colour, in document order.
+    fn polylines(svg: &str, color: RGBColor) -> Vec<Vec<(i32, i32)>> {
+        let stroke = format!("stroke=\"{}\"", hex(color));
+        svg.lines()
+            .filter(|l| l.starts_with("<polyline") && l.contains(&stroke))
+            .map(|l| {
+                let start = l.find("points=\"").expect("points") + "points=\"".len();
+                let end = start + l[start..].find('"').unwrap();
+                l[start..end]
+                    .split_whitespace()
+                    .map(|pair| {
+                        let (x, y) = pair.split_once(',').unwrap();
+                        (x.parse().unwrap(), y.parse().unwrap())
+                    })
+                    .collect()
             })
             .collect()
     }
 
-    /// A small well-formedness check: tags nest, attributes are quoted, no stray `<` or `&`.
+    /// The longest polyline of a colour: the curve (the legend's sample has two points).
+    fn curve(svg: &str, color: RGBColor) -> Vec<(i32, i32)> {
+        polylines(svg, color)
+            .into_iter()
+            .max_by_key(Vec::len)
+            .unwrap_or_default()
+    }
+
+    /// A small well-formedness check: tags nest, attributes are quoted, no stray `<` or `&`,
+    /// no character XML 1.0 forbids.
     fn assert_well_formed(svg: &str) {
         let mut stack: Vec<&str> = Vec::new();
         let mut rest = svg;
@@ -741,91 +432,82 @@ mod tests {
         assert!(svg.starts_with("<svg "));
         assert!(svg.trim_end().ends_with("</svg>"));
         assert!(!svg.contains("NaN") && !svg.contains("inf"), "{svg}");
-    }
-
-    #[test]
-    fn ticks_are_round_and_cover_the_data() {
-        let a = Axis::nice(1.83, 5.61, 6.0, 0.0);
-        assert_eq!(a.ticks, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
-        assert_eq!(a.label(2.0), "2");
-        let a = Axis::nice(1.62, 2.41, 6.0, 0.0);
-        assert_eq!(a.ticks, [1.6, 1.8, 2.0, 2.2, 2.4, 2.6]);
-        assert_eq!(a.decimals, 1);
-        assert_eq!(a.label(2.0), "2.0");
-        let steps = Axis::nice(0.0, 1200.0, 8.0, 1.0);
-        assert_eq!(steps.ticks.first(), Some(&0.0));
-        assert_eq!(steps.ticks.last(), Some(&1200.0));
-        assert_eq!(steps.ticks[1], 200.0);
-        assert_eq!(steps.label(400.0), "400");
-        // A tiny step count never gives fractional steps.
-        assert_eq!(Axis::nice(0.0, 3.0, 8.0, 1.0).ticks, [0.0, 1.0, 2.0, 3.0]);
-        // Degenerate and hostile ranges still give a usable axis.
-        for (lo, hi) in [
-            (2.0, 2.0),
-            (0.0, 0.0),
-            (f64::NAN, 1.0),
-            (3.0, 1.0),
-            (-1e29, 1e29),
-            (1.0, 1.0 + 1e-12),
-        ] {
-            let a = Axis::nice(lo, hi, 6.0, 0.0);
-            assert!(a.lo < a.hi, "{lo} {hi}: {a:?}");
-            assert!(a.ticks.len() >= 2 && a.ticks.len() <= 61, "{a:?}");
-            assert!(a.ticks.iter().all(|t| t.is_finite()));
-        }
-        assert_eq!(Axis::nice(-0.2, 0.2, 4.0, 0.0).label(-0.0), "0.0");
+        assert!(
+            !svg.chars()
+                .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r')),
+            "a control character"
+        );
     }
 
     #[test]
     fn the_png_decodes_to_the_stated_size_and_shows_the_curves() {
         let h = history(300, &[(120, 2)]);
-        let bytes = png(&h, "tiny: loss").unwrap();
-        let (w, hgt, rgb) = decode(&bytes);
+        let (w, hgt, rgb) = decode(&png(&h, "tiny: loss").unwrap());
         assert_eq!((w, hgt), (WIDTH, HEIGHT));
         assert_eq!(rgb.len(), (WIDTH * HEIGHT * 3) as usize);
+        let (drawn, area) = super::rgb(&h, "tiny: loss").unwrap();
+        assert!(drawn == rgb, "the PNG holds the drawn pixels");
         assert!(
-            count_color(&rgb, TRAIN_COLOR) > 300,
+            area.x.len() > WIDTH as usize * 3 / 4 && area.y.len() > HEIGHT as usize * 2 / 3,
+            "{area:?}"
+        );
+        assert!(
+            count_color(&rgb, TRAIN_COLOR) > 500,
             "the train line is drawn"
         );
         assert!(
-            count_color(&rgb, VAL_COLOR) > 50,
+            count_color(&rgb, VAL_COLOR) > 300,
             "the validation points are drawn"
         );
         assert!(
-            count_color(&rgb, RESTART_COLOR) > 100,
+            count_color(&rgb, RESTART_COLOR) > 200,
             "the restart marker is drawn"
         );
         assert!(count_color(&rgb, INK) > 500, "text and axes are drawn");
-        // The restart marker is a dashed vertical line at its step's x.
-        let x = restart_column(&h);
-        let column: Vec<bool> = (TOP as u32 + 60..BOTTOM as u32)
+
+        // The restart marker: a dashed vertical line 120/300 of the way along the step axis
+        // (which runs from 0 to the last step, 300), over most of the plot's height.
+        let restart = columns(&rgb, RESTART_COLOR);
+        let (x, &tallest) = restart.iter().enumerate().max_by_key(|(_, n)| **n).unwrap();
+        assert!(tallest > area.y.len() / 2, "a tall marker: {tallest}");
+        let along = (x as i32 - area.x.start) as f64 / area.x.len() as f64;
+        assert!((along - 0.4).abs() < 0.01, "marker at {x}, plot {area:?}");
+        let column: Vec<bool> = (0..HEIGHT)
             .map(|y| {
-                let i = ((y * WIDTH + x) * 3) as usize;
-                rgb[i..i + 3] == [RESTART_COLOR.0, RESTART_COLOR.1, RESTART_COLOR.2]
+                let i = ((y * WIDTH) as usize + x) * 3;
+                is(&rgb[i..i + 3], RESTART_COLOR)
             })
             .collect();
-        assert!(column.iter().filter(|&&on| on).count() > 100);
-        assert!(column.iter().any(|&on| !on), "the marker is dashed");
-    }
+        let first = column.iter().position(|&on| on).unwrap();
+        let last = column.iter().rposition(|&on| on).unwrap();
+        assert!(
+            column[first..last].iter().any(|&on| !on),
+            "the marker is dashed"
+        );
 
-    /// The pixel column of the first restart marker in the scene.
-    fn restart_column(h: &History) -> u32 {
-        scene(h, "")
-            .items
-            .iter()
-            .find_map(|i| match (&i.shape, i.class) {
-                (Shape::Line { from, .. }, "restart") => Some(from.0.floor() as u32),
-                _ => None,
-            })
-            .expect("a restart line")
+        // A falling loss: the train curve's pixels sit lower (greater y) on the right.
+        let mean_y = |cols: Range<i32>| {
+            let ys: Vec<usize> = rgb
+                .chunks_exact(3)
+                .enumerate()
+                .filter(|(i, p)| {
+                    cols.contains(&((i % WIDTH as usize) as i32)) && is(p, TRAIN_COLOR)
+                })
+                .map(|(i, _)| i / WIDTH as usize)
+                .collect();
+            assert!(!ys.is_empty(), "train pixels in {cols:?}");
+            ys.iter().sum::<usize>() as f64 / ys.len() as f64
+        };
+        let (l, r) = (area.x.start, area.x.end);
+        assert!(mean_y(l + 5..l + 100) + 50.0 < mean_y(r - 400..r - 300));
     }
 
     #[test]
-    fn the_svg_has_a_point_per_step_and_a_marker_per_restart() {
+    fn the_svg_has_both_curves_a_marker_per_restart_and_the_texts() {
         let h = history(250, &[(100, 2), (200, 3)]);
-        let svg = svg(&h, "run <tiny> & co");
+        let svg = svg(&h, "run <tiny> & co").unwrap();
         assert_well_formed(&svg);
-        let train = polyline_points(&svg, "train");
+        let train = curve(&svg, TRAIN_COLOR);
         assert_eq!(train.len(), 250);
         assert!(
             train.windows(2).all(|w| w[0].0 < w[1].0),
@@ -838,16 +520,50 @@ mod tests {
         assert!(
             train
                 .iter()
-                .all(|p| (LEFT..=RIGHT).contains(&p.0) && (TOP..=BOTTOM).contains(&p.1))
+                .all(|p| (0..WIDTH as i32).contains(&p.0) && (0..HEIGHT as i32).contains(&p.1))
         );
-        assert_eq!(polyline_points(&svg, "val").len(), 25);
-        assert_eq!(svg.matches("class=\"val-point\"").count(), 25);
-        assert_eq!(svg.matches("<line class=\"restart\"").count(), 2);
-        assert!(svg.contains(">restart (gen 2)</text>"));
-        assert!(svg.contains(">restart (gen 3)</text>"));
-        assert!(svg.contains(">run &lt;tiny&gt; &amp; co</text>"));
-        assert!(svg.contains(">validation loss</text>"));
-        assert!(svg.contains(">train loss</text>"));
+        let val = curve(&svg, VAL_COLOR);
+        assert_eq!(val.len(), 25);
+        let val_circles = svg
+            .lines()
+            .filter(|l| l.starts_with("<circle") && l.contains(&hex(VAL_COLOR)))
+            .count();
+        assert_eq!(
+            val_circles,
+            25 + 1,
+            "a point per evaluation, one in the legend"
+        );
+        // Two dashed markers, each many short vertical pieces at one x.
+        let dashes = polylines(&svg, RESTART_COLOR);
+        let mut xs: Vec<i32> = dashes
+            .iter()
+            .filter(|d| d.iter().all(|p| p.0 == d[0].0))
+            .map(|d| d[0].0)
+            .collect();
+        xs.sort();
+        xs.dedup_by_key(|x| *x);
+        assert!(xs.len() >= 2, "{xs:?}");
+        let markers: Vec<i32> = xs
+            .iter()
+            .copied()
+            .filter(|&x| dashes.iter().filter(|d| d[0].0 == x).count() > 10)
+            .collect();
+        assert_eq!(markers.len(), 2, "{xs:?}");
+        // At steps 100 and 200 of the train curve's 1..=250.
+        let at = |step: usize| train[step - 1].0;
+        assert!((markers[0] - at(100)).abs() <= 1, "{markers:?}");
+        assert!((markers[1] - at(200)).abs() <= 1, "{markers:?}");
+        for text in [
+            "run &lt;tiny&gt; &amp; co",
+            "restart (gen 2)",
+            "restart (gen 3)",
+            "train loss",
+            "validation loss",
+            "step",
+            "loss",
+        ] {
+            assert!(svg.contains(&format!(">\n{text}\n</text>")), "{text}");
+        }
     }
 
     #[test]
@@ -862,19 +578,20 @@ mod tests {
             ..History::default()
         };
         for h in [History::default(), one.clone()] {
-            let svg = svg(&h, "");
+            let svg = svg(&h, "").unwrap();
             assert_well_formed(&svg);
-            assert_eq!(polyline_points(&svg, "train").len(), h.points.len());
+            assert_eq!(curve(&svg, TRAIN_COLOR).len(), h.points.len().max(2));
             let (w, hgt, rgb) = decode(&png(&h, "").unwrap());
             assert_eq!((w, hgt), (WIDTH, HEIGHT));
             assert!(count_color(&rgb, INK) > 100, "axes and labels are drawn");
         }
         let (_, _, rgb) = decode(&png(&one, "one").unwrap());
+        // The legend's sample line is 56 pixels (28 × 2); the lone point adds its dot.
         assert!(
-            count_color(&rgb, TRAIN_COLOR) > 10,
+            count_color(&rgb, TRAIN_COLOR) > 56 + 20,
             "a lone point is visible"
         );
-        assert!(!svg(&History::default(), "").contains("restart"));
+        assert!(!svg(&History::default(), "").unwrap().contains("restart"));
     }
 
     #[test]
@@ -906,9 +623,10 @@ mod tests {
             }],
             skipped_lines: 0,
         };
-        let svg = svg(&h, "\u{1}bad\u{0} title é");
+        let svg = svg(&h, "\u{1}bad\u{0} title é").unwrap();
         assert_well_formed(&svg);
-        assert_eq!(polyline_points(&svg, "train").len(), 1);
+        assert!(svg.contains("bad\u{fffd} title é"));
+        assert!(svg.contains(&format!("restart (gen {})", u64::MAX)));
         let (w, _, _) = decode(&png(&h, "\u{1}é").unwrap());
         assert_eq!(w, WIDTH);
     }
@@ -917,6 +635,8 @@ mod tests {
     fn write_files_writes_both_pictures() {
         let dir = tempfile::tempdir().unwrap();
         let (svg_path, png_path) = write_files(&history(20, &[]), "t", dir.path()).unwrap();
+        assert_eq!(svg_path, dir.path().join("loss.svg"));
+        assert_eq!(png_path, dir.path().join("loss.png"));
         assert!(
             std::fs::read_to_string(svg_path)
                 .unwrap()
