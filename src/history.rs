@@ -2,8 +2,11 @@
 //! appends one JSON line to after every step (`tessera-trainer --history FILE`):
 //!
 //! ```text
-//! {"generation":1,"step":120,"loss":2.31,"valLoss":null,"tokensPerSecond":6900.0,"unixMs":...}
+//! {"version":1,"generation":1,"step":120,"loss":2.31,"gradNorm":0.9,"valLoss":null,
+//!  "tokensPerSecond":6900.0,"unixMs":...}
 //! ```
+//!
+//! (`tessera_api::records::StepRecord`; lines from before `version` read the same.)
 //!
 //! After a failure the gang resumes from an older checkpoint, so steps repeat, written by the
 //! next generation. This module owns turning that file into one value per step and the
@@ -20,7 +23,7 @@
 
 use std::{io, path::Path};
 
-use serde::Deserialize;
+use tessera_api::records::{Record, StepRecord};
 
 /// The file name rank 0 writes in the run's output directory.
 pub const HISTORY_FILE: &str = "history.jsonl";
@@ -60,18 +63,6 @@ pub struct History {
     pub skipped_lines: usize,
 }
 
-/// One line as the trainer writes it; unknown fields are ignored.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Record {
-    generation: u64,
-    step: u64,
-    /// `null` when the loss was not finite (JSON has no NaN): such a line is skipped.
-    loss: Option<f64>,
-    #[serde(default)]
-    val_loss: Option<f64>,
-}
-
 impl History {
     /// Reads a history file. A missing file is an error (`io::ErrorKind::NotFound`); a damaged
     /// one is not.
@@ -93,11 +84,13 @@ impl History {
             let (record, fragments) = parse_line(line);
             skipped_lines += fragments;
             match record {
-                Some(Record {
+                // A line whose loss was not finite has `null` there: it is skipped.
+                Some(StepRecord {
                     generation,
                     step,
                     loss: Some(loss),
                     val_loss,
+                    ..
                 }) if loss.is_finite() && step > 0 => {
                     records.push((generation, step, loss, val_loss.filter(|v| v.is_finite())));
                 }
@@ -153,13 +146,13 @@ impl History {
 /// A record from one line, and how many broken fragments the line held. A line that does not
 /// parse whole is searched for a record that starts later in it (after a fragment a killed
 /// writer left); the fragment before it counts as one skipped line.
-fn parse_line(line: &[u8]) -> (Option<Record>, usize) {
-    if let Ok(record) = serde_json::from_slice::<Record>(line) {
+fn parse_line(line: &[u8]) -> (Option<StepRecord>, usize) {
+    if let Ok(record) = StepRecord::from_json(line) {
         return (Some(record), 0);
     }
     let earliest = line.len().saturating_sub(MAX_RECORD_BYTES);
     for start in (earliest.max(1)..line.len()).filter(|&i| line[i] == b'{') {
-        if let Ok(record) = serde_json::from_slice::<Record>(&line[start..]) {
+        if let Ok(record) = StepRecord::from_json(&line[start..]) {
             return (Some(record), 1);
         }
     }

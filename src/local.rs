@@ -20,12 +20,13 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use tessera_agent::{
-    AgentConfig, AgentEnd, AgentProgress, AgentReport, gpu::GpuHealth, metrics::AgentMetrics,
-    ranks::RankLaunch, run_agent,
+    AgentConfig, AgentEnd, AgentReport, gpu::GpuHealth, metrics::AgentMetrics, ranks::RankLaunch,
+    run_agent,
 };
 use tessera_api::{
     TrainingRun,
     manifest::{Override, parse_training_run_with},
+    records::{AgentProgress, Failure, Record, RunPhase, finite},
     store_keys::RunKeys,
 };
 use tessera_store::{EmbeddedStore, RunStore, Store};
@@ -75,7 +76,7 @@ pub struct LocalRun {
 pub struct LocalSummary {
     pub name: String,
     /// Succeeded, Stopped or Failed.
-    pub phase: String,
+    pub phase: RunPhase,
     pub message: String,
     pub steps: Option<u64>,
     pub final_loss: Option<f64>,
@@ -84,7 +85,7 @@ pub struct LocalSummary {
     pub mfu: Option<f64>,
     pub wall_seconds: f64,
     pub restarts: usize,
-    pub failures: Vec<tessera_agent::node::Failure>,
+    pub failures: Vec<Failure>,
     pub checkpoint_dir: PathBuf,
     pub weights_sha256: Option<String>,
     pub nodes: u32,
@@ -379,43 +380,35 @@ fn summarize(
         .iter()
         .find(|r| r.node == "local-0")
         .or(reports.first());
-    let rank0 = lead.and_then(|r| r.rank_summary.clone());
-    let number = |key: &str| rank0.as_ref().and_then(|s| s[key].as_f64());
+    let rank0 = lead.and_then(|r| r.rank_summary.as_ref());
     let (phase, message) = if !errors.is_empty() {
-        ("Failed".to_string(), errors.join("; "))
-    } else if let Some(r) = reports
-        .iter()
-        .find(|r| matches!(r.end, AgentEnd::Failed { .. }))
-    {
-        let AgentEnd::Failed { reason } = &r.end else {
-            unreachable!("matched above")
-        };
-        ("Failed".to_string(), reason.clone())
-    } else if reports
-        .iter()
-        .any(|r| matches!(r.end, AgentEnd::Stopped { .. }))
-    {
+        (RunPhase::Failed, errors.join("; "))
+    } else if let Some(reason) = reports.iter().find_map(|r| match &r.end {
+        AgentEnd::Failed { reason } => Some(reason),
+        _ => None,
+    }) {
+        (RunPhase::Failed, reason.clone())
+    } else if reports.iter().any(|r| r.end.phase() == RunPhase::Stopped) {
         (
-            "Stopped".to_string(),
+            RunPhase::Stopped,
             "stopped after a checkpoint; run the same command again to resume".to_string(),
         )
     } else {
-        ("Succeeded".to_string(), String::new())
+        (RunPhase::Succeeded, String::new())
     };
     // Each failure is recorded by the agent that detected it.
-    let mut failures: Vec<tessera_agent::node::Failure> =
-        reports.iter().flat_map(|r| r.failures.clone()).collect();
+    let mut failures: Vec<Failure> = reports.iter().flat_map(|r| r.failures.clone()).collect();
     failures.sort_by_key(|f| f.generation);
     failures.dedup_by_key(|f| f.generation);
     LocalSummary {
         name: name.to_string(),
         phase,
         message,
-        steps: rank0.as_ref().and_then(|s| s["steps"].as_u64()),
-        final_loss: number("finalLoss"),
-        final_val_loss: number("finalValLoss"),
-        tokens_per_second: number("tokensPerSecond"),
-        mfu: number("mfu"),
+        steps: rank0.map(|s| s.steps),
+        final_loss: rank0.and_then(|s| s.final_loss),
+        final_val_loss: rank0.and_then(|s| s.final_val_loss),
+        tokens_per_second: rank0.and_then(|s| finite(s.tokens_per_second)),
+        mfu: rank0.and_then(|s| finite(s.mfu)),
         wall_seconds,
         restarts: reports
             .iter()
@@ -425,8 +418,8 @@ fn summarize(
         failures,
         checkpoint_dir,
         weights_sha256: rank0
-            .as_ref()
-            .and_then(|s| s["weightsSha256"].as_str().map(str::to_string)),
+            .map(|s| s.weights_sha256.clone())
+            .filter(|h| !h.is_empty()),
         nodes,
         ranks_per_node,
         out: out.to_path_buf(),
@@ -469,7 +462,7 @@ async fn show_progress(run: RunStore, total: u64, json: bool, done: Cancellation
         let now = Instant::now();
         match run.progress().await {
             Ok(Some(bytes)) if last_seen.as_ref() != Some(&bytes) => {
-                if let Ok(p) = serde_json::from_slice::<AgentProgress>(&bytes) {
+                if let Ok(p) = AgentProgress::from_json(&bytes) {
                     emit(display.update(&p, now));
                 }
                 last_seen = Some(bytes);

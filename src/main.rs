@@ -136,7 +136,12 @@ fn parse_tokenizer(name: &str) -> Result<Tokenizer, String> {
 fn print_summary(s: &local::LocalSummary) {
     let num =
         |x: Option<f64>, digits: usize| x.map_or("-".to_string(), |v| format!("{v:.digits$}"));
-    println!("{} {}: {}", s.name, s.phase.to_lowercase(), s.message);
+    println!(
+        "{} {}: {}",
+        s.name,
+        s.phase.as_str().to_lowercase(),
+        s.message
+    );
     println!(
         "  steps {}  loss {}  val loss {}  {} tokens/s  MFU {}  wall {:.1} s",
         s.steps.map_or("-".into(), |n| n.to_string()),
@@ -184,7 +189,7 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 print_summary(&summary);
             }
-            if summary.phase == "Failed" {
+            if summary.phase == tessera_api::records::RunPhase::Failed {
                 anyhow::bail!("the run failed: {}", summary.message);
             }
             Ok(())

@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tessera_agent::AgentProgress;
+use tessera_api::records::{AgentProgress, RunPhase};
 
 /// Characters between the bar's brackets.
 pub const BAR_WIDTH: usize = 20;
@@ -35,7 +35,7 @@ pub struct Progress {
     latest: Option<AgentProgress>,
     /// (when, step) of recent step changes in the current generation, oldest first.
     samples: VecDeque<(Instant, u64)>,
-    phase: Option<String>,
+    phase: Option<RunPhase>,
     /// (step, path) of the newest checkpoint announced.
     checkpoint: Option<(u64, String)>,
     /// Generations whose failure has been announced.
@@ -66,11 +66,7 @@ impl Progress {
         // generation change no failure explains.
         for f in &p.failures {
             if self.announced_failures.insert(f.generation) {
-                let kind = if f.kind.is_empty() {
-                    "failure"
-                } else {
-                    &f.kind
-                };
+                let kind = &f.kind;
                 let reason = if f.reason.is_empty() {
                     "no reason reported"
                 } else {
@@ -127,15 +123,17 @@ impl Progress {
         }
 
         // Phase changes; a restart line already says "Restarting".
-        if !p.phase.is_empty() && self.phase.as_deref() != Some(p.phase.as_str()) {
-            if p.phase != "Restarting" {
-                let mut line = format!("phase: {}", p.phase);
+        if let Some(phase) = p.phase
+            && self.phase != Some(phase)
+        {
+            if phase != RunPhase::Restarting {
+                let mut line = format!("phase: {phase}");
                 if !p.message.is_empty() {
                     line += &format!(" ({})", p.message);
                 }
                 events.push(line);
             }
-            self.phase = Some(p.phase.clone());
+            self.phase = Some(phase);
         }
 
         self.latest = Some(p.clone());
@@ -381,8 +379,7 @@ impl Display {
 
 #[cfg(test)]
 mod tests {
-    use tessera_agent::node::Failure;
-    use tessera_api::{progress::RunProgress, status::CheckpointRef};
+    use tessera_api::{progress::RunProgress, records::Failure, status::CheckpointRef};
 
     use super::*;
 
@@ -397,7 +394,7 @@ mod tests {
                 last_checkpoint: None,
                 restarts: generation.saturating_sub(1) as u32,
             },
-            phase: "Running".into(),
+            phase: Some(RunPhase::Running),
             world_size: 2,
             ..AgentProgress::default()
         }
@@ -507,7 +504,7 @@ mod tests {
 
         // Generation 1 fails: the failing agent publishes "Restarting" with the reason.
         let mut failing = s.clone();
-        failing.phase = "Restarting".into();
+        failing.phase = Some(RunPhase::Restarting);
         failing.message = "rank 1 exited with signal 9".into();
         failing.failures = vec![Failure {
             generation: 1,
@@ -549,7 +546,7 @@ mod tests {
         assert!(p.observe(&late, t).is_empty());
 
         let mut failed = late.clone();
-        failed.phase = "Failed".into();
+        failed.phase = Some(RunPhase::Failed);
         failed.message = "6 restarts exceed resilience.maxRestarts = 5".into();
         assert_eq!(
             p.observe(&failed, t),

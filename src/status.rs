@@ -22,8 +22,10 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
-use tessera_agent::AgentProgress;
-use tessera_api::store_keys::RunKeys;
+use tessera_api::{
+    records::{AgentProgress, Record},
+    store_keys::RunKeys,
+};
 use tessera_trainer::checkpoint::CheckpointListing;
 
 use crate::{
@@ -267,7 +269,7 @@ pub fn render_text(status: &Status) -> String {
             );
             match progress {
                 None => out += "no progress published yet: the run is starting\n",
-                Some(json) => match serde_json::from_value::<AgentProgress>(json.value.clone()) {
+                Some(json) => match AgentProgress::from_json(json.text.as_bytes()) {
                     Ok(p) => out += &live_text(&p),
                     Err(_) => {
                         // A report from another version: show what it says.
@@ -336,11 +338,8 @@ fn live_text(p: &AgentProgress) -> String {
     };
     row(
         "phase",
-        if p.phase.is_empty() {
-            "-".into()
-        } else {
-            p.phase.clone()
-        },
+        p.phase
+            .map_or_else(|| "-".into(), |phase| phase.to_string()),
     );
     row(
         "generation",
@@ -507,8 +506,11 @@ pub fn print_status(dir: &Path, json: bool) -> Result<()> {
 mod tests {
     use std::{net::TcpListener as StdListener, sync::Arc};
 
-    use tessera_agent::node::Failure;
-    use tessera_api::{progress::RunProgress, status::CheckpointRef};
+    use tessera_api::{
+        progress::RunProgress,
+        records::{Failure, RunPhase},
+        status::CheckpointRef,
+    };
     use tessera_store::{EmbeddedStore, RunStore, Store};
 
     use super::*;
@@ -517,6 +519,7 @@ mod tests {
 
     fn progress_snapshot() -> AgentProgress {
         AgentProgress {
+            version: AgentProgress::VERSION,
             run: RunProgress {
                 generation: 2,
                 step: 120,
@@ -530,7 +533,7 @@ mod tests {
                 }),
                 restarts: 1,
             },
-            phase: "Running".into(),
+            phase: Some(RunPhase::Running),
             world_size: 2,
             ranks: [(0, "Training".to_string()), (1, "Training".to_string())].into(),
             failures: vec![Failure {

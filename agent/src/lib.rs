@@ -15,4 +15,4 @@ pub mod node;
 pub mod ranks;
 pub mod service;
 
-pub use node::{AgentConfig, AgentEnd, AgentError, AgentProgress, AgentReport, run_agent};
+pub use node::{AgentConfig, AgentEnd, AgentError, AgentReport, run_agent};

@@ -9,18 +9,9 @@ use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
-use tessera_api::metrics as names;
+use tessera_api::{metrics as names, records::FailureKind};
 
 use crate::{board::RankBeat, gpu::GpuStatus};
-
-/// Why a generation ended, as the `reason` label.
-pub const REASONS: &[&str] = &[
-    "rank-exit",
-    "hang",
-    "peer-lost",
-    "lease-lost",
-    "gpu-unhealthy",
-];
 
 /// The agent's metrics, labelled with the run and node.
 #[derive(Clone)]
@@ -119,8 +110,14 @@ impl AgentMetrics {
             registry.register(c)?;
         }
         let labels = [namespace.to_string(), run.to_string(), node.to_string()];
-        for reason in REASONS {
-            restarts.with_label_values(&[labels[0].as_str(), &labels[1], &labels[2], reason]);
+        // Why a generation ended is the `reason` label: every kind an agent detects starts at 0.
+        for reason in FailureKind::DETECTED {
+            restarts.with_label_values(&[
+                labels[0].as_str(),
+                &labels[1],
+                &labels[2],
+                reason.as_str(),
+            ]);
         }
         Ok(AgentMetrics {
             registry,
@@ -147,8 +144,10 @@ impl AgentMetrics {
         self.generation.with_label_values(&[a, b, c]).set(g as i64);
     }
 
-    pub fn restart(&self, reason: &str) {
-        self.restarts.with_label_values(&self.l(reason)).inc();
+    pub fn restart(&self, reason: &FailureKind) {
+        self.restarts
+            .with_label_values(&self.l(reason.as_str()))
+            .inc();
     }
 
     pub fn recovered(&self, seconds: f64) {

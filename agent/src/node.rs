@@ -20,7 +20,6 @@
 //! `minNodes` waits for a replacement.
 
 use std::{
-    collections::BTreeMap,
     net::IpAddr,
     path::PathBuf,
     sync::Arc,
@@ -30,16 +29,20 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tessera_api::{
     TrainingRun,
+    manifest::resolve_path,
     progress::RunProgress,
     proto::agent::{Directive, RankPhase},
+    records::{
+        AgentProgress, Failure, FailureKind, GenerationEnded, RankSummary, Record, RunPhase,
+    },
     status::CheckpointRef,
     store_keys::RunKeys,
 };
+use tessera_checkpoint::{list_checkpoints, verify_checkpoint};
 use tessera_store::{
     JoinOutcome, LeaseKeeper, Member, RankTable, RendezvousConfig, RendezvousError, RunStore,
     Store, StoreError,
 };
-use tessera_trainer::checkpoint::{list_checkpoints, verify_checkpoint};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -89,18 +92,15 @@ pub enum AgentEnd {
     Failed { reason: String },
 }
 
-/// One failure the gang recovered from (or tried to).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Failure {
-    pub generation: u64,
-    /// One of `metrics::REASONS`.
-    pub kind: String,
-    pub reason: String,
-    /// When it was detected (milliseconds since the Unix epoch).
-    pub detected_unix_ms: u64,
-    /// Seconds from detection to the first step of the next generation (when measured).
-    pub recovery_seconds: Option<f64>,
+impl AgentEnd {
+    /// The run's phase this end stands for.
+    pub fn phase(&self) -> RunPhase {
+        match self {
+            AgentEnd::Succeeded => RunPhase::Succeeded,
+            AgentEnd::Stopped { .. } => RunPhase::Stopped,
+            AgentEnd::Failed { .. } => RunPhase::Failed,
+        }
+    }
 }
 
 /// What the agent reports when it ends.
@@ -111,25 +111,10 @@ pub struct AgentReport {
     pub node: String,
     pub generation: u64,
     pub failures: Vec<Failure>,
-    /// The trainer's JSON summary from this node's first rank in the last generation.
-    pub rank_summary: Option<serde_json::Value>,
+    /// The summary this node's first rank printed in the last generation.
+    pub rank_summary: Option<RankSummary>,
     /// The GPUs this node's ranks used in the last generation, by local rank (empty: CPU).
     pub gpus: Vec<u32>,
-}
-
-/// The progress report the agent of rank 0 publishes: the operator's [`RunProgress`] plus
-/// the phase, the ranks' states and the failures so far.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AgentProgress {
-    #[serde(flatten)]
-    pub run: RunProgress,
-    /// Running, Succeeded, Stopped or Failed.
-    pub phase: String,
-    pub world_size: u32,
-    pub ranks: BTreeMap<u32, String>,
-    pub failures: Vec<Failure>,
-    pub message: String,
 }
 
 /// Why the agent could not work at all.
@@ -150,9 +135,9 @@ pub enum AgentError {
 
 /// How one generation ended.
 enum GenerationEnd {
-    Succeeded(Option<serde_json::Value>),
-    Stopped(u64, Option<serde_json::Value>),
-    Failed { kind: &'static str, reason: String },
+    Succeeded(Option<RankSummary>),
+    Stopped(u64, Option<RankSummary>),
+    Failed { kind: FailureKind, reason: String },
     Superseded(u64),
 }
 
@@ -211,12 +196,9 @@ pub async fn run_agent(
         if restarts > u64::from(resilience.max_restarts) {
             // The bump that ended the previous generation recorded why; this agent may only
             // have seen its ranks stopped by a peer.
-            let recorded = run
-                .end_reason(generation.saturating_sub(1))
-                .await
-                .ok()
-                .flatten();
+            let recorded = generation_ended(&run, generation.saturating_sub(1)).await;
             let last = recorded
+                .map(|ended| ended.to_string())
                 .or_else(|| failures.last().map(|f| f.reason.clone()))
                 .unwrap_or_else(|| "unknown".into());
             let reason = format!(
@@ -228,7 +210,7 @@ pub async fn run_agent(
                 &run,
                 &board,
                 generation,
-                "Failed",
+                RunPhase::Failed,
                 &known(&failures, &ended_by_peers),
                 &reason,
                 0,
@@ -404,7 +386,7 @@ pub async fn run_agent(
                         &run,
                         &board,
                         generation,
-                        "Succeeded",
+                        RunPhase::Succeeded,
                         &known(&failures, &ended_by_peers),
                         "",
                         table.world_size,
@@ -432,7 +414,7 @@ pub async fn run_agent(
                         &run,
                         &board,
                         generation,
-                        "Stopped",
+                        RunPhase::Stopped,
                         &known(&failures, &ended_by_peers),
                         "",
                         table.world_size,
@@ -468,22 +450,24 @@ pub async fn run_agent(
                 let detected_unix_ms = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as u64);
+                let failure = Failure {
+                    generation,
+                    kind,
+                    reason: reason.clone(),
+                    detected_unix_ms,
+                    recovery_seconds: None,
+                };
                 // Bump first, so peers stop their ranks while this agent stops its own.
+                let ended = GenerationEnded::new(failure.clone());
                 let won = run
-                    .bump_generation(generation, &format!("{kind}: {reason}"))
+                    .bump_generation(generation, &ended.to_json())
                     .await
                     .unwrap_or(false);
                 // One failure per ended generation: the bump's winner records it. A loser saw a
                 // consequence (its ranks lost their peers) or the same failure a moment later.
                 if won {
-                    metrics.restart(kind);
-                    failures.push(Failure {
-                        generation,
-                        kind: kind.to_string(),
-                        reason: reason.clone(),
-                        detected_unix_ms,
-                        recovery_seconds: None,
-                    });
+                    metrics.restart(&failure.kind);
+                    failures.push(failure);
                 } else {
                     tracing::info!(
                         generation,
@@ -498,7 +482,7 @@ pub async fn run_agent(
                         &run,
                         &board,
                         generation,
-                        "Restarting",
+                        RunPhase::Restarting,
                         &known(&failures, &ended_by_peers),
                         &reason,
                         table.world_size,
@@ -535,10 +519,7 @@ pub fn backoff_delay(base_seconds: u32, restarts: u64) -> Duration {
 /// The newest committed checkpoint that verifies; older ones are logged when a newer one is
 /// skipped, and its step. Empty and 0 when none (the trainer initialises).
 fn newest_valid_checkpoint(config: &AgentConfig) -> (String, u64) {
-    let root = tessera_trainer::run::resolve_path(
-        &config.launch.base_dir,
-        &config.run.spec.checkpoint.path,
-    );
+    let root = resolve_path(&config.launch.base_dir, &config.run.spec.checkpoint.path);
     let Ok(listing) = list_checkpoints(&root) else {
         return (String::new(), 0);
     };
@@ -602,21 +583,18 @@ async fn watch_generation(
                     if stopping.is_some() {
                         tracing::warn!("{exit} while stopping");
                     }
-                    return GenerationEnd::Failed { kind: "rank-exit", reason: exit.to_string() };
+                    return GenerationEnd::Failed { kind: FailureKind::RankExit, reason: exit.to_string() };
                 }
                 exited.push(exit);
                 if ranks.running() == 0 {
                     let summary = exited
                         .iter()
                         .min_by_key(|e| e.local_rank)
-                        .and_then(|e| serde_json::from_str::<serde_json::Value>(e.stdout.trim()).ok());
-                    let early = summary
-                        .as_ref()
-                        .and_then(|s| s["stoppedEarly"].as_bool())
-                        .unwrap_or(false);
+                        .and_then(rank_summary);
+                    let early = summary.as_ref().is_some_and(|s| s.stopped_early);
                     if early || stopping.is_some() {
                         let step = board.last_checkpoint().map_or(0, |c| c.step);
-                        let step = summary.as_ref().and_then(|s| s["steps"].as_u64()).unwrap_or(step);
+                        let step = summary.as_ref().map_or(step, |s| s.steps);
                         if let Some((_, Some(reply))) = stopping.take() {
                             let _ = reply.send(step);
                         }
@@ -630,7 +608,7 @@ async fn watch_generation(
                     && since.elapsed() > config.stop_timeout
                 {
                     return GenerationEnd::Failed {
-                        kind: "hang",
+                        kind: FailureKind::Hang,
                         reason: format!(
                             "the ranks did not checkpoint and exit within {} s of the stop request",
                             config.stop_timeout.as_secs()
@@ -640,7 +618,7 @@ async fn watch_generation(
                 if stopping.is_none()
                     && let Some(stall) = board.stalled(timeout, startup)
                 {
-                    return GenerationEnd::Failed { kind: "hang", reason: stall.to_string() };
+                    return GenerationEnd::Failed { kind: FailureKind::Hang, reason: stall.to_string() };
                 }
                 let beats = board.ranks();
                 metrics.ranks(&beats);
@@ -658,14 +636,14 @@ async fn watch_generation(
                 }
                 if first_rank == 0 && last_publish.elapsed() > Duration::from_secs(1) {
                     last_publish = Instant::now();
-                    publish(run, board, generation, "Running", &known(failures, ended_by_peers), "", table.world_size).await;
+                    publish(run, board, generation, RunPhase::Running, &known(failures, ended_by_peers), "", table.world_size).await;
                 }
             }
             node = next_departure(&mut departures) => {
                 // A node whose ranks finished (or stopped cleanly) leaves on purpose.
                 if node != config.node && !is_done(run, generation, &node).await {
                     return GenerationEnd::Failed {
-                        kind: "peer-lost",
+                        kind: FailureKind::PeerLost,
                         reason: format!("node {node} left generation {generation} (its agent's lease expired)"),
                     };
                 }
@@ -678,7 +656,7 @@ async fn watch_generation(
                     .find_map(|(local, g)| unhealthy.get(g).map(|why| (local, g, why)))
                 {
                     return GenerationEnd::Failed {
-                        kind: "gpu-unhealthy",
+                        kind: FailureKind::GpuUnhealthy,
                         reason: format!(
                             "GPU {gpu} of node {} (local rank {local}) turned unhealthy: {why}",
                             config.node
@@ -693,7 +671,7 @@ async fn watch_generation(
             }
             _ = &mut lost => {
                 return GenerationEnd::Failed {
-                    kind: "lease-lost",
+                    kind: FailureKind::LeaseLost,
                     reason: format!("{}'s lease in the coordination store expired", config.node),
                 };
             }
@@ -725,13 +703,21 @@ async fn watch_generation(
     }
 }
 
-/// The key a node writes when its ranks ended cleanly, before it leaves the generation.
-fn done_key(run: &RunStore, generation: u64, node: &str) -> String {
-    format!("{}done/{node}", run.keys().rendezvous_prefix(generation))
+/// The summary a rank printed as its last line, if it printed one this build reads.
+fn rank_summary(exit: &RankExit) -> Option<RankSummary> {
+    let last = exit.stdout.trim().lines().last()?;
+    match RankSummary::from_json(last.as_bytes()) {
+        Ok(summary) => Some(summary),
+        Err(e) => {
+            tracing::warn!(local_rank = exit.local_rank, "no rank summary: {e}");
+            None
+        }
+    }
 }
 
+/// Marks this node's ranks as ended cleanly, before it leaves the generation.
 async fn mark_done(run: &RunStore, generation: u64, node: &str) {
-    let key = done_key(run, generation, node);
+    let key = run.keys().node_done(generation, node);
     if let Err(e) = run.store().put(&key, b"1".to_vec(), None).await {
         tracing::warn!("cannot mark {node} done in generation {generation}: {e}");
     }
@@ -739,7 +725,9 @@ async fn mark_done(run: &RunStore, generation: u64, node: &str) {
 
 async fn is_done(run: &RunStore, generation: u64, node: &str) -> bool {
     matches!(
-        run.store().get(&done_key(run, generation, node)).await,
+        run.store()
+            .get(&run.keys().node_done(generation, node))
+            .await,
         Ok(Some(_))
     )
 }
@@ -766,23 +754,28 @@ async fn publish_checkpoint(run: &RunStore, checkpoint: &CheckpointRef) {
     }
 }
 
-/// The failure recorded with the end of `generation` (by whichever agent's bump ended it),
-/// as `kind: reason`.
+/// Why `generation` ended, as the agent whose bump ended it recorded it.
+async fn generation_ended(run: &RunStore, generation: u64) -> Option<GenerationEnded> {
+    let bytes = run.end_reason(generation).await.ok().flatten()?;
+    match GenerationEnded::read(generation, bytes.as_bytes()) {
+        Ok(ended) => Some(ended),
+        Err(e) => {
+            tracing::warn!(generation, "cannot read why the generation ended: {e}");
+            None
+        }
+    }
+}
+
+/// The failure recorded with the end of `generation` (by whichever agent's bump ended it).
+/// A record without its detection time (an older agent's) is dated now.
 async fn recorded_failure(run: &RunStore, generation: u64) -> Option<Failure> {
-    let recorded = run.end_reason(generation).await.ok().flatten()?;
-    let (kind, reason) = recorded
-        .split_once(": ")
-        .filter(|(kind, _)| crate::metrics::REASONS.contains(kind))
-        .unwrap_or(("failure", recorded.as_str()));
-    Some(Failure {
-        generation,
-        kind: kind.to_string(),
-        reason: reason.to_string(),
-        detected_unix_ms: std::time::SystemTime::now()
+    let mut failure = generation_ended(run, generation).await?.failure;
+    if failure.detected_unix_ms == 0 {
+        failure.detected_unix_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
-        recovery_seconds: None,
-    })
+            .map_or(0, |d| d.as_millis() as u64);
+    }
+    Some(failure)
 }
 
 /// This agent's failures and those its peers ended generations with, one per generation (its
@@ -804,7 +797,7 @@ async fn publish(
     run: &RunStore,
     board: &Board,
     generation: u64,
-    phase: &str,
+    phase: RunPhase,
     failures: &[Failure],
     message: &str,
     world_size: u32,
@@ -812,6 +805,7 @@ async fn publish(
     let beats = board.ranks();
     let lead = beats.values().next();
     let progress = AgentProgress {
+        version: AgentProgress::VERSION,
         run: RunProgress {
             generation,
             step: lead.map_or(0, |b| b.step),
@@ -821,7 +815,7 @@ async fn publish(
             last_checkpoint: board.last_checkpoint(),
             restarts: generation.saturating_sub(1) as u32,
         },
-        phase: phase.to_string(),
+        phase: Some(phase),
         world_size,
         ranks: beats
             .iter()
@@ -830,13 +824,8 @@ async fn publish(
         failures: failures.to_vec(),
         message: message.to_string(),
     };
-    match serde_json::to_vec(&progress) {
-        Ok(json) => {
-            if let Err(e) = run.publish_progress(&json).await {
-                tracing::warn!("cannot publish progress: {e}");
-            }
-        }
-        Err(e) => tracing::warn!("cannot encode progress: {e}"),
+    if let Err(e) = run.publish_progress(progress.to_json().as_bytes()).await {
+        tracing::warn!("cannot publish progress: {e}");
     }
 }
 

@@ -97,10 +97,6 @@ pub async fn serve_on_socket(
     }))
 }
 
-fn peers_prefix(run: &RunStore, generation: u64) -> String {
-    format!("{}peers/", run.keys().rendezvous_prefix(generation))
-}
-
 #[tonic::async_trait]
 impl Agent for AgentService {
     async fn rendezvous(
@@ -142,7 +138,7 @@ impl Agent for AgentService {
 
         // Wait for every rank's address (ranks of other nodes publish through their agents).
         let world = view.table.world_size;
-        let prefix = peers_prefix(&self.run, view.generation);
+        let prefix = self.run.keys().peers_prefix(view.generation);
         let deadline = tokio::time::Instant::now() + self.rendezvous_timeout;
         let peers = loop {
             let kvs = store

@@ -8,6 +8,8 @@
 //! - [`checkpoint`]: the checkpoint manifest and directory layout;
 //! - [`store_keys`]: the coordination-store key layout, and [`progress`]: the progress report
 //!   agents publish there;
+//! - [`records`]: every record that crosses a process or store boundary (the rank's summary,
+//!   the step history line, the agent's progress, failures, a generation's end, run phases);
 //! - [`token_cache`]: the record of text tokenized into the cache beside the checkpoints;
 //! - [`metrics`]: every exported metric name.
 #![forbid(unsafe_code)]
@@ -19,6 +21,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod progress;
 pub mod proto;
+pub mod records;
 pub mod report;
 pub mod spec;
 pub mod status;

@@ -148,6 +148,17 @@ pub fn parse_training_run_with(
     Ok(run)
 }
 
+/// A path from the spec (data, checkpoints, `initFrom`) resolved against `base`, the
+/// directory relative paths are taken from; an absolute path stays as it is.
+pub fn resolve_path(base: &std::path::Path, path: &str) -> std::path::PathBuf {
+    let p = std::path::Path::new(path);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
 /// Deserializes a spec, naming the path of the first field that does not fit.
 pub fn parse_spec_value(value: serde_yaml::Value) -> Result<TrainingRunSpec, ManifestError> {
     serde_path_to_error::deserialize(value).map_err(|e| {

@@ -14,10 +14,14 @@
 //!                                   written once, by create-if-absent, not leased
 //!   rendezvous/{generation}/nccl-id the NCCL unique id made by rank 0
 //!   rendezvous/{generation}/peers/{rank}  a rank's TCP address (CPU transport)
-//!   rendezvous/{generation}/ended   why that generation ended (text), written with the bump
-//!   progress                        the newest progress report (JSON)
-//!   checkpoints/latest              the newest committed checkpoint (JSON)
+//!   rendezvous/{generation}/done/{node}   the node's ranks ended cleanly (it leaves on purpose)
+//!   rendezvous/{generation}/ended   why that generation ended, written with the bump
+//!                                   (`records::GenerationEnded`, JSON)
+//!   progress                        the newest progress report (`records::AgentProgress`)
+//!   checkpoints/latest              the newest committed checkpoint (`status::CheckpointRef`)
 //! ```
+//!
+//! Every key is built here; no other code joins key text.
 //!
 //! Names and namespaces are Kubernetes names (DNS labels), so they never contain `/`.
 
@@ -86,8 +90,19 @@ impl RunKeys {
         format!("{}ended", self.rendezvous_prefix(generation))
     }
 
+    /// Every rank's address of a generation (ends in `/`).
+    pub fn peers_prefix(&self, generation: u64) -> String {
+        format!("{}peers/", self.rendezvous_prefix(generation))
+    }
+
     pub fn peer(&self, generation: u64, rank: u32) -> String {
-        format!("{}peers/{rank}", self.rendezvous_prefix(generation))
+        format!("{}{rank}", self.peers_prefix(generation))
+    }
+
+    /// Written by a node whose ranks ended cleanly, before it leaves `generation`, so its
+    /// peers do not take its departure for a failure.
+    pub fn node_done(&self, generation: u64, node: &str) -> String {
+        format!("{}done/{node}", self.rendezvous_prefix(generation))
     }
 
     pub fn progress(&self) -> String {
@@ -138,6 +153,15 @@ mod tests {
         assert_eq!(
             keys.peer(3, 7),
             "/tessera/v1/runs/ml/gpt2-small/rendezvous/3/peers/7"
+        );
+        assert!(keys.peer(3, 7).starts_with(&keys.peers_prefix(3)));
+        assert_eq!(
+            keys.node_done(3, "node-a"),
+            "/tessera/v1/runs/ml/gpt2-small/rendezvous/3/done/node-a"
+        );
+        assert_eq!(
+            keys.generation_end(3),
+            "/tessera/v1/runs/ml/gpt2-small/rendezvous/3/ended"
         );
         assert_eq!(keys.progress(), "/tessera/v1/runs/ml/gpt2-small/progress");
         assert_eq!(

@@ -20,6 +20,7 @@
 //! ```
 //!
 //! The manifest type is the contract in `tessera_api::checkpoint`; this module owns the bytes.
+//! Listing and verification (no tensors) are `tessera_checkpoint`'s, re-exported here.
 //! [`background`] runs the same write on a thread from an owned snapshot; [`gang`] writes a
 //! gang's shards in the background and commits when all are durable.
 
@@ -38,9 +39,14 @@ use std::path::PathBuf;
 pub use background::BackgroundWriter;
 pub use gang::{GangWriter, ShardSnapshot};
 pub use load::{
-    CheckpointListing, CheckpointScan, FileCheck, FlatOptimizerState, InvalidReason,
-    LoadedCheckpoint, SkippedCheckpoint, VerifyReport, find_latest_valid, flat_optimizer_state,
-    list_checkpoints, load_checkpoint, verify_checkpoint,
+    CheckpointScan, FlatOptimizerState, LoadedCheckpoint, SkippedCheckpoint, find_latest_valid,
+    flat_optimizer_state, load_checkpoint,
+};
+// Listing and verification live in `tessera_checkpoint` (the agent and the CLI use them
+// without the trainer); re-exported so the trainer's callers find them here too.
+pub use tessera_checkpoint::{
+    CheckpointListing, FileCheck, InvalidReason, ListError, VerifyReport, list_checkpoints,
+    verify_checkpoint,
 };
 pub use write::{CommittedCheckpoint, PartialCheckpoint, remove_stale_partials, write_checkpoint};
 
@@ -101,6 +107,15 @@ pub enum CheckpointError {
     Manifest(String),
     #[error("the background checkpoint writer stopped unexpectedly: {0}")]
     WriterLost(String),
+}
+
+impl From<tessera_checkpoint::ListError> for CheckpointError {
+    fn from(e: tessera_checkpoint::ListError) -> CheckpointError {
+        CheckpointError::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
 }
 
 impl CheckpointError {

@@ -10,7 +10,10 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use tessera_api::manifest::{Override, parse_training_run_with};
+use tessera_api::{
+    manifest::{Override, parse_training_run_with},
+    records::Record,
+};
 use tessera_trainer::{
     backend::{
         cpu::CpuBackend,
@@ -257,29 +260,6 @@ fn run(args: Args) -> Result<()> {
             )?
         }
     };
-    println!("{}", serde_json::to_string(&summary_json(&summary))?);
+    println!("{}", summary.record().to_json());
     Ok(())
-}
-
-fn summary_json(s: &tessera_trainer::run::RunSummary) -> serde_json::Value {
-    serde_json::json!({
-        "steps": s.steps,
-        "stoppedEarly": s.stopped_early,
-        "resumedFrom": s.resumed_from,
-        "finalLoss": s.final_loss,
-        "finalValLoss": s.final_val_loss,
-        "tokensPerSecond": s.tokens_per_second,
-        "mfu": s.mfu,
-        "wallSeconds": s.wall_seconds,
-        "checkpointDir": s.checkpoint_dir,
-        "weightsSha256": s.weights_sha256,
-        "rank": s.rank,
-        "worldSize": s.world_size,
-        "stepSeconds": s.step_seconds,
-        "commSecondsPerStep": s.comm_seconds_per_step,
-        "optimizerStateBytes": s.optimizer_state_bytes,
-        "backend": s.backend,
-        "peakDeviceMemoryBytes": s.peak_device_memory_bytes,
-        "collectives": s.collectives,
-    })
 }

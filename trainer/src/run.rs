@@ -17,7 +17,7 @@
 
 use std::{
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -25,6 +25,7 @@ use sha2::{Digest, Sha256};
 use tessera_api::{
     TrainingRun,
     checkpoint::{CheckpointManifest, DataCursor, FORMAT_VERSION, RngState, checkpoint_dir_name},
+    records::{RankSummary, Record, StepRecord, finite},
     spec::{LrSchedule as SpecSchedule, ResolvedModel},
 };
 use tracing::{info, warn};
@@ -165,15 +166,36 @@ pub struct RunSummary {
     pub collectives: String,
 }
 
-/// Resolves a path from the spec against the base directory.
-pub fn resolve_path(base: &Path, path: &str) -> PathBuf {
-    let p = Path::new(path);
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        base.join(p)
+impl RunSummary {
+    /// The record `tessera-trainer` prints at its end (`tessera_api::records::RankSummary`).
+    pub fn record(&self) -> RankSummary {
+        RankSummary {
+            version: RankSummary::VERSION,
+            steps: self.steps,
+            stopped_early: self.stopped_early,
+            resumed_from: self.resumed_from,
+            final_loss: self.final_loss,
+            final_val_loss: self.final_val_loss,
+            tokens_per_second: self.tokens_per_second,
+            mfu: self.mfu,
+            wall_seconds: self.wall_seconds,
+            checkpoint_dir: self.checkpoint_dir.clone(),
+            weights_sha256: self.weights_sha256.clone(),
+            rank: self.rank,
+            world_size: self.world_size,
+            step_seconds: self.step_seconds,
+            comm_seconds_per_step: self.comm_seconds_per_step,
+            optimizer_state_bytes: self.optimizer_state_bytes as u64,
+            backend: self.backend.clone(),
+            peak_device_memory_bytes: self.peak_device_memory_bytes,
+            collectives: self.collectives.clone(),
+        }
     }
 }
+
+/// Resolves a path from the spec against the base directory (one definition, in
+/// `tessera_api`, shared with the agent and the CLI).
+pub use tessera_api::manifest::resolve_path;
 
 /// The model dimensions a spec asks for.
 pub fn model_config(run: &TrainingRun) -> Result<(ModelConfig, ResolvedModel), RunError> {
@@ -499,17 +521,20 @@ pub fn train_ranked<B: Backend>(
             let evaluated = eval.is_some()
                 && spec.training.eval_interval > 0
                 && (completed % spec.training.eval_interval == 0 || completed == steps);
-            let line = serde_json::json!({
-                "generation": options.generation,
-                "step": completed,
-                "loss": stats.loss,
-                "gradNorm": stats.grad_norm,
-                "valLoss": if evaluated { last_val_loss } else { None },
-                "tokensPerSecond": report.tokens_per_second,
-                "unixMs": SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
-            });
+            let line = StepRecord {
+                version: StepRecord::VERSION,
+                generation: options.generation,
+                step: completed,
+                loss: finite(stats.loss),
+                grad_norm: finite(stats.grad_norm),
+                val_loss: if evaluated { last_val_loss } else { None },
+                tokens_per_second: finite(report.tokens_per_second),
+                unix_ms: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+            };
             use std::io::Write;
-            if let Err(e) = writeln!(file, "{line}") {
+            if let Err(e) = writeln!(file, "{}", line.to_json()) {
                 warn!("cannot append to the step history: {e}");
             }
         }
