@@ -47,6 +47,14 @@ pub enum CacheError {
         text: PathBuf,
     },
     #[error(
+        "{field}: {path} does not exist (from {spec}); name text (a file, folder or glob) or token shards made by `tessera data prepare`"
+    )]
+    Missing {
+        field: &'static str,
+        spec: String,
+        path: PathBuf,
+    },
+    #[error(
         "spec.data.validationFraction holds out part of text data, but spec.data.train ({spec}) names token shards; name validation shards in spec.data.validation instead"
     )]
     FractionOnShards { spec: String },
@@ -79,8 +87,8 @@ pub enum DataForm {
 }
 
 /// Finds out from the files whether `spec` (already resolved against the base directory)
-/// names token shards or text. A file is a shard when it starts with the shard magic; a
-/// directory holds shards when it has `*.bin` files at its top, text otherwise (walked
+/// names token shards or text. A file is a shard when it starts with the shard magic or
+/// is named `*.bin` (the loader then checks it); a directory holds shards when it has `*.bin` files at its top, text otherwise (walked
 /// recursively, dot-files skipped, as `tessera data prepare` walks it).
 pub fn classify(field: &'static str, spec: &str) -> Result<DataForm, CacheError> {
     let path = Path::new(spec);
@@ -96,11 +104,11 @@ pub fn classify(field: &'static str, spec: &str) -> Result<DataForm, CacheError>
             resolve_shard_spec(spec)?;
         }
         if !dir.is_dir() {
-            return Err(LoaderError::NotFound {
+            return Err(CacheError::Missing {
+                field,
                 spec: spec.to_string(),
                 path: dir.to_path_buf(),
-            }
-            .into());
+            });
         }
         matching_files(dir, &pattern, spec)?
     } else if path.is_dir() {
@@ -111,15 +119,18 @@ pub fn classify(field: &'static str, spec: &str) -> Result<DataForm, CacheError>
     } else if path.exists() {
         vec![path.to_path_buf()]
     } else {
-        return Err(LoaderError::NotFound {
+        return Err(CacheError::Missing {
+            field,
             spec: spec.to_string(),
             path: path.to_path_buf(),
-        }
-        .into());
+        });
     };
     let (mut shards, mut text) = (None, None);
     for file in &files {
-        let slot = if is_shard(file)? {
+        // `.bin` is the shards' extension: such a file without the magic is a damaged or
+        // foreign shard, which the loader names, not text to tokenize.
+        let named_bin = file.extension().is_some_and(|e| e == "bin");
+        let slot = if named_bin || is_shard(file)? {
             &mut shards
         } else {
             &mut text
@@ -488,18 +499,15 @@ mod tests {
     fn mixed_shards_and_text_are_refused_naming_both() {
         let dir = tempfile::tempdir().unwrap();
         write_shard(&dir.path().join("a.bin"), &[1, 2, 3], 256).unwrap();
-        std::fs::write(dir.path().join("b.bin"), "not a shard").unwrap();
-        let err = classify(
-            "spec.data.train",
-            &format!("{}/*.bin", dir.path().display()),
-        )
-        .unwrap_err()
-        .to_string();
+        std::fs::write(dir.path().join("b.txt"), "plain text").unwrap();
+        let err = classify("spec.data.train", &format!("{}/*", dir.path().display()))
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("spec.data.train") && err.contains("a.bin"),
             "{err}"
         );
-        assert!(err.contains("b.bin"), "{err}");
+        assert!(err.contains("b.txt"), "{err}");
     }
 
     #[test]
@@ -524,5 +532,6 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("/nonexistent/corpus"), "{err}");
+        assert!(err.contains("spec.data.train"), "{err}");
     }
 }
