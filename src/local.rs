@@ -24,7 +24,7 @@ use tessera_agent::{
     run_agent,
 };
 use tessera_api::{
-    TrainingRun,
+    ResolvedRun, TrainingRun,
     manifest::{Override, parse_training_run_with},
     records::{AgentProgress, Failure, Record, RunPhase, finite},
     store_keys::RunKeys,
@@ -79,6 +79,8 @@ pub struct LocalSummary {
     pub phase: RunPhase,
     pub message: String,
     pub steps: Option<u64>,
+    /// The checkpoint step the last generation resumed from (the agent's choice).
+    pub resumed_from: Option<u64>,
     pub final_loss: Option<f64>,
     pub final_val_loss: Option<f64>,
     pub tokens_per_second: Option<f64>,
@@ -129,12 +131,15 @@ pub async fn run_local(args: LocalRun) -> Result<LocalSummary> {
     std::fs::create_dir_all(out.join("logs"))
         .with_context(|| format!("cannot create the output directory {}", out.display()))?;
     // Checkpoints go to OUT unless the manifest gives an absolute path.
-    let checkpoint_root = if Path::new(&run.spec.checkpoint.path).is_absolute() {
-        PathBuf::from(&run.spec.checkpoint.path)
-    } else {
-        out.join("checkpoints")
-    };
-    overrides.push(format!("checkpoint.path={}", checkpoint_root.display()));
+    let mut run = run;
+    if !Path::new(&run.spec.checkpoint.path).is_absolute() {
+        run.spec.checkpoint.path = out.join("checkpoints").to_string_lossy().into_owned();
+    }
+    // Resolved once, here: the agents and their ranks are handed this, not the manifest.
+    let resolved = ResolvedRun::resolve(run, &base_dir)
+        .with_context(|| format!("{} is rejected", args.file.display()))?;
+    let run = &resolved.run;
+    let checkpoint_root = resolved.checkpoint_root();
     // Data that is not there fails every rank the same way: refuse before anything starts.
     // Text is tokenized here, once, into the cache beside the checkpoints; the ranks find it.
     let data =
@@ -218,7 +223,7 @@ pub async fn run_local(args: LocalRun) -> Result<LocalSummary> {
     for (i, metrics_addrs) in (0..nodes).zip(rank_metrics.iter().cloned()) {
         let node = local_node(i);
         let config = AgentConfig {
-            run: run.clone(),
+            run: resolved.clone(),
             namespace: LOCAL_NAMESPACE.into(),
             name: name.clone(),
             node: node.clone(),
@@ -226,9 +231,7 @@ pub async fn run_local(args: LocalRun) -> Result<LocalSummary> {
             address: "127.0.0.1".into(),
             launch: RankLaunch {
                 trainer: trainer.clone(),
-                config: absolute(&args.file)?,
-                overrides: overrides.clone(),
-                base_dir: base_dir.clone(),
+                run_file: sockets.path().join(format!("{node}-run.json")),
                 socket: sockets.path().join(format!("{node}.sock")),
                 listen_host: tessera_agent::node::loopback(),
                 heartbeat_interval: Duration::from_millis(500),
@@ -246,12 +249,15 @@ pub async fn run_local(args: LocalRun) -> Result<LocalSummary> {
         };
         let metrics = AgentMetrics::new(LOCAL_NAMESPACE, &name, &node)?;
         agent_metrics.push(metrics.clone());
-        agents.push(tokio::spawn(run_agent(
-            config,
-            store.clone(),
-            metrics,
-            shutdown.clone(),
-        )));
+        // An agent that fails stops the others: they would wait for it at the rendezvous.
+        let (store, shutdown) = (store.clone(), shutdown.clone());
+        agents.push(tokio::spawn(async move {
+            let report = run_agent(config, store, metrics, shutdown.clone()).await;
+            if report.is_err() {
+                shutdown.cancel();
+            }
+            report
+        }));
     }
     if let Some(addr) = args.metrics_addr {
         serve_metrics(addr, agent_metrics, &rank_metrics, &out).await?;
@@ -405,6 +411,7 @@ fn summarize(
         phase,
         message,
         steps: rank0.map(|s| s.steps),
+        resumed_from: rank0.and_then(|s| s.resumed_from),
         final_loss: rank0.and_then(|s| s.final_loss),
         final_val_loss: rank0.and_then(|s| s.final_val_loss),
         tokens_per_second: rank0.and_then(|s| finite(s.tokens_per_second)),

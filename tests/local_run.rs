@@ -218,7 +218,21 @@ fn sigterm_checkpoints_and_stops_and_the_same_command_resumes() {
         .join(format!("stopped/checkpoints/step-{at:010}/manifest.json"));
     assert!(checkpoint.is_file(), "a checkpoint at the stop step");
 
-    let (resumed, log) = summary_of(tessera_run(dir.path(), "stopped").output().unwrap());
+    let (resumed, log) = summary_of(
+        tessera_run(dir.path(), "stopped")
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap(),
+    );
     assert_eq!(resumed["phase"], "Succeeded", "{log}");
+    // The agents verified the checkpoint under OUT/checkpoints (where the ranks write) and
+    // handed it down; the ranks loaded that one (under an agent they never scan).
+    let handed = format!("stopped/checkpoints/step-{at:010}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("resume from this verified checkpoint") && l.contains(&handed)),
+        "no agent handed down {handed}:\n{log}"
+    );
+    assert_eq!(resumed["resumedFrom"], at, "{resumed}");
     assert_eq!(resumed["weightsSha256"], clean["weightsSha256"]);
 }

@@ -12,7 +12,7 @@ use tessera_agent::{
     ranks::RankLaunch,
     run_agent,
 };
-use tessera_api::manifest::{Override, parse_training_run_with};
+use tessera_api::{ResolvedRun, manifest::Override};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -127,9 +127,13 @@ async fn run(args: Args) -> Result<()> {
         .iter()
         .map(|o| o.parse())
         .collect::<Result<_, _>>()?;
-    let run = parse_training_run_with(&yaml, &parsed)
+    // Read once here; the ranks are handed the resolved run, not the manifest.
+    let base_dir = std::path::absolute(&args.base_dir)
+        .with_context(|| format!("--base-dir {}", args.base_dir.display()))?;
+    let resolved = ResolvedRun::from_manifest(&yaml, &parsed, &base_dir)
         .with_context(|| format!("{} is rejected", args.config.display()))?;
-    let name = run.metadata.name.clone().unwrap_or_default();
+    let run = &resolved.run;
+    let name = resolved.name.clone();
     let store =
         tessera_store::connect(&args.store, Duration::from_secs(args.store_timeout)).await?;
     let gpus = match &args.gpu_file {
@@ -173,9 +177,9 @@ async fn run(args: Args) -> Result<()> {
         address: args.listen_host.to_string(),
         launch: RankLaunch {
             trainer,
-            config: args.config.clone(),
-            overrides: args.overrides.clone(),
-            base_dir: args.base_dir,
+            run_file: args
+                .socket_dir
+                .join(format!("tessera-{}-run.json", args.node)),
             socket: default_socket(&args.socket_dir, &args.node),
             listen_host: args.listen_host,
             heartbeat_interval: Duration::from_secs(1),
@@ -190,7 +194,7 @@ async fn run(args: Args) -> Result<()> {
         stop_grace: Duration::from_secs(10),
         stop_timeout: Duration::from_secs(300),
         gpu_health,
-        run,
+        run: resolved,
     };
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();

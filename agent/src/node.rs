@@ -28,8 +28,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use tessera_api::{
-    TrainingRun,
-    manifest::resolve_path,
+    ResolvedRun,
     progress::RunProgress,
     proto::agent::{Directive, RankPhase},
     records::{
@@ -57,7 +56,9 @@ use crate::{
 /// Everything one node's agent needs.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
-    pub run: TrainingRun,
+    /// The run, resolved once by whoever read the manifest; the ranks are handed it too
+    /// (`launch.run_file`).
+    pub run: ResolvedRun,
     pub namespace: String,
     pub name: String,
     /// This node's name in the rendezvous (unique in the run).
@@ -131,6 +132,8 @@ pub enum AgentError {
     },
     #[error("starting ranks: {0}")]
     Spawn(std::io::Error),
+    #[error("handing the run to the ranks: {0}")]
+    RunFile(#[from] tessera_api::resolved::ResolveError),
 }
 
 /// How one generation ended.
@@ -150,8 +153,10 @@ pub async fn run_agent(
 ) -> Result<AgentReport, AgentError> {
     let keys = RunKeys::new(&config.namespace, &config.name);
     let run = RunStore::new(store.clone(), keys);
-    let resilience = &config.run.spec.fault_tolerance;
-    let nodes = config.run.spec.parallelism.nodes as usize;
+    let resilience = &config.run.run.spec.fault_tolerance;
+    let nodes = config.run.run.spec.parallelism.nodes as usize;
+    // The ranks read the run from here (`tessera-trainer --run`), not from the manifest.
+    config.run.write_to(&config.launch.run_file)?;
     let min_nodes = resilience.min_nodes.map_or(nodes, |m| m as usize).max(1);
     let board = Arc::new(Board::default());
     let (events_tx, mut events) = mpsc::channel(16);
@@ -350,6 +355,14 @@ pub async fn run_agent(
         // === checkpoint check and ranks ===
         let (resume, resume_step) = newest_valid_checkpoint(&config);
         metrics.checkpoint_step(resume_step);
+        if resume.is_empty() {
+            tracing::info!(
+                generation,
+                "no committed checkpoint verifies: the ranks start fresh"
+            );
+        } else {
+            tracing::info!(generation, checkpoint = %resume, "the ranks resume from this verified checkpoint");
+        }
         board.begin_generation(table.clone(), me.first_rank, me.slots, resume);
         let mut launch = config.launch.clone();
         launch.gpus = pool.iter().copied().take(me.slots as usize).collect();
@@ -519,7 +532,7 @@ pub fn backoff_delay(base_seconds: u32, restarts: u64) -> Duration {
 /// The newest committed checkpoint that verifies; older ones are logged when a newer one is
 /// skipped, and its step. Empty and 0 when none (the trainer initialises).
 fn newest_valid_checkpoint(config: &AgentConfig) -> (String, u64) {
-    let root = resolve_path(&config.launch.base_dir, &config.run.spec.checkpoint.path);
+    let root = config.run.checkpoint_root();
     let Ok(listing) = list_checkpoints(&root) else {
         return (String::new(), 0);
     };
@@ -555,7 +568,12 @@ async fn watch_generation(
 ) -> GenerationEnd {
     let generation = table.generation;
     let timeout = Duration::from_secs(u64::from(
-        config.run.spec.fault_tolerance.heartbeat_timeout_seconds,
+        config
+            .run
+            .run
+            .spec
+            .fault_tolerance
+            .heartbeat_timeout_seconds,
     ));
     // Before a rank's first heartbeat it may be loading data or waiting for slower nodes.
     let startup = config.rendezvous_timeout + timeout;

@@ -26,10 +26,9 @@ use tokio::{
 pub struct RankLaunch {
     /// The `tessera-trainer` binary.
     pub trainer: PathBuf,
-    /// The TrainingRun manifest the ranks read, and `--set` overrides applied to it.
-    pub config: PathBuf,
-    pub overrides: Vec<String>,
-    pub base_dir: PathBuf,
+    /// The resolved run the ranks read (`tessera-trainer --run`); the agent writes it there
+    /// when it starts.
+    pub run_file: PathBuf,
     /// The agent's unix socket.
     pub socket: PathBuf,
     /// The address peers reach this node's ranks on.
@@ -92,10 +91,8 @@ impl Ranks {
         let mut alive = BTreeMap::new();
         for local in 0..slots {
             let mut cmd = Command::new(&launch.trainer);
-            cmd.arg("--config")
-                .arg(&launch.config)
-                .arg("--base-dir")
-                .arg(&launch.base_dir)
+            cmd.arg("--run")
+                .arg(&launch.run_file)
                 .arg("--agent-socket")
                 .arg(&launch.socket)
                 .args(["--local-rank", &local.to_string()])
@@ -110,9 +107,6 @@ impl Ranks {
             }
             if let Some(addr) = launch.metrics_addrs.get(local as usize) {
                 cmd.args(["--metrics-addr", &addr.to_string()]);
-            }
-            for o in &launch.overrides {
-                cmd.args(["--set", o]);
             }
             if let Some(gpu) = launch.gpus.get(local as usize) {
                 cmd.env("CUDA_VISIBLE_DEVICES", gpu.to_string());

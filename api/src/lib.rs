@@ -3,7 +3,8 @@
 //! - [`spec`] and [`status`]: the TrainingRun custom resource (group `tessera.dev`,
 //!   version `v1alpha1`, short name `tr`);
 //! - [`validate`]: the rules a spec must satisfy, the same ones the CRD carries ([`crd`]);
-//! - [`manifest`]: reading a TrainingRun from YAML with errors that name the field;
+//! - [`manifest`]: reading a TrainingRun from YAML with errors that name the field, and
+//!   [`resolved`]: the run read once (overrides applied, paths absolute) that every hop is handed;
 //! - [`proto`]: the agent's gRPC protocol (`proto/agent.proto`);
 //! - [`checkpoint`]: the checkpoint manifest and directory layout;
 //! - [`store_keys`]: the coordination-store key layout, and [`progress`]: the progress report
@@ -23,6 +24,7 @@ pub mod progress;
 pub mod proto;
 pub mod records;
 pub mod report;
+pub mod resolved;
 pub mod spec;
 pub mod status;
 pub mod store_keys;
@@ -31,6 +33,7 @@ pub mod validate;
 
 pub use manifest::{ManifestError, parse_training_run};
 pub use progress::RunProgress;
+pub use resolved::ResolvedRun;
 pub use spec::{TrainingRun, TrainingRunSpec};
 pub use status::TrainingRunStatus;
 pub use validate::{Violation, validate};

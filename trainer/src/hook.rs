@@ -3,6 +3,8 @@
 //! Standalone runs use [`Unsupervised`]; under an agent, `supervised::AgentLink` relays both
 //! ways over the agent's socket.
 
+use std::path::PathBuf;
+
 use crate::checkpoint::CommittedCheckpoint;
 use crate::metrics::StepReport;
 
@@ -40,8 +42,24 @@ impl Directive {
     }
 }
 
+/// Where a run starts from: the decision belongs to whoever supervises it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResumeFrom {
+    /// Standalone: rank 0 scans the checkpoint directory for the newest committed checkpoint
+    /// that verifies.
+    Newest,
+    /// The supervisor found no checkpoint to resume: start from the initial weights.
+    Fresh,
+    /// The supervisor verified this committed checkpoint: load exactly it.
+    Checkpoint(PathBuf),
+}
+
 /// Receives a run's progress and steers it.
 pub trait RunHook {
+    /// Where to start; asked once, before the first step.
+    fn resume_from(&self) -> ResumeFrom {
+        ResumeFrom::Newest
+    }
     fn phase(&mut self, _phase: Phase) {}
     /// After every step (and its evaluation, if any); returns this rank's directive.
     fn step_done(&mut self, _report: &StepReport, _val_loss: Option<f64>) -> Directive {

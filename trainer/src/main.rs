@@ -10,10 +10,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use tessera_api::{
-    manifest::{Override, parse_training_run_with},
-    records::Record,
-};
+use tessera_api::{ResolvedRun, manifest::Override, records::Record};
 use tessera_trainer::{
     backend::{
         cpu::CpuBackend,
@@ -37,8 +34,12 @@ use tessera_trainer::{
 )]
 struct Args {
     /// The TrainingRun YAML.
-    #[arg(long)]
-    config: PathBuf,
+    #[arg(long, required_unless_present = "run")]
+    config: Option<PathBuf>,
+    /// The run as an agent resolved it (JSON; overrides applied, paths absolute), instead of
+    /// --config, --set and --base-dir.
+    #[arg(long, conflicts_with_all = ["config", "overrides", "base_dir"])]
+    run: Option<PathBuf>,
     /// Override a spec field, e.g. --set training.steps=200 (repeatable).
     #[arg(long = "set", value_name = "PATH=VALUE")]
     overrides: Vec<Override>,
@@ -178,18 +179,33 @@ fn main() -> ExitCode {
     tessera_api::report::exit_code(run(Args::parse()))
 }
 
-fn run(args: Args) -> Result<()> {
-    let yaml = std::fs::read_to_string(&args.config).with_context(|| {
+/// The run this process trains: handed down resolved (`--run`), or read and resolved here.
+fn resolved_run(args: &Args) -> Result<ResolvedRun> {
+    if let Some(file) = &args.run {
+        return Ok(ResolvedRun::read_from(file)?);
+    }
+    let config = args
+        .config
+        .as_ref()
+        .context("--config or --run is needed")?;
+    let yaml = std::fs::read_to_string(config).with_context(|| {
         format!(
             "cannot read the manifest {}; check --config",
-            args.config.display()
+            config.display()
         )
     })?;
-    let run = parse_training_run_with(&yaml, &args.overrides)
-        .with_context(|| format!("{} is rejected", args.config.display()))?;
+    let base_dir = std::path::absolute(&args.base_dir)
+        .with_context(|| format!("--base-dir {}", args.base_dir.display()))?;
+    ResolvedRun::from_manifest(&yaml, &args.overrides, &base_dir)
+        .with_context(|| format!("{} is rejected", config.display()))
+}
+
+fn run(args: Args) -> Result<()> {
+    let resolved = resolved_run(&args)?;
+    let run = &resolved.run;
     let mut options = RunOptions {
-        base_dir: args.base_dir,
-        run_name: run.metadata.name.clone().unwrap_or_default(),
+        base_dir: resolved.base_dir.clone(),
+        run_name: resolved.name.clone(),
         metrics_addr: args.metrics_addr,
         log_every: args.log_every,
         generation: args.generation,
@@ -225,14 +241,7 @@ fn run(args: Args) -> Result<()> {
             let interval = Duration::from_secs_f64(args.heartbeat_interval.clamp(0.05, 60.0));
             link.start_heartbeats(interval, (interval * 10).max(Duration::from_secs(10)));
             options.generation = info.generation;
-            train_on(
-                args.device,
-                args.local_rank,
-                &run,
-                &options,
-                comm,
-                &mut link,
-            )?
+            train_on(args.device, args.local_rank, run, &options, comm, &mut link)?
         }
         None => {
             let master_addr = match (&args.master_addr, args.world_size) {
@@ -253,7 +262,7 @@ fn run(args: Args) -> Result<()> {
             train_on(
                 args.device,
                 args.rank,
-                &run,
+                run,
                 &options,
                 comm,
                 &mut Unsupervised,

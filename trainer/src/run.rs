@@ -34,8 +34,8 @@ use crate::{
     backend::Backend,
     checkpoint::{
         BackgroundWriter, CheckpointError, CheckpointSnapshot, CheckpointTensors, GangWriter,
-        NamedTensor, ShardSnapshot, find_latest_valid, flat_optimizer_state, load_checkpoint,
-        write_checkpoint,
+        LoadedCheckpoint, NamedTensor, ShardSnapshot, find_latest_valid, flat_optimizer_state,
+        load_checkpoint, write_checkpoint,
     },
     collective::{Collective, Solo, device::CollectiveChoice},
     config::{ConfigError, ModelConfig},
@@ -44,7 +44,7 @@ use crate::{
         loader::{BatchLayout, EvalBatches, LoaderError, TokenStream, TrainBatches},
     },
     hf,
-    hook::{Directive, Phase, RunHook, Unsupervised},
+    hook::{Directive, Phase, ResumeFrom, RunHook, Unsupervised},
     metrics::{MetricsError, StepReport, TrainerMetrics},
     model::{Gpt, ModelError},
     optimizer::{AdamW, AdamWConfig, LrSchedule, OptimizerError, OptimizerState},
@@ -71,6 +71,22 @@ pub struct RunOptions {
     pub history: Option<PathBuf>,
     /// What carries the gang's gradients and parameters (NCCL or the host ring).
     pub collectives: CollectiveChoice,
+}
+
+impl RunOptions {
+    /// Options for a quiet run in `base_dir`: no metrics endpoint or history, a log line every
+    /// 1000 steps, generation 0, collectives chosen automatically.
+    pub fn new(base_dir: impl Into<PathBuf>, run_name: &str) -> RunOptions {
+        RunOptions {
+            base_dir: base_dir.into(),
+            run_name: run_name.to_string(),
+            metrics_addr: None,
+            log_every: 1000,
+            generation: 0,
+            history: None,
+            collectives: CollectiveChoice::default(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -197,6 +213,76 @@ impl RunSummary {
 /// `tessera_api`, shared with the agent and the CLI).
 pub use tessera_api::manifest::resolve_path;
 
+/// The checkpoint this rank resumes from. Rank 0 decides (its supervisor's verified choice,
+/// or, standalone, the newest committed checkpoint that verifies) and broadcasts the step;
+/// every other rank loads that step's directory, and refuses when its own supervisor handed
+/// it a different one (agents of one gang must agree).
+fn choose_checkpoint(
+    from: ResumeFrom,
+    checkpoint_root: &std::path::Path,
+    comm: &mut dyn Collective,
+) -> Result<Option<LoadedCheckpoint>, RunError> {
+    let mut loaded = None;
+    let mut chosen = Vec::new();
+    if comm.rank() == 0 {
+        loaded = match &from {
+            ResumeFrom::Fresh => None,
+            ResumeFrom::Checkpoint(dir) => Some(load_checkpoint(dir).map_err(|reason| {
+                CheckpointError::Manifest(format!(
+                    "the agent chose {} but it does not load: {reason}",
+                    dir.display()
+                ))
+            })?),
+            ResumeFrom::Newest => {
+                let scan = find_latest_valid(checkpoint_root)?;
+                for skipped in &scan.skipped {
+                    warn!(dir = %skipped.dir.display(), reason = %skipped.reason, "skipping checkpoint");
+                }
+                scan.loaded
+            }
+        };
+        if let Some(found) = &loaded {
+            chosen = found.manifest.step.to_le_bytes().to_vec();
+        }
+    }
+    comm.broadcast_bytes(&mut chosen, 0)
+        .map_err(ParallelError::from)?;
+    if comm.rank() == 0 {
+        return Ok(loaded);
+    }
+    let step = match <[u8; 8]>::try_from(chosen.as_slice()) {
+        Ok(word) => u64::from_le_bytes(word),
+        Err(_) if from == ResumeFrom::Newest || from == ResumeFrom::Fresh => return Ok(None),
+        Err(_) => {
+            return Err(CheckpointError::Manifest(format!(
+                "rank 0 starts fresh, but this rank's agent chose {from:?}; the agents of one \
+                 gang disagree about checkpoint.path"
+            ))
+            .into());
+        }
+    };
+    let dir = checkpoint_root.join(checkpoint_dir_name(step));
+    if let ResumeFrom::Checkpoint(mine) = &from
+        && mine != &dir
+    {
+        return Err(CheckpointError::Manifest(format!(
+            "rank 0 resumes from {} but this rank's agent chose {}; the agents of one gang \
+             disagree about checkpoint.path",
+            dir.display(),
+            mine.display()
+        ))
+        .into());
+    }
+    let found = load_checkpoint(&dir).map_err(|reason| {
+        CheckpointError::Manifest(format!(
+            "rank 0 chose {} but it does not load here: {reason}; is checkpoint.path a \
+             volume every rank shares?",
+            dir.display()
+        ))
+    })?;
+    Ok(Some(found))
+}
+
 /// The model dimensions a spec asks for.
 pub fn model_config(run: &TrainingRun) -> Result<(ModelConfig, ResolvedModel), RunError> {
     let resolved = run
@@ -321,34 +407,7 @@ pub fn train_ranked<B: Backend>(
     let flops_per_step = config.flops_per_token(context as usize) * global as f64;
 
     // === resume ===
-    // Rank 0 picks the newest committed checkpoint that verifies; every rank loads that one.
-    let mut chosen = Vec::new();
-    let mut loaded = None;
-    if rank == 0 {
-        let scan = find_latest_valid(&checkpoint_root)?;
-        for skipped in &scan.skipped {
-            warn!(dir = %skipped.dir.display(), reason = %skipped.reason, "skipping checkpoint");
-        }
-        if let Some(found) = &scan.loaded {
-            chosen = found.manifest.step.to_le_bytes().to_vec();
-        }
-        loaded = scan.loaded;
-    }
-    dp.comm()
-        .broadcast_bytes(&mut chosen, 0)
-        .map_err(ParallelError::from)?;
-    if rank != 0 && chosen.len() == 8 {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(&chosen);
-        let dir = checkpoint_root.join(checkpoint_dir_name(u64::from_le_bytes(word)));
-        loaded = Some(load_checkpoint(&dir).map_err(|reason| {
-            CheckpointError::Manifest(format!(
-                "rank 0 chose {} but it does not load here: {reason}; is checkpoint.path a \
-                 volume every rank shares?",
-                dir.display()
-            ))
-        })?);
-    }
+    let loaded = choose_checkpoint(hook.resume_from(), &checkpoint_root, dp.comm())?;
     let mut start = 0;
     let mut last_loss = None;
     let mut last_val_loss = None;

@@ -32,7 +32,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::{
     checkpoint::CommittedCheckpoint,
-    hook::{Directive, Phase, RunHook},
+    hook::{Directive, Phase, ResumeFrom, RunHook},
     metrics::StepReport,
 };
 
@@ -76,6 +76,8 @@ pub struct AgentLink {
     stopping: Arc<AtomicBool>,
     generation: u64,
     rank: u32,
+    /// The committed checkpoint the agent verified for this generation (empty: none).
+    resume_checkpoint: String,
 }
 
 impl AgentLink {
@@ -129,6 +131,7 @@ impl AgentLink {
             stopping: Arc::new(AtomicBool::new(false)),
             generation: 0,
             rank: 0,
+            resume_checkpoint: String::new(),
         })
     }
 
@@ -154,6 +157,7 @@ impl AgentLink {
             .into_inner();
         self.generation = info.generation;
         self.rank = info.rank;
+        self.resume_checkpoint = info.resume_checkpoint.clone();
         Ok(info)
     }
 
@@ -251,6 +255,15 @@ fn heartbeat_request(beat: &Beat) -> HeartbeatRequest {
 }
 
 impl RunHook for AgentLink {
+    /// The agent picks and verifies the checkpoint; the rank loads exactly that one.
+    fn resume_from(&self) -> ResumeFrom {
+        if self.resume_checkpoint.is_empty() {
+            ResumeFrom::Fresh
+        } else {
+            ResumeFrom::Checkpoint(PathBuf::from(&self.resume_checkpoint))
+        }
+    }
+
     fn phase(&mut self, phase: Phase) {
         self.set_phase(phase);
     }

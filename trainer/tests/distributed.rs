@@ -62,15 +62,7 @@ fn gang(dir: &Path, world: u32, overrides: &[&str]) -> Vec<RunSummary> {
                         collective_timeout: Duration::from_secs(60),
                     })
                     .unwrap();
-                    let options = RunOptions {
-                        base_dir: dir.to_path_buf(),
-                        run_name: "dp-test".into(),
-                        metrics_addr: None,
-                        log_every: 1000,
-                        generation: 0,
-                        history: None,
-                        collectives: Default::default(),
-                    };
+                    let options = RunOptions::new(dir, "dp-test");
                     train_ranked(
                         CpuBackend::<f32>::new(),
                         run,

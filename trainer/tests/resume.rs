@@ -1,5 +1,6 @@
 //! The trainer binary end to end: a run killed mid-way and resumed ends with bit-identical
 //! weights, and corrupt or uncommitted checkpoints are skipped for the previous good one.
+//! Under a supervisor the run loads exactly the checkpoint it was handed.
 
 use std::{
     io::{BufRead, BufReader},
@@ -9,6 +10,13 @@ use std::{
 };
 
 use serde_json::Value as Json;
+use tessera_api::manifest::parse_training_run_with;
+use tessera_trainer::{
+    backend::cpu::CpuBackend,
+    collective::Solo,
+    hook::{ResumeFrom, RunHook, Unsupervised},
+    run::{RunOptions, RunSummary, train_ranked},
+};
 
 mod common;
 
@@ -161,4 +169,53 @@ fn an_uncommitted_checkpoint_is_skipped() {
         |dir| std::fs::remove_file(dir.join(tessera_api::checkpoint::COMMIT_MARKER)).unwrap(),
         "no commit marker",
     );
+}
+
+/// A supervisor that hands the run a fixed resume decision, as an agent does.
+struct Handed(ResumeFrom);
+
+impl RunHook for Handed {
+    fn resume_from(&self) -> ResumeFrom {
+        self.0.clone()
+    }
+}
+
+fn train_with(dir: &Path, steps: u64, hook: &mut dyn RunHook) -> RunSummary {
+    let yaml = std::fs::read_to_string(dir.join("run.yaml")).unwrap();
+    let set = |s: String| s.parse().unwrap();
+    let run = parse_training_run_with(&yaml, &[set(format!("training.steps={steps}"))]).unwrap();
+    let options = RunOptions::new(dir, "handed");
+    train_ranked(
+        CpuBackend::<f32>::new(),
+        &run,
+        &options,
+        Box::new(Solo),
+        hook,
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_supervised_run_loads_exactly_the_checkpoint_it_was_handed() {
+    let dir = run_dir();
+    train_with(dir.path(), 30, &mut Unsupervised);
+    for step in [10, 20, 30] {
+        assert!(checkpoint(dir.path(), step).join("manifest.json").is_file());
+    }
+    // Not the newest (30): the one the supervisor verified and handed down.
+    let from_10 = train_with(
+        dir.path(),
+        40,
+        &mut Handed(ResumeFrom::Checkpoint(checkpoint(dir.path(), 10))),
+    );
+    assert_eq!(from_10.resumed_from, Some(10));
+    // The supervisor found nothing to resume: the run starts over although checkpoints exist.
+    let fresh_dir = run_dir();
+    train_with(fresh_dir.path(), 20, &mut Unsupervised);
+    let fresh = train_with(fresh_dir.path(), 20, &mut Handed(ResumeFrom::Fresh));
+    assert_eq!(fresh.resumed_from, None);
+    assert_eq!(fresh.steps, 20);
+    // Standalone, the run scans for the newest committed checkpoint (40, written above).
+    let scanned = train_with(dir.path(), 50, &mut Unsupervised);
+    assert_eq!(scanned.resumed_from, Some(40));
 }

@@ -44,13 +44,8 @@ fn tiny_gets_clearly_below_the_bigram_entropy_on_shakespeare() {
     )
     .unwrap();
     let options = RunOptions {
-        base_dir: dir.path().to_path_buf(),
-        run_name: "shakespeare-test".into(),
-        metrics_addr: None,
         log_every: 100,
-        generation: 0,
-        history: None,
-        collectives: Default::default(),
+        ..RunOptions::new(dir.path(), "shakespeare-test")
     };
     let summary = train(CpuBackend::<f32>::new(), &run, &options).unwrap();
     let val = summary

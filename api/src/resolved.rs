@@ -1,0 +1,239 @@
+//! A TrainingRun read once: parsed, its `--set` overrides applied, validated with the cluster's
+//! rules, its relative paths made absolute against the directory they were given from, and its
+//! model's shape worked out. Whoever reads the manifest (`tessera run`, a pod's agent from its
+//! ConfigMap, a standalone `tessera-trainer`) resolves it; every hop below is handed the
+//! [`ResolvedRun`] (as a value, or as the JSON file an agent gives its ranks with `--run`) and
+//! re-derives nothing.
+//!
+//! ```text
+//! run.yaml + --set ──parse, override, validate──▶ TrainingRun ──absolute paths, shape──▶ ResolvedRun
+//!                                                            (base_dir)                 │
+//!                           agents (in-process, or --run run.json) ◀────────────────────┤
+//!                           ranks (tessera-trainer --run run.json) ◀────────────────────┘
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    ManifestError, TrainingRun,
+    manifest::{Override, parse_training_run_with, resolve_path},
+    spec::ResolvedModel,
+};
+
+/// The JSON form's version; a reader refuses a newer one.
+pub const RESOLVED_RUN_VERSION: u32 = 1;
+
+/// A TrainingRun ready to run: see the module documentation.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedRun {
+    pub version: u32,
+    /// `metadata.name`.
+    pub name: String,
+    /// The run with overrides applied and `spec.data.train`, `spec.data.validation`,
+    /// `spec.checkpoint.path` and `spec.training.initFrom` absolute.
+    pub run: TrainingRun,
+    /// The model's dimensions.
+    pub model: ResolvedModel,
+    /// The directory relative paths were taken from (absolute).
+    pub base_dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("metadata.name is missing; give the run a name")]
+    MissingName,
+    #[error("spec.model does not resolve to dimensions; set model.preset or every dimension")]
+    UnresolvedModel,
+    #[error("the base directory {0} is not absolute")]
+    RelativeBase(PathBuf),
+    #[error("cannot read the resolved run {path}: {detail}")]
+    Read { path: PathBuf, detail: String },
+    #[error(
+        "the resolved run {path} has version {found}, newer than this binary reads ({RESOLVED_RUN_VERSION}); use binaries of one release"
+    )]
+    Version { path: PathBuf, found: u32 },
+    #[error("cannot write the resolved run {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ResolvedRun {
+    /// Reads the manifest text with its overrides and resolves it against `base_dir`.
+    pub fn from_manifest(
+        yaml: &str,
+        overrides: &[Override],
+        base_dir: &Path,
+    ) -> Result<ResolvedRun, ResolveError> {
+        let run = parse_training_run_with(yaml, overrides)?;
+        ResolvedRun::resolve(run, base_dir)
+    }
+
+    /// Resolves an already validated run against `base_dir`.
+    pub fn resolve(mut run: TrainingRun, base_dir: &Path) -> Result<ResolvedRun, ResolveError> {
+        if !base_dir.is_absolute() {
+            return Err(ResolveError::RelativeBase(base_dir.to_path_buf()));
+        }
+        let name = run
+            .metadata
+            .name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .ok_or(ResolveError::MissingName)?;
+        let model = run
+            .spec
+            .model
+            .resolve(run.spec.data.tokenizer)
+            .ok_or(ResolveError::UnresolvedModel)?;
+        let absolute = |p: &str| resolve_path(base_dir, p).to_string_lossy().into_owned();
+        let spec = &mut run.spec;
+        spec.data.train = absolute(&spec.data.train);
+        spec.data.validation = spec.data.validation.as_deref().map(absolute);
+        spec.checkpoint.path = absolute(&spec.checkpoint.path);
+        spec.training.init_from = spec.training.init_from.as_deref().map(absolute);
+        Ok(ResolvedRun {
+            version: RESOLVED_RUN_VERSION,
+            name,
+            run,
+            model,
+            base_dir: base_dir.to_path_buf(),
+        })
+    }
+
+    /// The run's Kubernetes namespace (`default` when the manifest names none).
+    pub fn namespace(&self) -> &str {
+        self.run.metadata.namespace.as_deref().unwrap_or("default")
+    }
+
+    /// The checkpoint directory (absolute).
+    pub fn checkpoint_root(&self) -> PathBuf {
+        PathBuf::from(&self.run.spec.checkpoint.path)
+    }
+
+    /// Writes the JSON form to `path`, whole or not at all (a temporary file renamed).
+    pub fn write_to(&self, path: &Path) -> Result<(), ResolveError> {
+        let json = serde_json::to_vec_pretty(self).expect("plain data serializes");
+        // Unique per writer: agents sharing a process may write at once.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = path.with_extension(format!("json.tmp-{}-{n}", std::process::id()));
+        let write_err = |source| ResolveError::Write {
+            path: path.to_path_buf(),
+            source,
+        };
+        std::fs::write(&tmp, json).map_err(write_err)?;
+        std::fs::rename(&tmp, path).map_err(write_err)
+    }
+
+    /// Reads the JSON form [`ResolvedRun::write_to`] wrote.
+    pub fn read_from(path: &Path) -> Result<ResolvedRun, ResolveError> {
+        let read_err = |detail: String| ResolveError::Read {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let bytes = std::fs::read(path).map_err(|e| read_err(e.to_string()))?;
+        #[derive(Deserialize)]
+        struct Versioned {
+            version: u32,
+        }
+        let versioned: Versioned =
+            serde_json::from_slice(&bytes).map_err(|e| read_err(e.to_string()))?;
+        if versioned.version > RESOLVED_RUN_VERSION {
+            return Err(ResolveError::Version {
+                path: path.to_path_buf(),
+                found: versioned.version,
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| read_err(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MANIFEST: &str = r#"
+apiVersion: tessera.dev/v1alpha1
+kind: TrainingRun
+metadata: {name: small}
+spec:
+  model: {preset: tiny}
+  data: {train: data/train-*.bin, validation: /abs/val-*.bin, tokenizer: bytes}
+  optimizer: {globalBatchTokens: 1024, microBatch: 8}
+  training: {steps: 10, initFrom: models/gpt2.safetensors}
+  checkpoint: {path: checkpoints}
+"#;
+
+    fn set(text: &str) -> Override {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn paths_become_absolute_once_and_overrides_apply() {
+        let run = ResolvedRun::from_manifest(
+            MANIFEST,
+            &[set("training.steps=20"), set("checkpoint.path=out/ckpt")],
+            Path::new("/work/here"),
+        )
+        .unwrap();
+        let spec = &run.run.spec;
+        assert_eq!(spec.training.steps, 20);
+        assert_eq!(spec.data.train, "/work/here/data/train-*.bin");
+        assert_eq!(spec.data.validation.as_deref(), Some("/abs/val-*.bin"));
+        assert_eq!(run.checkpoint_root(), Path::new("/work/here/out/ckpt"));
+        assert_eq!(
+            spec.training.init_from.as_deref(),
+            Some("/work/here/models/gpt2.safetensors")
+        );
+        assert_eq!(run.name, "small");
+        assert_eq!(run.namespace(), "default");
+        assert_eq!(run.model.vocab, 256);
+        assert_eq!(run.model.layers, 4);
+        // Resolving again changes nothing: absolute paths stay as they are.
+        let again = ResolvedRun::resolve(run.run.clone(), Path::new("/elsewhere")).unwrap();
+        assert_eq!(again.run.spec, run.run.spec);
+    }
+
+    #[test]
+    fn the_file_form_round_trips_and_refuses_newer_versions() {
+        let dir = std::env::temp_dir().join(format!("tessera-resolved-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("run.json");
+        let run = ResolvedRun::from_manifest(MANIFEST, &[], Path::new("/w")).unwrap();
+        run.write_to(&path).unwrap();
+        let read = ResolvedRun::read_from(&path).unwrap();
+        assert_eq!(
+            serde_json::to_value(&read).unwrap(),
+            serde_json::to_value(&run).unwrap()
+        );
+
+        let mut newer = serde_json::to_value(&run).unwrap();
+        newer["version"] = serde_json::json!(RESOLVED_RUN_VERSION + 1);
+        std::fs::write(&path, serde_json::to_vec(&newer).unwrap()).unwrap();
+        let err = ResolvedRun::read_from(&path).unwrap_err().to_string();
+        assert!(err.contains("newer than this binary reads"), "{err}");
+        std::fs::write(&path, b"{ not json").unwrap();
+        let err = ResolvedRun::read_from(&path).unwrap_err().to_string();
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_input_is_refused_naming_what_to_fix() {
+        let err = ResolvedRun::from_manifest(MANIFEST, &[], Path::new("relative")).unwrap_err();
+        assert!(err.to_string().contains("not absolute"), "{err}");
+        let nameless = MANIFEST.replace("metadata: {name: small}", "metadata: {}");
+        let err = ResolvedRun::from_manifest(&nameless, &[], Path::new("/w")).unwrap_err();
+        assert!(err.to_string().contains("metadata.name"), "{err}");
+        let err = ResolvedRun::from_manifest(MANIFEST, &[set("training.steps=0")], Path::new("/w"))
+            .unwrap_err();
+        assert!(err.to_string().contains("spec.training.steps"), "{err}");
+    }
+}
