@@ -25,7 +25,7 @@
 //! - `mistral`: no biases; `sliding_window` is kept in [`LlamaConfig::sliding_window`]. The
 //!   reference computes full causal attention, which is exactly sliding-window attention for
 //!   sequences no longer than the window, and refuses longer sequences
-//!   (the reference model will refuse them); a config is not
+//!   ([`ReferenceError::SequenceBeyondSlidingWindow`](super::ReferenceError)); a config is not
 //!   refused for its window, since Mistral 7B v0.1 (window 4096, 32k positions) is usable at
 //!   4096 tokens.
 //!
