@@ -13,6 +13,7 @@ pub mod cuda;
 pub mod data;
 pub mod hf;
 pub mod hook;
+pub mod llama;
 pub mod metrics;
 pub mod model;
 pub mod optimizer;
