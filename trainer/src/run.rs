@@ -23,7 +23,7 @@ use std::{
 
 use sha2::{Digest, Sha256};
 use tessera_api::{
-    TrainingRun,
+    TrainingRun, TrainingRunSpec,
     checkpoint::{CheckpointManifest, DataCursor, FORMAT_VERSION, RngState, checkpoint_dir_name},
     records::{RankSummary, Record, StepRecord, finite},
     spec::{LrSchedule as SpecSchedule, ResolvedModel},
@@ -323,24 +323,517 @@ pub fn train_ranked<B: Backend>(
     hook: &mut dyn RunHook,
 ) -> Result<RunSummary, RunError> {
     hook.phase(Phase::Initializing);
-    let spec = &run.spec;
-    let started = Instant::now();
-    let (rank, world) = (comm.rank(), comm.world_size());
-
-    // === model shape and data ===
-    let (config, resolved) = model_config(run)?;
-    let checkpoint_root = resolve_path(&options.base_dir, &spec.checkpoint.path);
-    // Text the manifest names is tokenized into the cache beside the checkpoints (once: a
-    // later start, and every other rank, finds the entry).
-    let data = resolve_run_data(&spec.data, &options.base_dir, &checkpoint_root)?;
-    let train_stream = TokenStream::open(&data.train)?;
-    if (train_stream.vocab_size() as usize) > config.vocab {
-        return Err(RunError::VocabTooSmall {
-            model: config.vocab,
-            data_vocab: train_stream.vocab_size(),
-            data: spec.data.train.clone(),
-        });
+    let mut trainer = Trainer::new(backend, run, options, comm, hook)?;
+    trainer.resume()?;
+    trainer.hook.phase(Phase::Training);
+    let mut stopped_at = None;
+    for step in trainer.start..run.spec.training.steps {
+        let report = trainer.step(step)?;
+        let evaluated = trainer.evaluate_if_due(report.step)?;
+        trainer.append_history(&report, evaluated);
+        // The gang follows the strongest directive any rank got.
+        let directive = trainer.agree_directive(&report)?;
+        if trainer.checkpoint_due(report.step, directive) {
+            trainer.checkpoint(report.step)?;
+        }
+        trainer.poll_checkpoints()?;
+        if directive == Directive::Stop {
+            info!(
+                step = report.step,
+                "stopping as the supervisor asked, after a checkpoint"
+            );
+            stopped_at = Some(report.step);
+            break;
+        }
     }
+    trainer.finish(stopped_at)
+}
+
+/// Where checkpoints go: written whole inside the loop, whole in the background
+/// (`checkpoint.async` in one process), or one shard per rank, committed by rank 0 when all
+/// are durable (a gang; a synchronous gang checkpoint is submit-then-wait).
+enum CheckpointSink {
+    Inline,
+    Background(BackgroundWriter),
+    Gang(Box<GangWriter>),
+}
+
+/// Sums over the steps this process ran, for the summary's means.
+#[derive(Default)]
+struct Totals {
+    tokens_per_second: f64,
+    mfu: f64,
+    step_seconds: f64,
+    comm_seconds: f64,
+}
+
+/// One rank's training: the model, its optimizer shard, the gang, the data, the metrics and
+/// checkpoint sink, and what the loop has seen so far. [`train_ranked`] drives it a step at a
+/// time: [`Trainer::resume`], then per step [`Trainer::step`], [`Trainer::evaluate_if_due`],
+/// [`Trainer::agree_directive`], [`Trainer::checkpoint`], and [`Trainer::finish`].
+struct Trainer<'h, B: Backend> {
+    spec: TrainingRunSpec,
+    options: RunOptions,
+    hook: &'h mut dyn RunHook,
+    config: ModelConfig,
+    resolved: ResolvedModel,
+    checkpoint_root: PathBuf,
+    model: Gpt<B>,
+    optimizer: AdamW<B>,
+    dp: DataParallel<B>,
+    batches: TrainBatches,
+    eval: Option<EvalBatches>,
+    grad_accum: u32,
+    metrics: TrainerMetrics,
+    history: Option<std::fs::File>,
+    sink: CheckpointSink,
+    /// When the checkpoint being written was started.
+    write_started: Option<Instant>,
+    peak_flops: f64,
+    flops_per_step: f64,
+    started: Instant,
+    /// The step this process started from (0, or the checkpoint it resumed).
+    start: u64,
+    last_loss: Option<f64>,
+    last_val_loss: Option<f64>,
+    totals: Totals,
+}
+
+impl<'h, B: Backend> Trainer<'h, B> {
+    /// Opens the data, builds the model, its optimizer shard and the gang's gradient path,
+    /// and starts the metrics, history and checkpoint sink. Nothing is loaded yet.
+    fn new(
+        backend: B,
+        run: &TrainingRun,
+        options: &RunOptions,
+        comm: Box<dyn Collective>,
+        hook: &'h mut dyn RunHook,
+    ) -> Result<Self, RunError> {
+        let spec = &run.spec;
+        let started = Instant::now();
+        let (rank, world) = (comm.rank(), comm.world_size());
+        let (config, resolved) = model_config(run)?;
+        let checkpoint_root = resolve_path(&options.base_dir, &spec.checkpoint.path);
+        let (batches, eval, grad_accum) = open_data(
+            spec,
+            options,
+            &config,
+            &resolved,
+            &checkpoint_root,
+            rank,
+            world,
+        )?;
+
+        let model = Gpt::new(
+            backend,
+            config,
+            spec.optimizer.micro_batch as usize,
+            resolved.context as usize,
+            spec.training.seed,
+        )?;
+        let mut dp = DataParallel::new(spec.parallelism.sharding, comm, &model)?;
+        if let Some(device) = model
+            .backend()
+            .device_collective(dp.comm(), options.collectives)
+            .map_err(ParallelError::from)?
+        {
+            dp.set_device_collective(device, &model)?;
+        }
+        let optimizer = AdamW::sharded(adamw_config(run), &model, dp.optimizer_range())?;
+        let peak_flops = model.backend().peak_flops();
+        let flops_per_step = config.flops_per_token(resolved.context as usize)
+            * spec.optimizer.global_batch_tokens as f64;
+
+        let metrics = TrainerMetrics::new(&options.run_name, rank)?;
+        let history = match (&options.history, rank) {
+            (Some(path), 0) => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| CheckpointError::io(path, e))?,
+            ),
+            _ => None,
+        };
+        if let Some(addr) = options.metrics_addr {
+            let bound = metrics.serve(addr)?;
+            info!(addr = %bound, "serving /metrics");
+        }
+        let keep = spec.checkpoint.keep;
+        let sink = if world > 1 {
+            CheckpointSink::Gang(Box::new(GangWriter::new(&checkpoint_root, keep)?))
+        } else if spec.checkpoint.async_write {
+            CheckpointSink::Background(BackgroundWriter::new(&checkpoint_root, keep)?)
+        } else {
+            CheckpointSink::Inline
+        };
+        Ok(Trainer {
+            spec: spec.clone(),
+            options: options.clone(),
+            hook,
+            config,
+            resolved,
+            checkpoint_root,
+            model,
+            optimizer,
+            dp,
+            batches,
+            eval,
+            grad_accum,
+            metrics,
+            history,
+            sink,
+            write_started: None,
+            peak_flops,
+            flops_per_step,
+            started,
+            start: 0,
+            last_loss: None,
+            last_val_loss: None,
+            totals: Totals::default(),
+        })
+    }
+
+    /// Loads the checkpoint the run resumes from (see [`choose_checkpoint`]), or the
+    /// `training.initFrom` weights when there is none.
+    fn resume(&mut self) -> Result<(), RunError> {
+        let from = self.hook.resume_from();
+        match choose_checkpoint(from, &self.checkpoint_root, self.dp.comm())? {
+            Some(loaded) => self.restore(loaded),
+            None => {
+                if let Some(path) = &self.spec.training.init_from {
+                    let weights = hf::load_gpt2(
+                        &resolve_path(&self.options.base_dir, path),
+                        &self.config,
+                        self.model.layout(),
+                    )?;
+                    self.model.load_params_from_host(&weights)?;
+                    info!(path = %path, "initialised from Hugging Face GPT-2 weights");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Puts a checkpoint's parameters and this rank's part of its optimizer state in place.
+    fn restore(&mut self, loaded: LoadedCheckpoint) -> Result<(), RunError> {
+        if loaded.manifest.model != self.resolved {
+            return Err(RunError::CheckpointModel {
+                dir: loaded.dir,
+                found: loaded.manifest.model,
+                want: self.resolved,
+            });
+        }
+        let layout = self.model.layout().clone();
+        let mut params = vec![0.0f32; self.model.num_params()];
+        for tensor in &layout.tensors {
+            let p = loaded
+                .model_tensor(tensor.name)
+                .filter(|p| p.values.len() == tensor.len)
+                .ok_or_else(|| RunError::CheckpointTensor {
+                    dir: loaded.dir.clone(),
+                    name: format!("{} with {} values", tensor.name, tensor.len),
+                })?;
+            params[tensor.range()].copy_from_slice(&p.values);
+        }
+        let names: Vec<(&str, std::ops::Range<usize>)> =
+            layout.tensors.iter().map(|t| (t.name, t.range())).collect();
+        let flat =
+            flat_optimizer_state(&loaded, &names, self.model.num_params()).map_err(|name| {
+                RunError::CheckpointTensor {
+                    dir: loaded.dir.clone(),
+                    name,
+                }
+            })?;
+        self.model.load_params_from_host(&params)?;
+        let owned = self.optimizer.owned();
+        self.optimizer.load_state(
+            &self.model,
+            &OptimizerState {
+                updates: loaded.optimizer_step,
+                m: flat.m[owned.clone()].to_vec(),
+                v: flat.v[owned.clone()].to_vec(),
+                master: flat.master.map(|all| all[owned].to_vec()),
+            },
+        )?;
+        self.start = loaded.manifest.step;
+        self.last_loss = loaded.manifest.loss;
+        self.last_val_loss = loaded.manifest.val_loss;
+        if self.dp.rank() == 0 {
+            info!(
+                step = self.start,
+                dir = %loaded.dir.display(),
+                written_by_ranks = loaded.manifest.world_size,
+                ranks = self.dp.world_size(),
+                "resumed from checkpoint"
+            );
+        }
+        Ok(())
+    }
+
+    /// One optimizer step over the gang's global batch; returns what it measured.
+    fn step(&mut self, step: u64) -> Result<StepReport, RunError> {
+        let t0 = Instant::now();
+        let batches = &self.batches;
+        let stats = train_step_parallel(
+            &mut self.model,
+            &mut self.optimizer,
+            &mut self.dp,
+            step,
+            self.grad_accum as usize,
+            &mut |s, micro, inputs, targets| {
+                let batch = batches.batch(s, micro as u32)?;
+                inputs.copy_from_slice(&batch.inputs);
+                targets.copy_from_slice(&batch.targets);
+                Ok(())
+            },
+        )?;
+        let seconds = t0.elapsed().as_secs_f64();
+        let comm_seconds = self.dp.take_comm_wait().as_secs_f64();
+        let world = f64::from(self.dp.world_size());
+        let report = StepReport {
+            step: step + 1,
+            loss: stats.loss,
+            lr: f64::from(stats.lr),
+            grad_norm: stats.grad_norm,
+            tokens_per_second: self.spec.optimizer.global_batch_tokens as f64 / seconds,
+            step_seconds: seconds,
+            mfu: self.flops_per_step / seconds / (self.peak_flops * world),
+        };
+        self.metrics.record_step(&report);
+        self.totals.tokens_per_second += report.tokens_per_second;
+        self.totals.mfu += report.mfu;
+        self.totals.step_seconds += seconds;
+        self.totals.comm_seconds += comm_seconds;
+        self.last_loss = Some(stats.loss);
+        let completed = report.step;
+        let log_now = completed == self.start + 1
+            || completed.is_multiple_of(self.options.log_every.max(1))
+            || completed == self.spec.training.steps;
+        if self.dp.rank() == 0 && log_now {
+            info!(
+                step = completed,
+                loss = format_args!("{:.4}", stats.loss),
+                lr = format_args!("{:.3e}", stats.lr),
+                grad_norm = format_args!("{:.3}", stats.grad_norm),
+                tokens_per_second = format_args!("{:.0}", report.tokens_per_second),
+                step_ms = format_args!("{:.1}", seconds * 1e3),
+                comm_ms = format_args!("{:.1}", comm_seconds * 1e3),
+                mfu = format_args!("{:.4}", report.mfu),
+                "step"
+            );
+        }
+        Ok(report)
+    }
+
+    /// The validation loss after `completed` steps, when one is due (every
+    /// `training.evalInterval` steps and at the last); returns whether it ran.
+    fn evaluate_if_due(&mut self, completed: u64) -> Result<bool, RunError> {
+        let interval = self.spec.training.eval_interval;
+        let Some(eval) = &self.eval else {
+            return Ok(false);
+        };
+        if interval == 0
+            || (!completed.is_multiple_of(interval) && completed != self.spec.training.steps)
+        {
+            return Ok(false);
+        }
+        self.hook.phase(Phase::Evaluating);
+        let val_loss = evaluate_ranked(&mut self.model, eval, self.dp.comm())?;
+        self.hook.phase(Phase::Training);
+        self.metrics.record_val_loss(val_loss);
+        self.last_val_loss = Some(val_loss);
+        if self.dp.rank() == 0 {
+            info!(
+                step = completed,
+                val_loss = format_args!("{:.4}", val_loss),
+                "eval"
+            );
+        }
+        Ok(true)
+    }
+
+    /// Appends the step's line to the history (rank 0, when asked for one).
+    fn append_history(&mut self, report: &StepReport, evaluated: bool) {
+        let Some(file) = self.history.as_mut() else {
+            return;
+        };
+        let line = StepRecord {
+            version: StepRecord::VERSION,
+            generation: self.options.generation,
+            step: report.step,
+            loss: finite(report.loss),
+            grad_norm: finite(report.grad_norm),
+            val_loss: if evaluated { self.last_val_loss } else { None },
+            tokens_per_second: finite(report.tokens_per_second),
+            unix_ms: unix_ms(),
+        };
+        use std::io::Write;
+        if let Err(e) = writeln!(file, "{}", line.to_json()) {
+            warn!("cannot append to the step history: {e}");
+        }
+    }
+
+    /// Tells the hook about the step and agrees the gang's directive (the strongest any rank
+    /// got); an abort ends the run here.
+    fn agree_directive(&mut self, report: &StepReport) -> Result<Directive, RunError> {
+        let wanted = self.hook.step_done(report, self.last_val_loss);
+        let directive = agree(self.dp.comm(), wanted)?;
+        if directive == Directive::Abort {
+            return Err(RunError::Aborted { step: report.step });
+        }
+        Ok(directive)
+    }
+
+    /// Every `checkpoint.everySteps`, at the last step, and when the supervisor asks.
+    fn checkpoint_due(&self, completed: u64, directive: Directive) -> bool {
+        completed.is_multiple_of(self.spec.checkpoint.every_steps)
+            || completed == self.spec.training.steps
+            || directive >= Directive::CheckpointNow
+    }
+
+    /// Checkpoints the state after `completed` steps into the sink.
+    fn checkpoint(&mut self, completed: u64) -> Result<(), RunError> {
+        self.hook.phase(Phase::Checkpointing);
+        let spec = &self.spec;
+        let manifest = CheckpointManifest {
+            format_version: FORMAT_VERSION,
+            step: completed,
+            generation: self.options.generation,
+            world_size: self.dp.world_size(),
+            sharding: spec.parallelism.sharding,
+            config: spec.clone(),
+            model: self.resolved,
+            parameter_count: self.model.num_params() as u64,
+            data_cursor: DataCursor {
+                seed: spec.training.seed,
+                next_step: completed,
+                tokens_seen: completed * spec.optimizer.global_batch_tokens,
+            },
+            rng: vec![RngState {
+                name: "init".into(),
+                words: vec![self.model.rng_state_after_init()],
+            }],
+            files: Vec::new(),
+            loss: self.last_loss,
+            val_loss: self.last_val_loss,
+            created_unix_ms: unix_ms(),
+        };
+        let t_stall = Instant::now();
+        let params = self.model.params_to_host()?;
+        let state = self.optimizer.state_to_host(&self.model)?;
+        let (metrics, hook, started) = (&self.metrics, &mut *self.hook, &mut self.write_started);
+        match &mut self.sink {
+            CheckpointSink::Gang(gang) => {
+                let snapshot =
+                    shard_snapshot(&self.dp, &self.model, &params, &self.optimizer, &state);
+                let done = gang.submit(self.dp.comm(), manifest, snapshot)?;
+                committed(metrics, hook, started, done);
+                *started = Some(t_stall);
+                if !spec.checkpoint.async_write {
+                    let done = gang.wait(self.dp.comm())?;
+                    committed(metrics, hook, started, done);
+                }
+            }
+            CheckpointSink::Background(writer) => {
+                let names = optimizer_names(&self.model);
+                let tensors = checkpoint_tensors(&self.model, &params, &state, &names);
+                let done = writer.submit(manifest, CheckpointSnapshot::capture(&tensors))?;
+                committed(metrics, hook, started, done);
+                *started = Some(t_stall);
+            }
+            CheckpointSink::Inline => {
+                let names = optimizer_names(&self.model);
+                let tensors = checkpoint_tensors(&self.model, &params, &state, &names);
+                let done = write_checkpoint(
+                    &self.checkpoint_root,
+                    manifest,
+                    &tensors,
+                    spec.checkpoint.keep,
+                )?;
+                *started = Some(t_stall);
+                committed(metrics, hook, started, Some(done));
+            }
+        }
+        self.metrics
+            .record_checkpoint_stall(t_stall.elapsed().as_secs_f64());
+        self.hook.phase(Phase::Training);
+        Ok(())
+    }
+
+    /// Reports a checkpoint the background or gang writer finished since the last look.
+    fn poll_checkpoints(&mut self) -> Result<(), RunError> {
+        let done = match &mut self.sink {
+            CheckpointSink::Inline => None,
+            CheckpointSink::Background(writer) => writer.poll()?,
+            CheckpointSink::Gang(gang) => gang.poll(self.dp.comm())?,
+        };
+        committed(&self.metrics, self.hook, &mut self.write_started, done);
+        Ok(())
+    }
+
+    /// Waits for the last checkpoint and sums the run up.
+    fn finish(mut self, stopped_at: Option<u64>) -> Result<RunSummary, RunError> {
+        let done = match &mut self.sink {
+            CheckpointSink::Inline => None,
+            CheckpointSink::Background(writer) => writer.wait()?,
+            CheckpointSink::Gang(gang) => gang.wait(self.dp.comm())?,
+        };
+        committed(&self.metrics, self.hook, &mut self.write_started, done);
+        self.hook.phase(Phase::Done);
+
+        let steps = stopped_at.unwrap_or(self.spec.training.steps);
+        let ran = steps.saturating_sub(self.start).max(1) as f64;
+        let params = self.model.params_to_host()?;
+        Ok(RunSummary {
+            steps,
+            stopped_early: stopped_at.is_some(),
+            resumed_from: (self.start > 0).then_some(self.start),
+            final_loss: self.last_loss,
+            final_val_loss: self.last_val_loss,
+            tokens_per_second: self.totals.tokens_per_second / ran,
+            mfu: self.totals.mfu / ran,
+            wall_seconds: self.started.elapsed().as_secs_f64(),
+            checkpoint_dir: self.checkpoint_root.clone(),
+            weights_sha256: weights_sha256(&params),
+            rank: self.dp.rank(),
+            world_size: self.dp.world_size(),
+            step_seconds: self.totals.step_seconds / ran,
+            comm_seconds_per_step: self.totals.comm_seconds / ran,
+            optimizer_state_bytes: self.optimizer.state_bytes(&self.model),
+            backend: self.model.backend().name().to_string(),
+            peak_device_memory_bytes: self.model.backend().peak_memory_bytes(),
+            collectives: self.dp.transport(),
+        })
+    }
+}
+
+/// Opens the training data (tokenizing text into the cache beside the checkpoints, once: a
+/// later start, and every other rank, finds the entry) and the validation set, checks them
+/// against the model's vocabulary and the batch shape, and returns this rank's batches and
+/// its gradient-accumulation count.
+fn open_data(
+    spec: &TrainingRunSpec,
+    options: &RunOptions,
+    config: &ModelConfig,
+    resolved: &ResolvedModel,
+    checkpoint_root: &std::path::Path,
+    rank: u32,
+    world: u32,
+) -> Result<(TrainBatches, Option<EvalBatches>, u32), RunError> {
+    let data = resolve_run_data(&spec.data, &options.base_dir, checkpoint_root)?;
+    let open = |path: &String| -> Result<TokenStream, RunError> {
+        let stream = TokenStream::open(path)?;
+        if (stream.vocab_size() as usize) > config.vocab {
+            return Err(RunError::VocabTooSmall {
+                model: config.vocab,
+                data_vocab: stream.vocab_size(),
+                data: path.clone(),
+            });
+        }
+        Ok(stream)
+    };
+    let train_stream = open(&data.train)?;
     let micro_batch = spec.optimizer.micro_batch;
     let context = resolved.context;
     let per_micro = u64::from(micro_batch) * u64::from(context);
@@ -367,354 +860,22 @@ pub fn train_ranked<B: Backend>(
         },
     )?;
     let eval = match &data.validation {
-        Some(val) => {
-            let stream = TokenStream::open(val)?;
-            if (stream.vocab_size() as usize) > config.vocab {
-                return Err(RunError::VocabTooSmall {
-                    model: config.vocab,
-                    data_vocab: stream.vocab_size(),
-                    data: val.clone(),
-                });
-            }
-            Some(EvalBatches::new(
-                stream,
-                micro_batch,
-                context,
-                spec.training.eval_batches,
-            )?)
-        }
+        Some(val) => Some(EvalBatches::new(
+            open(val)?,
+            micro_batch,
+            context,
+            spec.training.eval_batches,
+        )?),
         None => None,
     };
+    Ok((batches, eval, grad_accum))
+}
 
-    // === model and optimizer ===
-    let mut model = Gpt::new(
-        backend,
-        config,
-        micro_batch as usize,
-        context as usize,
-        spec.training.seed,
-    )?;
-    let mut dp = DataParallel::new(spec.parallelism.sharding, comm, &model)?;
-    if let Some(device) = model
-        .backend()
-        .device_collective(dp.comm(), options.collectives)
-        .map_err(ParallelError::from)?
-    {
-        dp.set_device_collective(device, &model)?;
-    }
-    let mut optimizer = AdamW::sharded(adamw_config(run), &model, dp.optimizer_range())?;
-    let peak_flops = model.backend().peak_flops();
-    let flops_per_step = config.flops_per_token(context as usize) * global as f64;
-
-    // === resume ===
-    let loaded = choose_checkpoint(hook.resume_from(), &checkpoint_root, dp.comm())?;
-    let mut start = 0;
-    let mut last_loss = None;
-    let mut last_val_loss = None;
-    if let Some(loaded) = loaded {
-        if loaded.manifest.model != resolved {
-            return Err(RunError::CheckpointModel {
-                dir: loaded.dir,
-                found: loaded.manifest.model,
-                want: resolved,
-            });
-        }
-        let layout = model.layout().clone();
-        let mut params = vec![0.0f32; model.num_params()];
-        for tensor in &layout.tensors {
-            let p = loaded
-                .model_tensor(tensor.name)
-                .filter(|p| p.values.len() == tensor.len)
-                .ok_or_else(|| RunError::CheckpointTensor {
-                    dir: loaded.dir.clone(),
-                    name: format!("{} with {} values", tensor.name, tensor.len),
-                })?;
-            params[tensor.range()].copy_from_slice(&p.values);
-        }
-        let names: Vec<(&str, std::ops::Range<usize>)> =
-            layout.tensors.iter().map(|t| (t.name, t.range())).collect();
-        let flat = flat_optimizer_state(&loaded, &names, model.num_params()).map_err(|name| {
-            RunError::CheckpointTensor {
-                dir: loaded.dir.clone(),
-                name,
-            }
-        })?;
-        model.load_params_from_host(&params)?;
-        let owned = optimizer.owned();
-        optimizer.load_state(
-            &model,
-            &OptimizerState {
-                updates: loaded.optimizer_step,
-                m: flat.m[owned.clone()].to_vec(),
-                v: flat.v[owned.clone()].to_vec(),
-                master: flat.master.map(|all| all[owned].to_vec()),
-            },
-        )?;
-        start = loaded.manifest.step;
-        last_loss = loaded.manifest.loss;
-        last_val_loss = loaded.manifest.val_loss;
-        if rank == 0 {
-            info!(
-                step = start,
-                dir = %loaded.dir.display(),
-                written_by_ranks = loaded.manifest.world_size,
-                ranks = world,
-                "resumed from checkpoint"
-            );
-        }
-    } else if let Some(path) = &spec.training.init_from {
-        let weights = hf::load_gpt2(
-            &resolve_path(&options.base_dir, path),
-            &config,
-            model.layout(),
-        )?;
-        model.load_params_from_host(&weights)?;
-        info!(path = %path, "initialised from Hugging Face GPT-2 weights");
-    }
-    let resumed_from = (start > 0).then_some(start);
-
-    let metrics = TrainerMetrics::new(&options.run_name, rank)?;
-    let mut history = match (&options.history, rank) {
-        (Some(path), 0) => Some(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| CheckpointError::io(path, e))?,
-        ),
-        _ => None,
-    };
-    if let Some(addr) = options.metrics_addr {
-        let bound = metrics.serve(addr)?;
-        info!(addr = %bound, "serving /metrics");
-    }
-    // One process writes whole checkpoints (in the background with checkpoint.async); a gang
-    // writes one shard per rank, committed by rank 0 when all are durable.
-    let mut writer = (spec.checkpoint.async_write && world == 1)
-        .then(|| BackgroundWriter::new(&checkpoint_root, spec.checkpoint.keep))
-        .transpose()?;
-    let mut gang_writer = (world > 1)
-        .then(|| GangWriter::new(&checkpoint_root, spec.checkpoint.keep))
-        .transpose()?;
-    let optimizer_state_bytes = optimizer.state_bytes(&model);
-
-    // === the step loop ===
-    let steps = spec.training.steps;
-    // When the checkpoint being written was started.
-    let mut write_started: Option<Instant> = None;
-    let mut tokens_per_second_sum = 0.0;
-    let mut mfu_sum = 0.0;
-    let (mut step_seconds_sum, mut comm_seconds_sum) = (0.0, 0.0);
-    let mut stopped_at = None;
-    hook.phase(Phase::Training);
-    for step in start..steps {
-        let t0 = Instant::now();
-        let stats = train_step_parallel(
-            &mut model,
-            &mut optimizer,
-            &mut dp,
-            step,
-            grad_accum as usize,
-            &mut |s, micro, inputs, targets| {
-                let batch = batches.batch(s, micro as u32)?;
-                inputs.copy_from_slice(&batch.inputs);
-                targets.copy_from_slice(&batch.targets);
-                Ok(())
-            },
-        )?;
-        let seconds = t0.elapsed().as_secs_f64();
-        let comm_seconds = dp.take_comm_wait().as_secs_f64();
-        step_seconds_sum += seconds;
-        comm_seconds_sum += comm_seconds;
-        let completed = step + 1;
-        let report = StepReport {
-            step: completed,
-            loss: stats.loss,
-            lr: f64::from(stats.lr),
-            grad_norm: stats.grad_norm,
-            tokens_per_second: global as f64 / seconds,
-            step_seconds: seconds,
-            mfu: flops_per_step / seconds / (peak_flops * f64::from(world)),
-        };
-        metrics.record_step(&report);
-        tokens_per_second_sum += report.tokens_per_second;
-        mfu_sum += report.mfu;
-        last_loss = Some(stats.loss);
-        let log_now = completed == start + 1
-            || completed % options.log_every.max(1) == 0
-            || completed == steps;
-        if rank == 0 && log_now {
-            info!(
-                step = completed,
-                loss = format_args!("{:.4}", stats.loss),
-                lr = format_args!("{:.3e}", stats.lr),
-                grad_norm = format_args!("{:.3}", stats.grad_norm),
-                tokens_per_second = format_args!("{:.0}", report.tokens_per_second),
-                step_ms = format_args!("{:.1}", seconds * 1e3),
-                comm_ms = format_args!("{:.1}", comm_seconds * 1e3),
-                mfu = format_args!("{:.4}", report.mfu),
-                "step"
-            );
-        }
-
-        let interval = spec.training.eval_interval;
-        if let Some(eval) = &eval
-            && interval > 0
-            && (completed % interval == 0 || completed == steps)
-        {
-            hook.phase(Phase::Evaluating);
-            let val_loss = evaluate_ranked(&mut model, eval, dp.comm())?;
-            hook.phase(Phase::Training);
-            metrics.record_val_loss(val_loss);
-            last_val_loss = Some(val_loss);
-            if rank == 0 {
-                info!(
-                    step = completed,
-                    val_loss = format_args!("{:.4}", val_loss),
-                    "eval"
-                );
-            }
-        }
-
-        if let Some(file) = history.as_mut() {
-            let evaluated = eval.is_some()
-                && spec.training.eval_interval > 0
-                && (completed % spec.training.eval_interval == 0 || completed == steps);
-            let line = StepRecord {
-                version: StepRecord::VERSION,
-                generation: options.generation,
-                step: completed,
-                loss: finite(stats.loss),
-                grad_norm: finite(stats.grad_norm),
-                val_loss: if evaluated { last_val_loss } else { None },
-                tokens_per_second: finite(report.tokens_per_second),
-                unix_ms: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64),
-            };
-            use std::io::Write;
-            if let Err(e) = writeln!(file, "{}", line.to_json()) {
-                warn!("cannot append to the step history: {e}");
-            }
-        }
-        // The gang follows the strongest directive any rank got.
-        let wanted = hook.step_done(&report, last_val_loss);
-        let directive = agree(dp.comm(), wanted)?;
-        if directive == Directive::Abort {
-            return Err(RunError::Aborted { step: completed });
-        }
-        if completed % spec.checkpoint.every_steps == 0
-            || completed == steps
-            || directive >= Directive::CheckpointNow
-        {
-            hook.phase(Phase::Checkpointing);
-            let manifest = CheckpointManifest {
-                format_version: FORMAT_VERSION,
-                step: completed,
-                generation: options.generation,
-                world_size: world,
-                sharding: spec.parallelism.sharding,
-                config: spec.clone(),
-                model: resolved,
-                parameter_count: model.num_params() as u64,
-                data_cursor: DataCursor {
-                    seed: spec.training.seed,
-                    next_step: completed,
-                    tokens_seen: completed * global,
-                },
-                rng: vec![RngState {
-                    name: "init".into(),
-                    words: vec![model.rng_state_after_init()],
-                }],
-                files: Vec::new(),
-                loss: last_loss,
-                val_loss: last_val_loss,
-                created_unix_ms: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64),
-            };
-            let t_stall = Instant::now();
-            let params = model.params_to_host()?;
-            let state = optimizer.state_to_host(&model)?;
-            if let Some(gang) = gang_writer.as_mut() {
-                let snapshot = shard_snapshot(&dp, &model, &params, &optimizer, &state);
-                let done = gang.submit(dp.comm(), manifest, snapshot)?;
-                committed(&metrics, hook, &mut write_started, done);
-                write_started = Some(t_stall);
-                if !spec.checkpoint.async_write {
-                    let done = gang.wait(dp.comm())?;
-                    committed(&metrics, hook, &mut write_started, done);
-                }
-            } else {
-                let names = optimizer_names(&model);
-                let tensors = checkpoint_tensors(&model, &params, &state, &names);
-                match writer.as_mut() {
-                    Some(writer) => {
-                        let snapshot = CheckpointSnapshot::capture(&tensors);
-                        let done = writer.submit(manifest, snapshot)?;
-                        committed(&metrics, hook, &mut write_started, done);
-                        write_started = Some(t_stall);
-                    }
-                    None => {
-                        let done = write_checkpoint(
-                            &checkpoint_root,
-                            manifest,
-                            &tensors,
-                            spec.checkpoint.keep,
-                        )?;
-                        write_started = Some(t_stall);
-                        committed(&metrics, hook, &mut write_started, Some(done));
-                    }
-                }
-            }
-            metrics.record_checkpoint_stall(t_stall.elapsed().as_secs_f64());
-            hook.phase(Phase::Training);
-        }
-        if let Some(writer) = writer.as_mut() {
-            committed(&metrics, hook, &mut write_started, writer.poll()?);
-        }
-        if let Some(gang) = gang_writer.as_mut() {
-            committed(&metrics, hook, &mut write_started, gang.poll(dp.comm())?);
-        }
-        if directive == Directive::Stop {
-            info!(
-                step = completed,
-                "stopping as the supervisor asked, after a checkpoint"
-            );
-            stopped_at = Some(completed);
-            break;
-        }
-    }
-    if let Some(writer) = writer.as_mut() {
-        committed(&metrics, hook, &mut write_started, writer.wait()?);
-    }
-    if let Some(gang) = gang_writer.as_mut() {
-        committed(&metrics, hook, &mut write_started, gang.wait(dp.comm())?);
-    }
-    hook.phase(Phase::Done);
-
-    let ran = stopped_at.unwrap_or(steps).saturating_sub(start).max(1) as f64;
-    let params = model.params_to_host()?;
-    Ok(RunSummary {
-        steps: stopped_at.unwrap_or(steps),
-        stopped_early: stopped_at.is_some(),
-        resumed_from,
-        final_loss: last_loss,
-        final_val_loss: last_val_loss,
-        tokens_per_second: tokens_per_second_sum / ran,
-        mfu: mfu_sum / ran,
-        wall_seconds: started.elapsed().as_secs_f64(),
-        checkpoint_dir: checkpoint_root,
-        weights_sha256: weights_sha256(&params),
-        rank,
-        world_size: world,
-        step_seconds: step_seconds_sum / ran,
-        comm_seconds_per_step: comm_seconds_sum / ran,
-        optimizer_state_bytes,
-        backend: model.backend().name().to_string(),
-        peak_device_memory_bytes: model.backend().peak_memory_bytes(),
-        collectives: dp.transport(),
-    })
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// This rank's part of a gang checkpoint, copied out of training: its shard of the AdamW
