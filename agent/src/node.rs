@@ -372,21 +372,25 @@ pub async fn run_agent(
         }
         let mut ranks = Ranks::spawn(&launch, generation, me.slots).map_err(AgentError::Spawn)?;
         let end = watch_generation(
-            &config,
-            &mut gpu_health,
-            &gpus_used,
-            &run,
-            &board,
-            &metrics,
-            &table,
-            me.first_rank,
-            &mut ranks,
-            &mut events,
-            &lease,
-            &shutdown,
-            &mut failed_at,
-            &mut failures,
-            &ended_by_peers,
+            Generation {
+                config: &config,
+                run: &run,
+                board: &board,
+                metrics: &metrics,
+                lease: &lease,
+                shutdown: &shutdown,
+                table: &table,
+                first_rank: me.first_rank,
+                gpus: &gpus_used,
+                ended_by_peers: &ended_by_peers,
+            },
+            Watched {
+                ranks: &mut ranks,
+                events: &mut events,
+                gpu_health: &mut gpu_health,
+                failed_at: &mut failed_at,
+                failures: &mut failures,
+            },
         )
         .await;
 
@@ -548,24 +552,55 @@ fn newest_valid_checkpoint(config: &AgentConfig) -> (String, u64) {
     (String::new(), 0)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn watch_generation(
-    config: &AgentConfig,
-    gpu_health: &mut GpuHealth,
-    given: &[u32],
-    run: &RunStore,
-    board: &Board,
-    metrics: &AgentMetrics,
-    table: &RankTable,
+/// One generation as this node's agent sees it: the rank table, this node's first rank and
+/// GPUs, and what the agent reads from and reports to while its ranks run.
+#[derive(Clone, Copy)]
+struct Generation<'a> {
+    config: &'a AgentConfig,
+    run: &'a RunStore,
+    board: &'a Board,
+    metrics: &'a AgentMetrics,
+    lease: &'a LeaseKeeper,
+    shutdown: &'a CancellationToken,
+    table: &'a RankTable,
     first_rank: u32,
-    ranks: &mut Ranks,
-    events: &mut mpsc::Receiver<ServiceEvent>,
-    lease: &LeaseKeeper,
-    shutdown: &CancellationToken,
-    failed_at: &mut Option<Instant>,
-    failures: &mut [Failure],
-    ended_by_peers: &[Failure],
-) -> GenerationEnd {
+    /// GPU per local rank (empty: CPU ranks).
+    gpus: &'a [u32],
+    /// Failures that ended earlier generations through a peer's bump.
+    ended_by_peers: &'a [Failure],
+}
+
+/// What a generation's watch updates in the agent's state across generations.
+struct Watched<'a> {
+    ranks: &'a mut Ranks,
+    events: &'a mut mpsc::Receiver<ServiceEvent>,
+    gpu_health: &'a mut GpuHealth,
+    /// When the failure that is being recovered from was detected.
+    failed_at: &'a mut Option<Instant>,
+    failures: &'a mut [Failure],
+}
+
+/// Watches the generation's ranks, heartbeats, peers and GPUs until it ends; returns how.
+async fn watch_generation(generation: Generation<'_>, watched: Watched<'_>) -> GenerationEnd {
+    let Generation {
+        config,
+        run,
+        board,
+        metrics,
+        lease,
+        shutdown,
+        table,
+        first_rank,
+        gpus: given,
+        ended_by_peers,
+    } = generation;
+    let Watched {
+        ranks,
+        events,
+        gpu_health,
+        failed_at,
+        failures,
+    } = watched;
     let generation = table.generation;
     let timeout = Duration::from_secs(u64::from(
         config
