@@ -3,6 +3,18 @@
 //!
 //! Normal samples use the Box–Muller transform on 53-bit uniforms, computed in f64.
 
+/// SplitMix64's increment (2^64 / φ, odd).
+const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// SplitMix64's output function on `x + golden gamma`: a bijective 64-bit mix, also used on
+/// its own as a stateless hash (the data order keys each batch row with it).
+pub fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(GOLDEN_GAMMA);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// SplitMix64 (Steele, Lea, Flood 2014). The state is the counter; each draw advances it by
 /// the golden-ratio increment and mixes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,11 +43,9 @@ impl Rng {
 
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        let out = splitmix64(self.state);
+        self.state = self.state.wrapping_add(GOLDEN_GAMMA);
+        out
     }
 
     /// Uniform in [0, 1) with 53 bits of precision.

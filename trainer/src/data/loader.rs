@@ -21,6 +21,7 @@
 use std::path::{Path, PathBuf};
 
 use super::shard::{Shard, ShardError, read_shard};
+use crate::rng::splitmix64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoaderError {
@@ -434,14 +435,6 @@ impl TrainBatches {
 
 /// Separates the data order's random stream from any other use of the run's seed.
 const DATA_DOMAIN: u64 = 0x6461_7461_5f6f_7264; // "data_ord"
-
-/// SplitMix64's output function on `x + golden gamma`: a bijective 64-bit mix.
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
 
 /// The fixed validation set: `batches` batches of `rows` windows at evenly spaced offsets
 /// over the validation stream, the same at every evaluation.
