@@ -198,6 +198,17 @@ spec:
         );
         assert_eq!(run.name, "small");
         assert_eq!(run.namespace(), "default");
+        assert_eq!(spec.data.tokenizer, Tokenizer::Bytes);
+
+        let hf = MANIFEST
+            .replace("tokenizer: bytes", "tokenizer: models/llama")
+            .replace("model: {preset: tiny}", "model: {preset: tiny, vocab: 384}");
+        let hf_run = ResolvedRun::from_manifest(&hf, &[], Path::new("/work/here")).unwrap();
+        assert_eq!(
+            hf_run.run.spec.data.tokenizer,
+            Tokenizer::HuggingFace("/work/here/models/llama".into())
+        );
+        assert_eq!(hf_run.model.vocab, 384);
         assert_eq!(run.model.vocab, 256);
         assert_eq!(run.model.layers, 4);
         // Resolving again changes nothing: absolute paths stay as they are.

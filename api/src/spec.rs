@@ -713,3 +713,49 @@ mod defaults {
         60
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokenizers_are_one_string_and_round_trip() {
+        for (yaml, tokenizer) in [
+            ("gpt2", Tokenizer::Gpt2),
+            ("bytes", Tokenizer::Bytes),
+            (
+                "models/llama",
+                Tokenizer::HuggingFace("models/llama".into()),
+            ),
+            ("tok.json", Tokenizer::HuggingFace("tok.json".into())),
+        ] {
+            let parsed: Tokenizer = serde_yaml::from_str(yaml).unwrap();
+            assert_eq!(parsed, tokenizer);
+            assert_eq!(parsed.problem(), None, "{yaml}");
+            assert_eq!(
+                serde_json::to_string(&parsed).unwrap(),
+                format!("\"{yaml}\"")
+            );
+        }
+        assert_eq!(Tokenizer::default(), Tokenizer::Gpt2);
+        assert!(Tokenizer::from("").problem().is_some());
+        let unknown = Tokenizer::from("sentencepiece").problem().unwrap();
+        assert!(unknown.contains("./sentencepiece"), "{unknown}");
+    }
+
+    #[test]
+    fn a_hugging_face_tokenizer_needs_an_explicit_vocab() {
+        let model = ModelSpec {
+            preset: Some(ModelPreset::Tiny),
+            ..ModelSpec::default()
+        };
+        let llama = Tokenizer::from("models/llama");
+        assert_eq!(model.resolve(&llama), None);
+        let with_vocab = ModelSpec {
+            vocab: Some(384),
+            ..model.clone()
+        };
+        assert_eq!(with_vocab.resolve(&llama).unwrap().vocab, 384);
+        assert_eq!(model.resolve(&Tokenizer::Bytes).unwrap().vocab, 256);
+    }
+}

@@ -453,6 +453,77 @@ mod tests {
     }
 
     #[test]
+    fn a_hugging_face_tokenizer_named_relatively_tokenizes_into_the_cache() {
+        let base = tempfile::tempdir().unwrap();
+        let model = base.path().join("model");
+        std::fs::create_dir(&model).unwrap();
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/llama-gqa");
+        for file in [
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "generation_config.json",
+        ] {
+            std::fs::copy(fixture.join(file), model.join(file)).unwrap();
+        }
+        let text = "First Citizen:\nBefore we proceed any further, hear me speak.\n";
+        std::fs::write(base.path().join("corpus.txt"), text).unwrap();
+        let ckpt = tempfile::tempdir().unwrap();
+        let spec = DataSpec {
+            train: "corpus.txt".into(),
+            tokenizer: Tokenizer::from("./model"),
+            ..DataSpec::default()
+        };
+        let first = resolve_run_data(&spec, base.path(), ckpt.path()).unwrap();
+        let entry = &first.tokenized[0];
+        assert!(!entry.reused);
+        let sha = hex::encode(Sha256::digest(
+            std::fs::read(model.join("tokenizer.json")).unwrap(),
+        ));
+        assert_eq!(entry.record.tokenizer_sha256.as_deref(), Some(sha.as_str()));
+        assert_eq!(
+            entry.record.tokenizer,
+            Tokenizer::HuggingFace(base.path().join("./model").display().to_string())
+        );
+        let train = TokenStream::open(&first.train).unwrap();
+        assert_eq!(train.vocab_size(), 384);
+        let mut tokens = vec![0; train.len() as usize];
+        train.copy_range(0, &mut tokens);
+        assert_eq!(tokens[0], 376, "EOS (<|eot_id|>) starts the document");
+        let tokenizer =
+            TextTokenizer::load(&Tokenizer::from(model.display().to_string()), "test").unwrap();
+        assert_eq!(tokenizer.decode(&tokens[1..]).unwrap(), text);
+
+        // Found again; a changed tokenizer.json (one merge fewer) makes a new entry.
+        assert!(
+            resolve_run_data(&spec, base.path(), ckpt.path())
+                .unwrap()
+                .tokenized[0]
+                .reused
+        );
+        let path = model.join("tokenizer.json");
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        json["model"]["merges"].as_array_mut().unwrap().pop();
+        std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+        let changed = resolve_run_data(&spec, base.path(), ckpt.path()).unwrap();
+        assert!(!changed.tokenized[0].reused);
+        assert_ne!(changed.tokenized[0].record.key, entry.record.key);
+
+        // A missing tokenizer names the field and the path.
+        let bad = DataSpec {
+            tokenizer: Tokenizer::from("./nowhere"),
+            ..spec.clone()
+        };
+        let err = resolve_run_data(&bad, base.path(), ckpt.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("spec.data.tokenizer") && err.contains("nowhere"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn a_changed_input_makes_a_new_entry() {
         let src = text_dir(&[("a.txt", &"alpha ".repeat(50))]);
         let ckpt = tempfile::tempdir().unwrap();

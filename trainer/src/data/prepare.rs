@@ -422,6 +422,51 @@ mod tests {
     }
 
     #[test]
+    fn a_hugging_face_tokenizer_makes_shards_of_its_vocabulary_that_decode_back() {
+        let llama = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/hf/llama-gqa");
+        let dir = tempfile::tempdir().unwrap();
+        let texts = [
+            "First Citizen:\nBefore we proceed any further, hear me speak.\n".repeat(5),
+            "Café naïve 日本語 🙂 — and <|eot_id|> written out.\n".repeat(5),
+        ];
+        let mut inputs = Vec::new();
+        for (i, text) in texts.iter().enumerate() {
+            let path = dir.path().join(format!("{i}.txt"));
+            std::fs::write(&path, text).unwrap();
+            inputs.push(path);
+        }
+        let mut options =
+            PrepareOptions::new(Tokenizer::from(llama), dir.path().join("out"), inputs);
+        options.val_fraction = 0.0;
+        let report = prepare(&options).unwrap();
+        let d = &report.description;
+        assert_eq!(d.vocab_size, 384);
+        assert!(d.tokenizer_sha256.as_ref().is_some_and(|s| s.len() == 64));
+        let shard = read_shard(&report.train_shards[0]).unwrap();
+        assert_eq!(shard.vocab_size, 384);
+        let tokens = shard.tokens.to_u32();
+        let tokenizer = TextTokenizer::load(&Tokenizer::from(llama), "--tokenizer").unwrap();
+        // Each document is its EOS (<|eot_id|>, 376) and its text; no special token inside.
+        let starts: Vec<usize> = (0..tokens.len()).filter(|&i| tokens[i] == 376).collect();
+        assert_eq!(starts.len(), 2);
+        assert_eq!(starts[0], 0);
+        assert_eq!(tokenizer.decode(&tokens[1..starts[1]]).unwrap(), texts[0]);
+        assert_eq!(
+            tokenizer.decode(&tokens[starts[1] + 1..]).unwrap(),
+            texts[1]
+        );
+        assert_eq!(read_dataset_description(&report.out_dir).unwrap(), *d);
+
+        let mut missing = options.clone();
+        missing.tokenizer = Tokenizer::from("./no/such/model");
+        let err = prepare(&missing).unwrap_err().to_string();
+        assert!(
+            err.contains("--tokenizer") && err.contains("./no/such/model"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn tinyshakespeare_with_bytes_splits_ninety_ten() {
         let input = shakespeare();
         let out = tempfile::tempdir().unwrap();
