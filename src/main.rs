@@ -91,7 +91,9 @@ enum Command {
 enum DataCommand {
     /// Tokenize text files into train and validation token shards.
     Prepare {
-        /// gpt2 (GPT-2 BPE, 50257 tokens) or bytes (256 tokens).
+        /// gpt2 (GPT-2 BPE, 50257 tokens), bytes (256 tokens), or a Hugging Face tokenizer: a
+        /// model directory holding tokenizer.json, or the file (a path has a '/' or ends in
+        /// .json, e.g. ./llama).
         #[arg(long, value_parser = parse_tokenizer)]
         tokenizer: Tokenizer,
         /// Output directory for train-*.bin, val-*.bin and dataset.json.
@@ -125,11 +127,13 @@ enum CkptCommand {
     },
 }
 
+/// The manifest's rule for `spec.data.tokenizer` (a name, or a path with a `/` or a `.json`
+/// ending); whether the path holds a tokenizer is checked when `prepare` loads it.
 fn parse_tokenizer(name: &str) -> Result<Tokenizer, String> {
-    match name {
-        "gpt2" => Ok(Tokenizer::Gpt2),
-        "bytes" => Ok(Tokenizer::Bytes),
-        other => Err(format!("unknown tokenizer {other:?}; use gpt2 or bytes")),
+    let tokenizer = Tokenizer::from(name);
+    match tokenizer.problem() {
+        None => Ok(tokenizer),
+        Some(problem) => Err(problem),
     }
 }
 
@@ -217,7 +221,7 @@ fn run(cli: Cli) -> Result<()> {
                     inputs,
                 },
         } => {
-            let mut options = PrepareOptions::new(tokenizer, out, inputs);
+            let mut options = PrepareOptions::new(tokenizer.clone(), out, inputs);
             options.val_fraction = val_fraction;
             let report = prepare(&options)?;
             let d = &report.description;

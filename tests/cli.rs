@@ -95,3 +95,72 @@ fn an_invalid_manifest_fails_naming_every_field() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn data_prepare_takes_a_hugging_face_tokenizer_directory() {
+    use tessera_api::spec::Tokenizer;
+    use tessera_trainer::data::{shard::read_shard, tokenizer::TextTokenizer};
+
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("speech.txt");
+    let speech = "First Citizen:\nBefore we proceed any further, hear me speak.\n".repeat(20);
+    std::fs::write(&input, &speech).unwrap();
+    let out_dir = dir.path().join("out");
+    let llama = "trainer/tests/fixtures/hf/llama-gqa";
+    let out = tessera(&[
+        "data",
+        "prepare",
+        "--tokenizer",
+        llama,
+        "--val-fraction",
+        "0",
+        "--out",
+        out_dir.to_str().unwrap(),
+        input.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(llama), "{}", text(&out.stdout));
+    let shard = read_shard(&out_dir.join("train-000000.bin")).unwrap();
+    let tokenizer = TextTokenizer::load(
+        &Tokenizer::from(format!("{}/{llama}", env!("CARGO_MANIFEST_DIR"))),
+        "--tokenizer",
+    )
+    .unwrap();
+    assert_eq!(shard.vocab_size, tokenizer.vocab_size());
+    assert_eq!(shard.vocab_size, 384);
+    let tokens = shard.tokens.to_u32();
+    assert_eq!(tokens[0], tokenizer.end_of_text().unwrap());
+    assert_eq!(tokenizer.decode(&tokens[1..]).unwrap(), speech);
+}
+
+#[test]
+fn data_prepare_refuses_a_bad_tokenizer_naming_the_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("a.txt");
+    std::fs::write(&input, "some text").unwrap();
+    let out_dir = dir.path().join("out");
+    for (tokenizer, expected) in [
+        ("llama", "./llama"),
+        ("./no/such/model", "does not exist"),
+        (
+            "trainer/tests/fixtures/hf/gpt2-lora",
+            "has no tokenizer.json",
+        ),
+    ] {
+        let out = tessera(&[
+            "data",
+            "prepare",
+            "--tokenizer",
+            tokenizer,
+            "--out",
+            out_dir.to_str().unwrap(),
+            input.to_str().unwrap(),
+        ]);
+        assert!(!out.status.success(), "{tokenizer}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("--tokenizer") && err.contains(tokenizer) && err.contains(expected),
+            "{tokenizer}: {err}"
+        );
+    }
+}

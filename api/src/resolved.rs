@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     ManifestError, TrainingRun,
     manifest::{Override, parse_training_run_with, resolve_path},
-    spec::ResolvedModel,
+    spec::{ResolvedModel, Tokenizer},
 };
 
 /// The JSON form's version; a reader refuses a newer one.
@@ -33,7 +33,8 @@ pub struct ResolvedRun {
     /// `metadata.name`.
     pub name: String,
     /// The run with overrides applied and `spec.data.train`, `spec.data.validation`,
-    /// `spec.checkpoint.path` and `spec.training.initFrom` absolute.
+    /// `spec.checkpoint.path`, `spec.training.initFrom` and a Hugging Face `spec.data.tokenizer`
+    /// absolute.
     pub run: TrainingRun,
     /// The model's dimensions.
     pub model: ResolvedModel,
@@ -90,7 +91,7 @@ impl ResolvedRun {
         let model = run
             .spec
             .model
-            .resolve(run.spec.data.tokenizer)
+            .resolve(&run.spec.data.tokenizer)
             .ok_or(ResolveError::UnresolvedModel)?;
         let absolute = |p: &str| resolve_path(base_dir, p).to_string_lossy().into_owned();
         let spec = &mut run.spec;
@@ -98,6 +99,9 @@ impl ResolvedRun {
         spec.data.validation = spec.data.validation.as_deref().map(absolute);
         spec.checkpoint.path = absolute(&spec.checkpoint.path);
         spec.training.init_from = spec.training.init_from.as_deref().map(absolute);
+        if let Tokenizer::HuggingFace(path) = &spec.data.tokenizer {
+            spec.data.tokenizer = Tokenizer::HuggingFace(absolute(path));
+        }
         Ok(ResolvedRun {
             version: RESOLVED_RUN_VERSION,
             name,
@@ -194,6 +198,17 @@ spec:
         );
         assert_eq!(run.name, "small");
         assert_eq!(run.namespace(), "default");
+        assert_eq!(spec.data.tokenizer, Tokenizer::Bytes);
+
+        let hf = MANIFEST
+            .replace("tokenizer: bytes", "tokenizer: models/llama")
+            .replace("model: {preset: tiny}", "model: {preset: tiny, vocab: 384}");
+        let hf_run = ResolvedRun::from_manifest(&hf, &[], Path::new("/work/here")).unwrap();
+        assert_eq!(
+            hf_run.run.spec.data.tokenizer,
+            Tokenizer::HuggingFace("/work/here/models/llama".into())
+        );
+        assert_eq!(hf_run.model.vocab, 384);
         assert_eq!(run.model.vocab, 256);
         assert_eq!(run.model.layers, 4);
         // Resolving again changes nothing: absolute paths stay as they are.

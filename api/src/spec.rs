@@ -99,7 +99,8 @@ pub struct ModelSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = MAX_CONTEXT))]
     pub context: Option<u32>,
-    /// Vocabulary size; defaults to the tokenizer's. Padded to a multiple of 128 internally.
+    /// Vocabulary size; defaults to the tokenizer's, and is required with a Hugging Face
+    /// tokenizer (at least its size, added tokens included). Padded to a multiple of 128 internally.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = MAX_VOCAB))]
     pub vocab: Option<u32>,
@@ -197,15 +198,17 @@ impl ModelSpec {
 
     /// Resolves the preset and overrides; `None` when neither a preset nor every explicit
     /// dimension is given (which `validate()` reports). The vocabulary defaults to the
-    /// tokenizer's.
-    pub fn resolve(&self, tokenizer: Tokenizer) -> Option<ResolvedModel> {
+    /// tokenizer's; a Hugging Face tokenizer's size is known only from its file, which the
+    /// API server cannot read, so with one `model.vocab` is required (`validate()` says so) and
+    /// the run checks it against the tokenizer when it loads it.
+    pub fn resolve(&self, tokenizer: &Tokenizer) -> Option<ResolvedModel> {
         let base = self.preset.map(ModelPreset::shape);
         Some(ResolvedModel {
             layers: self.layers.or(base.map(|b| b.layers))?,
             heads: self.heads.or(base.map(|b| b.heads))?,
             width: self.width.or(base.map(|b| b.width))?,
             context: self.effective_context()?,
-            vocab: self.vocab.unwrap_or(tokenizer.vocab_size()),
+            vocab: self.vocab.or(tokenizer.vocab_size())?,
         })
     }
 }
@@ -229,7 +232,10 @@ pub struct DataSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 0.5))]
     pub validation_fraction: Option<f64>,
-    /// How the shards were tokenized, or how the run tokenizes text.
+    /// How the shards were tokenized, or how the run tokenizes text: `gpt2` (the default),
+    /// `bytes`, or the path of a Hugging Face tokenizer (a model directory with
+    /// `tokenizer.json`, or the file; a path has a `/` or ends in `.json`), which needs
+    /// `model.vocab`.
     #[serde(default)]
     pub tokenizer: Tokenizer,
     /// A volume holding the shards, mounted read-only on every worker (Kubernetes only).
@@ -248,28 +254,128 @@ pub struct DataVolume {
     pub mount_path: String,
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "lowercase")]
+/// How text becomes tokens: a built-in tokenizer by name, or a Hugging Face tokenizer by path.
+///
+/// In a manifest (and on the command line) it is one string:
+///
+/// - `gpt2`: GPT-2's byte-pair encoding (50,257 tokens), the default;
+/// - `bytes`: raw bytes (256 tokens);
+/// - anything else is a path to a Hugging Face tokenizer: a model directory holding
+///   `tokenizer.json` (and, for its BOS/EOS, `tokenizer_config.json` and
+///   `generation_config.json`), or the `tokenizer.json` file itself. A path must contain a `/`
+///   or end in `.json` (write `./gpt2` for a directory named `gpt2`), so a misspelt name is
+///   refused instead of being looked up as a file. Relative paths resolve against the
+///   manifest's directory, like the data paths.
+///
+/// A string keeps the CRD schema structural (a string-or-object field is not) and the names
+/// spelt as they always were.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[serde(from = "String", into = "String")]
 pub enum Tokenizer {
     /// GPT-2's byte-pair encoding (50,257 tokens).
     #[default]
     Gpt2,
     /// Raw bytes (256 tokens).
     Bytes,
+    /// A Hugging Face `tokenizer.json`, or the model directory holding it.
+    HuggingFace(String),
+}
+
+/// What the CRD schema lets `spec.data.tokenizer` be: a name, or a path (a `/` in it, or a
+/// `.json` ending). [`Tokenizer::problem`] is the same rule for `validate()`.
+pub const TOKENIZER_PATTERN: &str = r"^(gpt2|bytes|.*/.*|.*\.json)$";
+
+impl From<String> for Tokenizer {
+    fn from(s: String) -> Tokenizer {
+        match s.as_str() {
+            "gpt2" => Tokenizer::Gpt2,
+            "bytes" => Tokenizer::Bytes,
+            _ => Tokenizer::HuggingFace(s),
+        }
+    }
+}
+
+impl From<&str> for Tokenizer {
+    fn from(s: &str) -> Tokenizer {
+        Tokenizer::from(s.to_string())
+    }
+}
+
+impl From<Tokenizer> for String {
+    fn from(t: Tokenizer) -> String {
+        t.name().to_string()
+    }
+}
+
+impl std::fmt::Display for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl JsonSchema for Tokenizer {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Tokenizer".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_PATH_LEN,
+            "pattern": TOKENIZER_PATTERN,
+        })
+    }
 }
 
 impl Tokenizer {
-    pub fn vocab_size(self) -> u32 {
+    /// The vocabulary size of a built-in tokenizer; `None` for a Hugging Face tokenizer, whose
+    /// size is known only by loading its file.
+    pub fn vocab_size(&self) -> Option<u32> {
         match self {
-            Tokenizer::Gpt2 => GPT2_VOCAB,
-            Tokenizer::Bytes => BYTES_VOCAB,
+            Tokenizer::Gpt2 => Some(GPT2_VOCAB),
+            Tokenizer::Bytes => Some(BYTES_VOCAB),
+            Tokenizer::HuggingFace(_) => None,
         }
     }
 
-    pub fn name(self) -> &'static str {
+    /// The name, or the path of a Hugging Face tokenizer (as written in the manifest).
+    pub fn name(&self) -> &str {
         match self {
             Tokenizer::Gpt2 => "gpt2",
             Tokenizer::Bytes => "bytes",
+            Tokenizer::HuggingFace(path) => path,
+        }
+    }
+
+    /// The path of a Hugging Face tokenizer.
+    pub fn path(&self) -> Option<&str> {
+        match self {
+            Tokenizer::HuggingFace(path) => Some(path),
+            _ => None,
+        }
+    }
+
+    /// Why this cannot name a tokenizer, in the API server's words where it has them; the
+    /// twin of the schema's [`TOKENIZER_PATTERN`] and length bounds.
+    pub fn problem(&self) -> Option<String> {
+        let path = self.path()?;
+        if path.is_empty() {
+            Some("should be at least 1 chars long".into())
+        } else if path.chars().count() > MAX_PATH_LEN as usize {
+            Some(format!("may not be longer than {MAX_PATH_LEN} chars"))
+        } else if !(path.contains('/') || path.ends_with(".json")) {
+            Some(format!(
+                "unknown tokenizer {path:?}: use gpt2, bytes, or the path of a Hugging Face \
+                 tokenizer (a model directory with tokenizer.json, or the file); a path has a \
+                 '/' or ends in .json, e.g. ./{path}"
+            ))
+        } else {
+            None
         }
     }
 }
@@ -605,5 +711,51 @@ mod defaults {
     }
     pub fn heartbeat_timeout_seconds() -> u32 {
         60
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokenizers_are_one_string_and_round_trip() {
+        for (yaml, tokenizer) in [
+            ("gpt2", Tokenizer::Gpt2),
+            ("bytes", Tokenizer::Bytes),
+            (
+                "models/llama",
+                Tokenizer::HuggingFace("models/llama".into()),
+            ),
+            ("tok.json", Tokenizer::HuggingFace("tok.json".into())),
+        ] {
+            let parsed: Tokenizer = serde_yaml::from_str(yaml).unwrap();
+            assert_eq!(parsed, tokenizer);
+            assert_eq!(parsed.problem(), None, "{yaml}");
+            assert_eq!(
+                serde_json::to_string(&parsed).unwrap(),
+                format!("\"{yaml}\"")
+            );
+        }
+        assert_eq!(Tokenizer::default(), Tokenizer::Gpt2);
+        assert!(Tokenizer::from("").problem().is_some());
+        let unknown = Tokenizer::from("sentencepiece").problem().unwrap();
+        assert!(unknown.contains("./sentencepiece"), "{unknown}");
+    }
+
+    #[test]
+    fn a_hugging_face_tokenizer_needs_an_explicit_vocab() {
+        let model = ModelSpec {
+            preset: Some(ModelPreset::Tiny),
+            ..ModelSpec::default()
+        };
+        let llama = Tokenizer::from("models/llama");
+        assert_eq!(model.resolve(&llama), None);
+        let with_vocab = ModelSpec {
+            vocab: Some(384),
+            ..model.clone()
+        };
+        assert_eq!(with_vocab.resolve(&llama).unwrap().vocab, 384);
+        assert_eq!(model.resolve(&Tokenizer::Bytes).unwrap().vocab, 256);
     }
 }

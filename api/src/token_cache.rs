@@ -8,7 +8,9 @@
 //!
 //! `KEY` is the SHA-256 of the tokenization's options and every input's contents, in order
 //! ([`cache_key`]): a changed input, tokenizer or split makes a new entry, and the same inputs
-//! under another path reuse the old one.
+//! under another path reuse the old one. A Hugging Face tokenizer enters the key by the SHA-256
+//! of its `tokenizer.json` (and the document separator its config files chose), not by its
+//! path: an edited tokenizer re-tokenizes, a moved one does not.
 
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +31,9 @@ pub struct TokenCacheRecord {
     /// The entry's key (its directory name).
     pub key: String,
     pub tokenizer: Tokenizer,
+    /// For a Hugging Face tokenizer: SHA-256 of its `tokenizer.json`, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer_sha256: Option<String>,
     /// The fraction of every input's tokens (its end) in the validation shards.
     pub val_fraction: f64,
     pub train_tokens: u64,
@@ -52,11 +57,15 @@ pub struct TokenCacheInput {
 
 /// The key of an entry: SHA-256 over the format version, the tokenizer, the split and each
 /// input's content hash in order. Paths do not enter it: moved inputs hit the same entry.
-pub fn cache_key(tokenizer: Tokenizer, val_fraction: f64, input_sha256: &[String]) -> String {
+///
+/// `tokenizer` identifies the tokenization by content: `gpt2` or `bytes` (the built-in
+/// tokenizers' names, so their keys are what they always were), or for a Hugging Face
+/// tokenizer a string made from its file's hash (the trainer's `TextTokenizer::cache_id`).
+pub fn cache_key(tokenizer: &str, val_fraction: f64, input_sha256: &[String]) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     h.update(format!("tessera token cache v{TOKEN_CACHE_VERSION}\n"));
-    h.update(format!("tokenizer {}\n", tokenizer.name()));
+    h.update(format!("tokenizer {tokenizer}\n"));
     h.update(format!("val fraction {:016x}\n", val_fraction.to_bits()));
     for sha in input_sha256 {
         h.update(format!("input {sha}\n"));
@@ -74,12 +83,12 @@ mod tests {
 
     #[test]
     fn the_key_follows_contents_order_tokenizer_and_split() {
-        let base = cache_key(Tokenizer::Bytes, 0.1, &shas(&["aa", "bb"]));
-        assert_eq!(base, cache_key(Tokenizer::Bytes, 0.1, &shas(&["aa", "bb"])));
-        assert_ne!(base, cache_key(Tokenizer::Bytes, 0.1, &shas(&["bb", "aa"])));
-        assert_ne!(base, cache_key(Tokenizer::Gpt2, 0.1, &shas(&["aa", "bb"])));
-        assert_ne!(base, cache_key(Tokenizer::Bytes, 0.2, &shas(&["aa", "bb"])));
-        assert_ne!(base, cache_key(Tokenizer::Bytes, 0.1, &shas(&["aa", "bc"])));
+        let base = cache_key("bytes", 0.1, &shas(&["aa", "bb"]));
+        assert_eq!(base, cache_key("bytes", 0.1, &shas(&["aa", "bb"])));
+        assert_ne!(base, cache_key("bytes", 0.1, &shas(&["bb", "aa"])));
+        assert_ne!(base, cache_key("gpt2", 0.1, &shas(&["aa", "bb"])));
+        assert_ne!(base, cache_key("bytes", 0.2, &shas(&["aa", "bb"])));
+        assert_ne!(base, cache_key("bytes", 0.1, &shas(&["aa", "bc"])));
         assert_eq!(base.len(), 64);
     }
 
@@ -89,6 +98,7 @@ mod tests {
             version: TOKEN_CACHE_VERSION,
             key: "k".into(),
             tokenizer: Tokenizer::Bytes,
+            tokenizer_sha256: None,
             val_fraction: 0.1,
             train_tokens: 90,
             val_tokens: 10,
@@ -103,5 +113,17 @@ mod tests {
         assert!(json.contains("\"valFraction\":0.1"), "{json}");
         let back: TokenCacheRecord = serde_json::from_str(&json).unwrap();
         assert_eq!(back, record);
+
+        let hf = TokenCacheRecord {
+            tokenizer: Tokenizer::from("/models/llama/tokenizer.json"),
+            tokenizer_sha256: Some("cd".into()),
+            ..record
+        };
+        let json = serde_json::to_string(&hf).unwrap();
+        assert!(
+            json.contains("\"tokenizer\":\"/models/llama/tokenizer.json\""),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<TokenCacheRecord>(&json).unwrap(), hf);
     }
 }

@@ -116,16 +116,24 @@ pub fn cross_field_rules() -> Vec<CrossFieldRule> {
         CrossFieldRule {
             scope: &[],
             field_path: ".model.vocab",
-            cel: "!has(self.model.vocab) || self.model.vocab >= \
-                  (self.data.tokenizer == 'bytes' ? 256 : 50257)"
+            cel: "!has(self.model.vocab) || !(self.data.tokenizer in ['gpt2', 'bytes']) || \
+                  self.model.vocab >= (self.data.tokenizer == 'bytes' ? 256 : 50257)"
                 .into(),
             message: "model.vocab must be at least the tokenizer's vocabulary (gpt2: 50257, \
                       bytes: 256)",
-            holds: |s| {
-                s.model
-                    .vocab
-                    .is_none_or(|v| v >= s.data.tokenizer.vocab_size())
+            holds: |s| match (s.model.vocab, s.data.tokenizer.vocab_size()) {
+                (Some(vocab), Some(tokenizer)) => vocab >= tokenizer,
+                _ => true,
             },
+        },
+        CrossFieldRule {
+            scope: &[],
+            field_path: ".model.vocab",
+            cel: "has(self.model.vocab) || self.data.tokenizer in ['gpt2', 'bytes']".into(),
+            message: "model.vocab is required with a Hugging Face tokenizer (data.tokenizer is \
+                      a path): set it to at least the tokenizer's size, added tokens included \
+                      (the run refuses a smaller one and names the size)",
+            holds: |s| s.model.vocab.is_some() || s.data.tokenizer.vocab_size().is_some(),
         },
         CrossFieldRule {
             scope: &[],
@@ -314,6 +322,9 @@ fn check_bounds(spec: &TrainingRunSpec) -> Vec<Violation> {
         b.within("spec.model.vocab", v, 1, MAX_VOCAB);
     }
     b.not_empty("spec.data.train", &spec.data.train);
+    if let Some(problem) = spec.data.tokenizer.problem() {
+        b.report("spec.data.tokenizer", problem);
+    }
     if let Some(v) = spec.data.validation_fraction {
         b.within("spec.data.validationFraction", v, 0.0, 0.5);
     }

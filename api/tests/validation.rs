@@ -168,6 +168,39 @@ fn the_base_manifest_passes_every_layer() {
 }
 
 #[test]
+fn a_hugging_face_tokenizer_with_a_vocab_passes_every_layer() {
+    let schema = crd_schema();
+    for path in [
+        "models/llama",
+        "/models/qwen2/",
+        "./gpt2",
+        "tokenizer.json",
+        "../tok/tokenizer.json",
+    ] {
+        let mut document = base_document();
+        apply(
+            &mut document,
+            &[
+                ("spec.data.tokenizer", Some(json!(path))),
+                ("spec.model.vocab", Some(json!(384))),
+            ],
+        );
+        let yaml = serde_yaml::to_string(&document).unwrap();
+        let run = parse_training_run(&yaml).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(
+            run.spec.data.tokenizer,
+            tessera_api::spec::Tokenizer::HuggingFace(path.into())
+        );
+        assert_eq!(schema_rejections(&schema, &document), Vec::<String>::new());
+        assert_eq!(
+            cel_rejections(&schema, &defaulted(&document)),
+            Vec::<String>::new(),
+            "{path}"
+        );
+    }
+}
+
+#[test]
 fn every_invalid_spec_is_rejected_by_validate_naming_the_field() {
     for case in invalid_cases() {
         let mut document = base_document();

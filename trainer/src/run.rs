@@ -288,7 +288,7 @@ pub fn model_config(run: &TrainingRun) -> Result<(ModelConfig, ResolvedModel), R
     let resolved = run
         .spec
         .model
-        .resolve(run.spec.data.tokenizer)
+        .resolve(&run.spec.data.tokenizer)
         .ok_or(RunError::UnresolvedModel)?;
     let config = ModelConfig::new(
         resolved.layers as usize,

@@ -93,12 +93,12 @@ pub fn sample<B: Backend>(
     }
     let run = tessera_api::TrainingRun::new("sample", checkpoint.manifest.config.clone());
     let (config, _) = model_config(&run)?;
-    let tokenizer = TextTokenizer::new(run.spec.data.tokenizer)?;
+    let tokenizer = TextTokenizer::new(&run.spec.data.tokenizer)?;
     let t = config.context;
     let mut model = Gpt::new(backend, config, 1, t, 0)?;
     model.load_params_from_host(&flat_params(checkpoint, &model)?)?;
 
-    let mut tokens = tokenizer.encode(&options.prompt);
+    let mut tokens = tokenizer.encode(&options.prompt)?;
     if tokens.is_empty() {
         // Start from end-of-text where the tokenizer has one, else a newline.
         tokens.push(tokenizer.end_of_text().unwrap_or(u32::from(b'\n')));

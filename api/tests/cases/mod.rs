@@ -140,6 +140,18 @@ pub fn invalid_cases() -> Vec<Case> {
             Schema,
         ),
         case(
+            "empty tokenizer path",
+            vec![("spec.data.tokenizer", Some(json!("")))],
+            "spec.data.tokenizer",
+            Schema,
+        ),
+        case(
+            "Hugging Face tokenizer without model.vocab",
+            vec![("spec.data.tokenizer", Some(json!("models/llama")))],
+            "spec.model.vocab",
+            Cel,
+        ),
+        case(
             "zero nodes",
             vec![("spec.parallelism.nodes", Some(json!(0)))],
             "spec.parallelism.nodes",

@@ -29,7 +29,11 @@ use super::{
     loader::{LoaderError, matching_files, resolve_shard_spec},
     prepare::{PrepareError, PrepareOptions, collect_inputs, prepare},
     shard::SHARD_MAGIC,
+    tokenizer::TextTokenizer,
 };
+
+/// The manifest field a run's tokenizer comes from, for its errors.
+const TOKENIZER_FIELD: &str = "spec.data.tokenizer";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -189,9 +193,12 @@ impl CachedTokens {
 pub fn materialize(
     cache_root: &Path,
     files: &[PathBuf],
-    tokenizer: Tokenizer,
+    tokenizer: &Tokenizer,
     val_fraction: f64,
 ) -> Result<CachedTokens, CacheError> {
+    // Loaded for its identity: a Hugging Face tokenizer enters the key by its file's hash.
+    let text_tokenizer = TextTokenizer::load(tokenizer, TOKENIZER_FIELD)
+        .map_err(|e| CacheError::Prepare(e.into()))?;
     let mut inputs = Vec::with_capacity(files.len());
     for file in files {
         let bytes = std::fs::read(file).map_err(|source| PrepareError::ReadInput {
@@ -205,7 +212,7 @@ pub fn materialize(
         });
     }
     let shas: Vec<String> = inputs.iter().map(|i| i.sha256.clone()).collect();
-    let key = cache_key(tokenizer, val_fraction, &shas);
+    let key = cache_key(&text_tokenizer.cache_id(), val_fraction, &shas);
     let dir = cache_root.join(&key);
     if dir.exists() {
         return read_entry(&dir, &key);
@@ -219,7 +226,7 @@ pub fn materialize(
     let made = write_entry(
         &partial,
         files,
-        tokenizer,
+        &text_tokenizer,
         val_fraction,
         key.clone(),
         inputs,
@@ -255,18 +262,20 @@ pub fn materialize(
 fn write_entry(
     partial: &Path,
     files: &[PathBuf],
-    tokenizer: Tokenizer,
+    tokenizer: &TextTokenizer,
     val_fraction: f64,
     key: String,
     inputs: Vec<TokenCacheInput>,
 ) -> Result<TokenCacheRecord, CacheError> {
-    let mut options = PrepareOptions::new(tokenizer, partial, files.to_vec());
+    let mut options = PrepareOptions::new(tokenizer.kind(), partial, files.to_vec());
+    options.tokenizer_field = TOKENIZER_FIELD;
     options.val_fraction = val_fraction;
     let report = prepare(&options)?;
     let record = TokenCacheRecord {
         version: TOKEN_CACHE_VERSION,
         key,
-        tokenizer,
+        tokenizer: tokenizer.kind(),
+        tokenizer_sha256: tokenizer.file_sha256().map(str::to_string),
         val_fraction,
         train_tokens: report.description.train_tokens,
         val_tokens: report.description.val_tokens,
@@ -341,6 +350,11 @@ pub fn resolve_run_data(
         }
     };
     let mut tokenized = Vec::new();
+    // A Hugging Face tokenizer's path resolves against the same base as the data.
+    let tokenizer = match &data.tokenizer {
+        Tokenizer::HuggingFace(path) => Tokenizer::HuggingFace(resolve(path)),
+        builtin => builtin.clone(),
+    };
     let train_spec = resolve(&data.train);
     let (train, held_out) = match classify("spec.data.train", &train_spec)? {
         DataForm::Shards => {
@@ -351,7 +365,7 @@ pub fn resolve_run_data(
         }
         DataForm::Text(files) => {
             let fraction = data.validation_fraction.unwrap_or(0.0);
-            let entry = materialize(&cache_root, &files, data.tokenizer, fraction)?;
+            let entry = materialize(&cache_root, &files, &tokenizer, fraction)?;
             let specs = (entry.train_spec(), entry.val_spec());
             tokenized.push(entry);
             specs
@@ -364,7 +378,7 @@ pub fn resolve_run_data(
             match classify("spec.data.validation", &val_spec)? {
                 DataForm::Shards => Some(val_spec),
                 DataForm::Text(files) => {
-                    let entry = materialize(&cache_root, &files, data.tokenizer, 0.0)?;
+                    let entry = materialize(&cache_root, &files, &tokenizer, 0.0)?;
                     let spec = entry.train_spec();
                     tokenized.push(entry);
                     Some(spec)
@@ -436,6 +450,77 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, vec![entry.record.key.clone()]);
+    }
+
+    #[test]
+    fn a_hugging_face_tokenizer_named_relatively_tokenizes_into_the_cache() {
+        let base = tempfile::tempdir().unwrap();
+        let model = base.path().join("model");
+        std::fs::create_dir(&model).unwrap();
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/llama-gqa");
+        for file in [
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "generation_config.json",
+        ] {
+            std::fs::copy(fixture.join(file), model.join(file)).unwrap();
+        }
+        let text = "First Citizen:\nBefore we proceed any further, hear me speak.\n";
+        std::fs::write(base.path().join("corpus.txt"), text).unwrap();
+        let ckpt = tempfile::tempdir().unwrap();
+        let spec = DataSpec {
+            train: "corpus.txt".into(),
+            tokenizer: Tokenizer::from("./model"),
+            ..DataSpec::default()
+        };
+        let first = resolve_run_data(&spec, base.path(), ckpt.path()).unwrap();
+        let entry = &first.tokenized[0];
+        assert!(!entry.reused);
+        let sha = hex::encode(Sha256::digest(
+            std::fs::read(model.join("tokenizer.json")).unwrap(),
+        ));
+        assert_eq!(entry.record.tokenizer_sha256.as_deref(), Some(sha.as_str()));
+        assert_eq!(
+            entry.record.tokenizer,
+            Tokenizer::HuggingFace(base.path().join("./model").display().to_string())
+        );
+        let train = TokenStream::open(&first.train).unwrap();
+        assert_eq!(train.vocab_size(), 384);
+        let mut tokens = vec![0; train.len() as usize];
+        train.copy_range(0, &mut tokens);
+        assert_eq!(tokens[0], 376, "EOS (<|eot_id|>) starts the document");
+        let tokenizer =
+            TextTokenizer::load(&Tokenizer::from(model.display().to_string()), "test").unwrap();
+        assert_eq!(tokenizer.decode(&tokens[1..]).unwrap(), text);
+
+        // Found again; a changed tokenizer.json (one merge fewer) makes a new entry.
+        assert!(
+            resolve_run_data(&spec, base.path(), ckpt.path())
+                .unwrap()
+                .tokenized[0]
+                .reused
+        );
+        let path = model.join("tokenizer.json");
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        json["model"]["merges"].as_array_mut().unwrap().pop();
+        std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+        let changed = resolve_run_data(&spec, base.path(), ckpt.path()).unwrap();
+        assert!(!changed.tokenized[0].reused);
+        assert_ne!(changed.tokenized[0].record.key, entry.record.key);
+
+        // A missing tokenizer names the field and the path.
+        let bad = DataSpec {
+            tokenizer: Tokenizer::from("./nowhere"),
+            ..spec.clone()
+        };
+        let err = resolve_run_data(&bad, base.path(), ckpt.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("spec.data.tokenizer") && err.contains("nowhere"),
+            "{err}"
+        );
     }
 
     #[test]

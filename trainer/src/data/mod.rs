@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cache;
+pub mod hf_tokenizer;
 pub mod loader;
 pub mod prepare;
 pub mod shard;

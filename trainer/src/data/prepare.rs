@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! INPUT... (files, or directories walked recursively, sorted by path; dot-files skipped)
-//!    │ tokenize each file (gpt2: <|endoftext|> before each file; bytes: nothing added)
+//!    │ tokenize each file (gpt2: <|endoftext|> before each file; a Hugging Face tokenizer:
+//!    │ its EOS before each file; bytes: nothing added)
 //!    ▼
 //! [ first (1-F) of each file's tokens ] ──▶ DIR/train-000000.bin, train-000001.bin, ...
 //! [ last F of each file's tokens      ] ──▶ DIR/val-000000.bin, ...   (none when F = 0)
@@ -31,6 +32,8 @@ pub const DATASET_FILE: &str = "dataset.json";
 #[derive(Clone, Debug)]
 pub struct PrepareOptions {
     pub tokenizer: Tokenizer,
+    /// The option or manifest field that named the tokenizer, for its errors.
+    pub tokenizer_field: &'static str,
     pub out_dir: PathBuf,
     /// Fraction in [0, 1) of each input's tokens (its end) kept for validation.
     pub val_fraction: f64,
@@ -44,6 +47,7 @@ impl PrepareOptions {
     pub fn new(tokenizer: Tokenizer, out_dir: impl Into<PathBuf>, inputs: Vec<PathBuf>) -> Self {
         PrepareOptions {
             tokenizer,
+            tokenizer_field: "--tokenizer",
             out_dir: out_dir.into(),
             val_fraction: DEFAULT_VAL_FRACTION,
             shard_tokens: DEFAULT_SHARD_TOKENS,
@@ -65,9 +69,13 @@ pub enum PrepareError {
     )]
     EmptyDirectory { path: PathBuf },
     #[error(
-        "input {path} is not UTF-8 (first bad byte at offset {offset}); the gpt2 tokenizer reads UTF-8 text, use --tokenizer bytes for other data"
+        "input {path} is not UTF-8 (first bad byte at offset {offset}); the {tokenizer} tokenizer reads UTF-8 text, use --tokenizer bytes for other data"
     )]
-    NotUtf8 { path: PathBuf, offset: usize },
+    NotUtf8 {
+        path: PathBuf,
+        offset: usize,
+        tokenizer: String,
+    },
     #[error(
         "--val-fraction {value} is outside [0, 1); use e.g. 0.1 to hold out 10%, or 0 for no validation split"
     )]
@@ -101,6 +109,9 @@ pub enum PrepareError {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DatasetDescription {
     pub tokenizer: Tokenizer,
+    /// For a Hugging Face tokenizer: SHA-256 of its `tokenizer.json`, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer_sha256: Option<String>,
     pub vocab_size: u32,
     pub val_fraction: f64,
     pub train_tokens: u64,
@@ -150,7 +161,7 @@ pub fn prepare(options: &PrepareOptions) -> Result<PrepareReport, PrepareError> 
         return Err(PrepareError::ShardTokens { value: 0 });
     }
     let files = collect_inputs(&options.inputs)?;
-    let tokenizer = TextTokenizer::new(options.tokenizer)?;
+    let tokenizer = TextTokenizer::load(&options.tokenizer, options.tokenizer_field)?;
     let vocab_size = tokenizer.vocab_size();
 
     let out_dir = &options.out_dir;
@@ -186,7 +197,8 @@ pub fn prepare(options: &PrepareOptions) -> Result<PrepareReport, PrepareError> 
     }
 
     let description = DatasetDescription {
-        tokenizer: options.tokenizer,
+        tokenizer: options.tokenizer.clone(),
+        tokenizer_sha256: tokenizer.file_sha256().map(str::to_string),
         vocab_size,
         val_fraction,
         train_tokens: train.total,
@@ -284,15 +296,17 @@ fn tokenize_file(tokenizer: &TextTokenizer, path: &Path) -> Result<Vec<u32>, Pre
     }
     match tokenizer {
         TextTokenizer::Bytes => Ok(bytes.iter().map(|&b| u32::from(b)).collect()),
-        TextTokenizer::Gpt2(_) => {
+        TextTokenizer::Gpt2(_) | TextTokenizer::HuggingFace(_) => {
             let text = String::from_utf8(bytes).map_err(|e| PrepareError::NotUtf8 {
                 path: path.to_path_buf(),
                 offset: e.utf8_error().valid_up_to(),
+                tokenizer: tokenizer.name().to_string(),
             })?;
             let mut tokens = Vec::with_capacity(text.len() / 3 + 1);
-            // Documents start with <|endoftext|>, as GPT-2's training data did.
+            // Documents start with the end-of-text token (GPT-2's <|endoftext|>, as its
+            // training data did; a Hugging Face tokenizer's EOS, see hf_tokenizer.rs).
             tokens.extend(tokenizer.end_of_text());
-            tokens.extend(tokenizer.encode(&text));
+            tokens.extend(tokenizer.encode(&text)?);
             Ok(tokens)
         }
     }
@@ -405,6 +419,51 @@ mod tests {
             "{SHAKESPEARE} is missing: the test corpus lives in shared/data"
         );
         path
+    }
+
+    #[test]
+    fn a_hugging_face_tokenizer_makes_shards_of_its_vocabulary_that_decode_back() {
+        let llama = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/hf/llama-gqa");
+        let dir = tempfile::tempdir().unwrap();
+        let texts = [
+            "First Citizen:\nBefore we proceed any further, hear me speak.\n".repeat(5),
+            "Café naïve 日本語 🙂 — and <|eot_id|> written out.\n".repeat(5),
+        ];
+        let mut inputs = Vec::new();
+        for (i, text) in texts.iter().enumerate() {
+            let path = dir.path().join(format!("{i}.txt"));
+            std::fs::write(&path, text).unwrap();
+            inputs.push(path);
+        }
+        let mut options =
+            PrepareOptions::new(Tokenizer::from(llama), dir.path().join("out"), inputs);
+        options.val_fraction = 0.0;
+        let report = prepare(&options).unwrap();
+        let d = &report.description;
+        assert_eq!(d.vocab_size, 384);
+        assert!(d.tokenizer_sha256.as_ref().is_some_and(|s| s.len() == 64));
+        let shard = read_shard(&report.train_shards[0]).unwrap();
+        assert_eq!(shard.vocab_size, 384);
+        let tokens = shard.tokens.to_u32();
+        let tokenizer = TextTokenizer::load(&Tokenizer::from(llama), "--tokenizer").unwrap();
+        // Each document is its EOS (<|eot_id|>, 376) and its text; no special token inside.
+        let starts: Vec<usize> = (0..tokens.len()).filter(|&i| tokens[i] == 376).collect();
+        assert_eq!(starts.len(), 2);
+        assert_eq!(starts[0], 0);
+        assert_eq!(tokenizer.decode(&tokens[1..starts[1]]).unwrap(), texts[0]);
+        assert_eq!(
+            tokenizer.decode(&tokens[starts[1] + 1..]).unwrap(),
+            texts[1]
+        );
+        assert_eq!(read_dataset_description(&report.out_dir).unwrap(), *d);
+
+        let mut missing = options.clone();
+        missing.tokenizer = Tokenizer::from("./no/such/model");
+        let err = prepare(&missing).unwrap_err().to_string();
+        assert!(
+            err.contains("--tokenizer") && err.contains("./no/such/model"),
+            "{err}"
+        );
     }
 
     #[test]
