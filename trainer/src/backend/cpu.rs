@@ -17,7 +17,10 @@ pub mod softmax_xent;
 
 pub use float::Float;
 
-use super::{AdamWStep, AttentionShape, Backend, BackendError, MatmulShape, check_range};
+use super::{
+    AdamWStep, AttentionShape, Backend, BackendError, GqaShape, MatmulShape, RopeShape, check_range,
+};
+use crate::llama;
 use rayon::prelude::*;
 use std::marker::PhantomData;
 use std::ops::Range;
@@ -42,6 +45,18 @@ pub(crate) fn check_len(
             got,
         });
     }
+    Ok(())
+}
+
+/// Copies a kernel's result into the view it writes, refusing a view of another length.
+fn copy_into<F: Float>(
+    op: &'static str,
+    name: &'static str,
+    dst: &mut [F],
+    src: &[F],
+) -> Result<(), BackendError> {
+    check_len(op, name, src.len(), dst.len())?;
+    dst.copy_from_slice(src);
     Ok(())
 }
 
@@ -363,6 +378,138 @@ impl<F: Float> Backend for CpuBackend<F> {
 
     fn residual_forward(&self, out: &mut [F], a: &[F], b: &[F]) -> Result<(), BackendError> {
         pointwise::residual_forward(out, a, b)
+    }
+
+    fn embedding_forward(
+        &self,
+        out: &mut [F],
+        tokens: &Vec<u32>,
+        wte: &[F],
+        rows: usize,
+        channels: usize,
+    ) -> Result<(), BackendError> {
+        let n = rows.min(tokens.len());
+        embedding::embedding_forward(out, &tokens[..n], wte, rows, channels)
+    }
+
+    fn embedding_backward(
+        &self,
+        dwte: &mut [F],
+        dout: &[F],
+        tokens: &Vec<u32>,
+        rows: usize,
+        channels: usize,
+    ) -> Result<(), BackendError> {
+        let n = rows.min(tokens.len());
+        embedding::embedding_backward(dwte, dout, &tokens[..n], rows, channels)
+    }
+
+    fn rmsnorm_forward(
+        &self,
+        out: &mut [F],
+        rstd: &mut [F],
+        inp: &[F],
+        weight: &[F],
+        rows: usize,
+        channels: usize,
+        eps: f64,
+    ) -> Result<(), BackendError> {
+        let shape = llama::rmsnorm::NormShape {
+            rows,
+            dim: channels,
+        };
+        let (y, r) = llama::rmsnorm::rmsnorm_forward(inp, weight, eps, shape)?;
+        copy_into("rmsnorm_forward", "out", out, &y)?;
+        copy_into("rmsnorm_forward", "rstd", rstd, &r)
+    }
+
+    fn rmsnorm_backward(
+        &self,
+        dinp: &mut [F],
+        dweight: &mut [F],
+        dout: &[F],
+        inp: &[F],
+        weight: &[F],
+        rstd: &[F],
+        rows: usize,
+        channels: usize,
+    ) -> Result<(), BackendError> {
+        let shape = llama::rmsnorm::NormShape {
+            rows,
+            dim: channels,
+        };
+        let dx = llama::rmsnorm::rmsnorm_backward(dout, inp, weight, rstd, dweight, shape)?;
+        check_len("rmsnorm_backward", "dinp", dx.len(), dinp.len())?;
+        for (d, x) in dinp.iter_mut().zip(dx) {
+            *d += x;
+        }
+        Ok(())
+    }
+
+    fn rope(
+        &self,
+        x: &mut [F],
+        cos: &[F],
+        sin: &[F],
+        shape: RopeShape,
+        inverse: bool,
+    ) -> Result<(), BackendError> {
+        llama::rope::rotate_by("rope", x, cos, sin, shape, inverse)
+    }
+
+    fn swiglu_forward(&self, out: &mut [F], gate: &[F], up: &[F]) -> Result<(), BackendError> {
+        let h = llama::swiglu::swiglu_forward(gate, up)?;
+        copy_into("swiglu_forward", "out", out, &h)
+    }
+
+    fn swiglu_backward(
+        &self,
+        dgate: &mut [F],
+        dup: &mut [F],
+        dout: &[F],
+        gate: &[F],
+        up: &[F],
+    ) -> Result<(), BackendError> {
+        let (dg, du) = llama::swiglu::swiglu_backward(dout, gate, up)?;
+        copy_into("swiglu_backward", "dgate", dgate, &dg)?;
+        copy_into("swiglu_backward", "dup", dup, &du)
+    }
+
+    fn gqa_state_len(&self, s: GqaShape) -> usize {
+        s.batch * s.heads * s.seq_len * s.seq_len
+    }
+
+    fn gqa_attention_forward(
+        &self,
+        out: &mut [F],
+        state: &mut [F],
+        q: &[F],
+        k: &[F],
+        v: &[F],
+        shape: GqaShape,
+    ) -> Result<(), BackendError> {
+        let (y, probs) = llama::attention::attention_forward(q, k, v, shape)?;
+        copy_into("gqa_attention_forward", "out", out, &y)?;
+        copy_into("gqa_attention_forward", "state", state, &probs)
+    }
+
+    fn gqa_attention_backward(
+        &self,
+        dq: &mut [F],
+        dk: &mut [F],
+        dv: &mut [F],
+        dout: &[F],
+        q: &[F],
+        k: &[F],
+        v: &[F],
+        _out: &[F],
+        state: &[F],
+        shape: GqaShape,
+    ) -> Result<(), BackendError> {
+        let g = llama::attention::attention_backward(dout, q, k, v, state, shape)?;
+        copy_into("gqa_attention_backward", "dq", dq, &g.dq)?;
+        copy_into("gqa_attention_backward", "dk", dk, &g.dk)?;
+        copy_into("gqa_attention_backward", "dv", dv, &g.dv)
     }
 
     fn softmax_cross_entropy(

@@ -30,6 +30,8 @@
 pub mod cpu;
 pub mod cuda;
 
+pub use crate::llama::attention::AttentionShape as GqaShape;
+pub use crate::llama::rope::RopeShape;
 use std::ops::Range;
 use thiserror::Error;
 
@@ -114,7 +116,7 @@ pub struct AdamWStep {
 /// The operations the GPT model needs. Every kernel takes views (`Ref`/`Mut`) so the model can
 /// address per-layer slices of stacked tensors, and shapes so launchers can check their
 /// preconditions and return [`BackendError`] instead of panicking.
-pub trait Backend: Send + Sync {
+pub trait Backend: Send + Sync + 'static {
     /// An owned device buffer of the backend's storage type (f32 on CPU; bf16 on CUDA).
     type Buf: Send;
     /// An owned device buffer of u32 token ids.
@@ -322,6 +324,107 @@ pub trait Backend: Send + Sync {
         out: Self::Mut<'_>,
         a: Self::Ref<'_>,
         b: Self::Ref<'_>,
+    ) -> Result<(), BackendError>;
+
+    // === Llama family (kernels: trainer/src/llama/, one family per file) ===
+
+    /// `out[r,:] = wte[tokens[r],:]` for the first `rows` tokens; out (rows, C). No position
+    /// embedding: the Llama family rotates q and k instead ([`Backend::rope`]).
+    fn embedding_forward(
+        &self,
+        out: Self::Mut<'_>,
+        tokens: &Self::Tokens,
+        wte: Self::Ref<'_>,
+        rows: usize,
+        channels: usize,
+    ) -> Result<(), BackendError>;
+    /// `dwte[tokens[r],:] += dout[r,:]` (deterministic order).
+    fn embedding_backward(
+        &self,
+        dwte: Self::Mut<'_>,
+        dout: Self::Ref<'_>,
+        tokens: &Self::Tokens,
+        rows: usize,
+        channels: usize,
+    ) -> Result<(), BackendError>;
+    /// Per row of `inp` (rows, C): `rstd = 1/sqrt(mean(x²) + eps)`, `out = weight ∘ (x·rstd)`,
+    /// saving `rstd` (rows, fp32) for the backward pass.
+    fn rmsnorm_forward(
+        &self,
+        out: Self::Mut<'_>,
+        rstd: Self::Mut<'_>,
+        inp: Self::Ref<'_>,
+        weight: Self::Ref<'_>,
+        rows: usize,
+        channels: usize,
+        eps: f64,
+    ) -> Result<(), BackendError>;
+    /// ACCUMULATES into `dinp` (rows, C) and `dweight` (C).
+    fn rmsnorm_backward(
+        &self,
+        dinp: Self::Mut<'_>,
+        dweight: Self::Mut<'_>,
+        dout: Self::Ref<'_>,
+        inp: Self::Ref<'_>,
+        weight: Self::Ref<'_>,
+        rstd: Self::Ref<'_>,
+        rows: usize,
+        channels: usize,
+    ) -> Result<(), BackendError>;
+    /// Rotates `x` (B, T, heads, head_dim) in place: dimension `i` of each head pairs with
+    /// `i + head_dim/2` (Hugging Face's `rotate_half`), by the angles whose cosines and sines
+    /// `cos` and `sin` hold ((≥T, head_dim/2), fp32). `inverse` rotates back: the backward
+    /// pass of a rotation is its transpose.
+    fn rope(
+        &self,
+        x: Self::Mut<'_>,
+        cos: Self::Ref<'_>,
+        sin: Self::Ref<'_>,
+        shape: RopeShape,
+        inverse: bool,
+    ) -> Result<(), BackendError>;
+    /// `out = silu(gate) ∘ up`.
+    fn swiglu_forward(
+        &self,
+        out: Self::Mut<'_>,
+        gate: Self::Ref<'_>,
+        up: Self::Ref<'_>,
+    ) -> Result<(), BackendError>;
+    /// OVERWRITES `dgate` and `dup` given `dout` and the forward's inputs.
+    fn swiglu_backward(
+        &self,
+        dgate: Self::Mut<'_>,
+        dup: Self::Mut<'_>,
+        dout: Self::Ref<'_>,
+        gate: Self::Ref<'_>,
+        up: Self::Ref<'_>,
+    ) -> Result<(), BackendError>;
+    /// Elements of per-layer state [`Backend::gqa_attention_forward`] saves for the backward.
+    fn gqa_state_len(&self, shape: GqaShape) -> usize;
+    /// Causal grouped-query attention: q (B,T,H,D), k and v (B,T,KV,D) → out (B,T,H,D), query
+    /// head `h` reading key/value head `h / (H/KV)`, scale 1/sqrt(D). Writes `state`.
+    fn gqa_attention_forward(
+        &self,
+        out: Self::Mut<'_>,
+        state: Self::Mut<'_>,
+        q: Self::Ref<'_>,
+        k: Self::Ref<'_>,
+        v: Self::Ref<'_>,
+        shape: GqaShape,
+    ) -> Result<(), BackendError>;
+    /// OVERWRITES `dq`, `dk` and `dv` given `dout` and the forward's inputs, output and state.
+    fn gqa_attention_backward(
+        &self,
+        dq: Self::Mut<'_>,
+        dk: Self::Mut<'_>,
+        dv: Self::Mut<'_>,
+        dout: Self::Ref<'_>,
+        q: Self::Ref<'_>,
+        k: Self::Ref<'_>,
+        v: Self::Ref<'_>,
+        out: Self::Ref<'_>,
+        state: Self::Ref<'_>,
+        shape: GqaShape,
     ) -> Result<(), BackendError>;
 
     // === loss ===

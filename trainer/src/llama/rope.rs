@@ -65,6 +65,14 @@ pub struct RopeTable<F> {
 }
 
 impl<F: Float> RopeTable<F> {
+    /// The cosines, (seq_len, half) row-major.
+    pub fn cos(&self) -> &[F] {
+        &self.cos
+    }
+    /// The sines, (seq_len, half) row-major.
+    pub fn sin(&self) -> &[F] {
+        &self.sin
+    }
     pub fn new(inv_freq: &[f32], seq_len: usize) -> Self {
         let half = inv_freq.len();
         let mut cos = Vec::with_capacity(seq_len * half);
@@ -102,27 +110,53 @@ fn rotate<F: Float>(
     s: RopeShape,
     inverse: bool,
 ) -> Result<(), BackendError> {
-    check_len(op, "x", s.batch * s.seq_len * s.heads * s.head_dim, x.len())?;
-    if table.half * 2 != s.head_dim || table.seq_len < s.seq_len {
+    if table.half * 2 != s.head_dim {
         return Err(BackendError::BadDimensions {
             op,
             detail: format!(
-                "the table covers {} positions of head_dim {}, the input has {} of head_dim {}",
-                table.seq_len,
+                "the table is for head_dim {}, the input has head_dim {}",
                 table.half * 2,
+                s.head_dim
+            ),
+        });
+    }
+    rotate_by(op, x, &table.cos, &table.sin, s, inverse)
+}
+
+/// Rotates `x` (B, T, heads, head_dim) in place by the angles whose cosines and sines `cos`
+/// and `sin` hold, (positions, head_dim/2) each; `inverse` rotates by the negated angles.
+pub fn rotate_by<F: Float>(
+    op: &'static str,
+    x: &mut [F],
+    cos: &[F],
+    sin: &[F],
+    s: RopeShape,
+    inverse: bool,
+) -> Result<(), BackendError> {
+    check_len(op, "x", s.batch * s.seq_len * s.heads * s.head_dim, x.len())?;
+    let half = s.head_dim / 2;
+    if half == 0 {
+        return Ok(());
+    }
+    check_len(op, "sin", cos.len(), sin.len())?;
+    if !s.head_dim.is_multiple_of(2)
+        || !cos.len().is_multiple_of(half)
+        || cos.len() / half < s.seq_len
+    {
+        return Err(BackendError::BadDimensions {
+            op,
+            detail: format!(
+                "the table holds {} angles, which does not cover {} positions of head_dim {} (an even head_dim is needed)",
+                cos.len(),
                 s.seq_len,
                 s.head_dim
             ),
         });
     }
-    let half = table.half;
-    if half == 0 {
-        return Ok(());
-    }
     for (row, xs) in x.chunks_exact_mut(s.heads * s.head_dim).enumerate() {
         let t = row % s.seq_len;
-        let cos = &table.cos[t * half..(t + 1) * half];
-        let sin = &table.sin[t * half..(t + 1) * half];
+        let cos = &cos[t * half..(t + 1) * half];
+        let sin = &sin[t * half..(t + 1) * half];
         for head in xs.chunks_exact_mut(s.head_dim) {
             let (lo, hi) = head.split_at_mut(half);
             for i in 0..half {

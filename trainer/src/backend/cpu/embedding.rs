@@ -109,3 +109,56 @@ pub fn encoder_backward<F: Float>(
     }
     Ok(())
 }
+
+fn check_rows<F: Float>(op: &'static str, table: &[F], c: usize) -> Result<(), BackendError> {
+    if c == 0 || !table.len().is_multiple_of(c) {
+        return Err(BackendError::BadDimensions {
+            op,
+            detail: format!("the table ({}) must be whole rows of {c}", table.len()),
+        });
+    }
+    Ok(())
+}
+
+/// `out[r,:] = wte[tokens[r],:]` (no position embedding: the Llama family).
+pub fn embedding_forward<F: Float>(
+    out: &mut [F],
+    tokens: &[u32],
+    wte: &[F],
+    rows: usize,
+    c: usize,
+) -> Result<(), BackendError> {
+    const OP: &str = "embedding_forward";
+    check_len(OP, "out", rows * c, out.len())?;
+    check_rows(OP, wte, c)?;
+    check_tokens(OP, tokens, rows, wte.len() / c)?;
+    out.par_chunks_mut(c)
+        .with_min_len(ROW_GRAIN)
+        .zip(tokens)
+        .for_each(|(row, &tok)| {
+            let tok = tok as usize;
+            row.copy_from_slice(&wte[tok * c..(tok + 1) * c]);
+        });
+    Ok(())
+}
+
+/// `dwte[tokens[r],:] += dout[r,:]`, sequential over rows (a token may repeat).
+pub fn embedding_backward<F: Float>(
+    dwte: &mut [F],
+    dout: &[F],
+    tokens: &[u32],
+    rows: usize,
+    c: usize,
+) -> Result<(), BackendError> {
+    const OP: &str = "embedding_backward";
+    check_len(OP, "dout", rows * c, dout.len())?;
+    check_rows(OP, dwte, c)?;
+    check_tokens(OP, tokens, rows, dwte.len() / c)?;
+    for (g, &tok) in dout.chunks_exact(c).zip(tokens) {
+        let tok = tok as usize;
+        for (d, &x) in dwte[tok * c..(tok + 1) * c].iter_mut().zip(g) {
+            *d += x;
+        }
+    }
+    Ok(())
+}

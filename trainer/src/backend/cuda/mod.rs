@@ -46,11 +46,21 @@ use std::{
 
 use cudarc::driver::{CudaSlice, DevicePtr};
 
-use super::{AdamWStep, AttentionShape, Backend, BackendError, MatmulShape, check_range};
+use super::{
+    AdamWStep, AttentionShape, Backend, BackendError, GqaShape, MatmulShape, RopeShape, check_range,
+};
 pub use adamw::CudaOptState;
 pub use device::{DeviceError, gpu_count};
 use device::{Gpu, Kernels};
 pub use memory::{CudaBuf, CudaMut, CudaRef, DType};
+
+/// The refusal of a Llama-family op until its CUDA kernel exists.
+fn llama_not_yet(op: &'static str) -> BackendError {
+    BackendError::Device {
+        op,
+        detail: "not yet written for CUDA; train Llama-family models with the CPU backend".into(),
+    }
+}
 
 /// Launches kernel `$name` on the backend's stream: grid (x, y, z), `$block` threads,
 /// `$smem` bytes of dynamic shared memory, then the arguments (bound names: each is passed by
@@ -186,6 +196,17 @@ impl CudaBackend {
                 config.heads
             )
         })
+    }
+
+    /// Why a Llama-family model cannot train on this backend: its kernels (RMSNorm, RoPE,
+    /// SwiGLU, grouped-query attention) are not written for CUDA yet. Checked before any
+    /// buffer is allocated, so a run never reaches the refusing launchers below.
+    pub fn unsupported_llama() -> Option<String> {
+        Some(
+            "the CUDA backend has no Llama-family kernels yet (RMSNorm, RoPE, SwiGLU, \
+             grouped-query attention); train this model with the CPU backend"
+                .into(),
+        )
     }
 
     /// The GPU's name as the driver reports it.
@@ -646,6 +667,120 @@ impl Backend for CudaBackend {
         b: CudaRef<'_>,
     ) -> Result<(), BackendError> {
         self.residual_forward_launch(out, a, b)
+    }
+
+    // === Llama family: kernels not yet written for CUDA (see `llama_not_yet`) ===
+
+    fn embedding_forward(
+        &self,
+        _out: CudaMut<'_>,
+        _tokens: &CudaTokens,
+        _wte: CudaRef<'_>,
+        _rows: usize,
+        _channels: usize,
+    ) -> Result<(), BackendError> {
+        Err(llama_not_yet("embedding_forward"))
+    }
+
+    fn embedding_backward(
+        &self,
+        _dwte: CudaMut<'_>,
+        _dout: CudaRef<'_>,
+        _tokens: &CudaTokens,
+        _rows: usize,
+        _channels: usize,
+    ) -> Result<(), BackendError> {
+        Err(llama_not_yet("embedding_backward"))
+    }
+
+    fn rmsnorm_forward(
+        &self,
+        _out: CudaMut<'_>,
+        _rstd: CudaMut<'_>,
+        _inp: CudaRef<'_>,
+        _weight: CudaRef<'_>,
+        _rows: usize,
+        _channels: usize,
+        _eps: f64,
+    ) -> Result<(), BackendError> {
+        Err(llama_not_yet("rmsnorm_forward"))
+    }
+
+    fn rmsnorm_backward(
+        &self,
+        _dinp: CudaMut<'_>,
+        _dweight: CudaMut<'_>,
+        _dout: CudaRef<'_>,
+        _inp: CudaRef<'_>,
+        _weight: CudaRef<'_>,
+        _rstd: CudaRef<'_>,
+        _rows: usize,
+        _channels: usize,
+    ) -> Result<(), BackendError> {
+        Err(llama_not_yet("rmsnorm_backward"))
+    }
+
+    fn rope(
+        &self,
+        _x: CudaMut<'_>,
+        _cos: CudaRef<'_>,
+        _sin: CudaRef<'_>,
+        _shape: RopeShape,
+        _inverse: bool,
+    ) -> Result<(), BackendError> {
+        Err(llama_not_yet("rope"))
+    }
+
+    fn swiglu_forward(
+        &self,
+        _out: CudaMut<'_>,
+        _gate: CudaRef<'_>,
+        _up: CudaRef<'_>,
+    ) -> Result<(), BackendError> {
+        Err(llama_not_yet("swiglu_forward"))
+    }
+
+    fn swiglu_backward(
+        &self,
+        _dgate: CudaMut<'_>,
+        _dup: CudaMut<'_>,
+        _dout: CudaRef<'_>,
+        _gate: CudaRef<'_>,
+        _up: CudaRef<'_>,
+    ) -> Result<(), BackendError> {
+        Err(llama_not_yet("swiglu_backward"))
+    }
+
+    fn gqa_state_len(&self, s: GqaShape) -> usize {
+        s.batch * s.heads * s.seq_len
+    }
+
+    fn gqa_attention_forward(
+        &self,
+        _out: CudaMut<'_>,
+        _state: CudaMut<'_>,
+        _q: CudaRef<'_>,
+        _k: CudaRef<'_>,
+        _v: CudaRef<'_>,
+        _shape: GqaShape,
+    ) -> Result<(), BackendError> {
+        Err(llama_not_yet("gqa_attention_forward"))
+    }
+
+    fn gqa_attention_backward(
+        &self,
+        _dq: CudaMut<'_>,
+        _dk: CudaMut<'_>,
+        _dv: CudaMut<'_>,
+        _dout: CudaRef<'_>,
+        _q: CudaRef<'_>,
+        _k: CudaRef<'_>,
+        _v: CudaRef<'_>,
+        _out: CudaRef<'_>,
+        _state: CudaRef<'_>,
+        _shape: GqaShape,
+    ) -> Result<(), BackendError> {
+        Err(llama_not_yet("gqa_attention_backward"))
     }
 
     // === loss ===
