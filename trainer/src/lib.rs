@@ -14,6 +14,7 @@ pub mod data;
 pub mod hf;
 pub mod hook;
 pub mod llama;
+pub mod lm;
 pub mod metrics;
 pub mod model;
 pub mod optimizer;

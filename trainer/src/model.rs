@@ -10,11 +10,12 @@
 
 use crate::backend::{AttentionShape, Backend, BackendError, MatmulShape};
 use crate::config::{ConfigError, ModelConfig};
-use crate::rng::{Rng, RngState};
+use crate::lm::{LanguageModel, ModelState};
+use crate::rng::Rng;
 use std::ops::Range;
 use thiserror::Error;
 
-/// Called by [`Gpt::backward_with`] when the gradients of some ranges are final.
+/// Called by [`LanguageModel::backward_with`] when the gradients of some ranges are final.
 pub type GradientReady<'a, B> =
     dyn FnMut(&B, &<B as Backend>::Buf, &[Range<usize>]) -> Result<(), ModelError> + 'a;
 
@@ -29,6 +30,10 @@ pub enum ModelError {
     ZeroDimension { what: &'static str },
     #[error("sequence length {seq_len} exceeds the model context {context}")]
     SeqLenTooLong { seq_len: usize, context: usize },
+    #[error(
+        "sequence length {seq_len} exceeds the model's sliding window {window}; attention is computed in full, which equals sliding-window attention only up to the window: train with model.context at most {window}"
+    )]
+    BeyondSlidingWindow { seq_len: usize, window: usize },
     #[error("{what} has {got} tokens, expected batch × seq_len = {want}")]
     BatchShape {
         what: &'static str,
@@ -113,8 +118,8 @@ pub mod tensor {
     pub const COUNT: usize = 16;
 }
 
-/// The flat parameter layout: 16 contiguous tensors (per-layer families stacked over L), in
-/// llm.c's order. Gradients and AdamW moments use the same layout.
+/// The flat parameter layout: contiguous tensors, per-layer families stacked over L (GPT-2:
+/// 16 tensors in llm.c's order; the Llama family: see `llama::model`). Gradients and AdamW moments use the same layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParamLayout {
     pub tensors: Vec<ParamTensor>,
@@ -144,6 +149,15 @@ impl ParamLayout {
             ("lnfw", vec![c], LayerNormWeight, false),
             ("lnfb", vec![c], LayerNormBias, false),
         ];
+        Self::from_specs(specs, l)
+    }
+
+    /// Lays out `specs` (name, shape, kind, residual projection) contiguously in order; a
+    /// per-layer family's shape leads with `layers`.
+    pub fn from_specs(
+        specs: impl IntoIterator<Item = (&'static str, Vec<usize>, ParamKind, bool)>,
+        layers: usize,
+    ) -> Self {
         let mut offset = 0;
         let tensors = specs
             .into_iter()
@@ -164,7 +178,7 @@ impl ParamLayout {
         Self {
             tensors,
             total: offset,
-            layers: l,
+            layers,
         }
     }
 
@@ -207,8 +221,6 @@ struct Activations<B: Backend> {
     lnf: B::Buf,       // (B, T, C)
     lnf_mean: B::Buf,  // (B, T)
     lnf_rstd: B::Buf,  // (B, T)
-    logits: B::Buf,    // (B, T, Vp); holds dlogits after forward
-    losses: B::Buf,    // (B, T)
     proj_out: B::Buf,  // (B, T, C) scratch: a projection's output before the residual add
 }
 
@@ -226,23 +238,11 @@ struct ActGrads<B: Backend> {
 
 /// GPT-2 on backend `B`, with activation memory for batches of (batch, seq_len).
 pub struct Gpt<B: Backend> {
-    backend: B,
     config: ModelConfig,
-    layout: ParamLayout,
-    batch: usize,
-    seq_len: usize,
-    params: B::Buf, // (num_params) flat, see ParamLayout
-    grads: B::Buf,  // (num_params) flat, accumulated by backward()
+    state: ModelState<B>,
     acts: Activations<B>,
     act_grads: ActGrads<B>,
-    inputs: B::Tokens,  // (B, T)
-    targets: B::Tokens, // (B, T)
-    /// Host staging for the next micro-batch, so a training step allocates nothing.
-    staged_inputs: Vec<u32>,
-    staged_targets: Vec<u32>,
     att_state_len: usize,
-    forward_done: bool,
-    init_rng: RngState,
 }
 
 impl<B: Backend> Gpt<B> {
@@ -256,12 +256,6 @@ impl<B: Backend> Gpt<B> {
         seed: u64,
     ) -> Result<Self, ModelError> {
         config.validate()?;
-        if batch == 0 {
-            return Err(ModelError::ZeroDimension { what: "batch" });
-        }
-        if seq_len == 0 {
-            return Err(ModelError::ZeroDimension { what: "seq_len" });
-        }
         if seq_len > config.context {
             return Err(ModelError::SeqLenTooLong {
                 seq_len,
@@ -269,12 +263,20 @@ impl<B: Backend> Gpt<B> {
             });
         }
         let layout = ParamLayout::new(&config);
-        let (l, c, vp, bt) = (
-            config.layers,
-            config.width,
+        let mut rng = Rng::new(seed);
+        let host = init_params(&config, &layout, &mut rng);
+        let mut state = ModelState::new(
+            backend,
+            layout,
+            batch,
+            seq_len,
+            config.vocab,
             config.padded_vocab,
-            batch * seq_len,
-        );
+            rng.state(),
+        )?;
+        state.backend.upload(&mut state.params, 0, &host)?;
+        let backend = &state.backend;
+        let (l, c, bt) = (config.layers, config.width, batch * seq_len);
         let att = AttentionShape {
             batch,
             seq_len,
@@ -303,8 +305,6 @@ impl<B: Backend> Gpt<B> {
             lnf: a(bt * c)?,
             lnf_mean: f(bt)?,
             lnf_rstd: f(bt)?,
-            logits: a(bt * vp)?,
-            losses: f(bt)?,
             proj_out: a(bt * c)?,
         };
         let act_grads = ActGrads {
@@ -315,190 +315,47 @@ impl<B: Backend> Gpt<B> {
             dfch: a(bt * 4 * c)?,
             att_scratch: f(backend.attention_scratch_len(att))?,
         };
-        let mut params = a(layout.total)?;
-        let grads = a(layout.total)?;
-        let mut rng = Rng::new(seed);
-        let host = init_params(&config, &layout, &mut rng);
-        backend.upload(&mut params, 0, &host)?;
-        let inputs = backend.alloc_tokens(bt)?;
-        let targets = backend.alloc_tokens(bt)?;
         Ok(Self {
-            backend,
             config,
-            layout,
-            batch,
-            seq_len,
-            params,
-            grads,
+            state,
             acts,
             act_grads,
-            inputs,
-            targets,
-            staged_inputs: vec![0; bt],
-            staged_targets: vec![0; bt],
             att_state_len,
-            forward_done: false,
-            init_rng: rng.state(),
         })
     }
 
-    // === accessors ===
-
-    pub fn backend(&self) -> &B {
-        &self.backend
-    }
     pub fn config(&self) -> &ModelConfig {
         &self.config
     }
-    pub fn layout(&self) -> &ParamLayout {
-        &self.layout
-    }
-    pub fn batch(&self) -> usize {
-        self.batch
-    }
-    pub fn seq_len(&self) -> usize {
-        self.seq_len
-    }
-    pub fn num_params(&self) -> usize {
-        self.layout.total
-    }
-    /// The initialisation RNG's state after drawing every parameter (a checkpoint can save it
-    /// to continue the stream, e.g. for dropout or sampling later).
-    pub fn rng_state_after_init(&self) -> RngState {
-        self.init_rng
-    }
-    /// The flat parameter buffer (layout: [`ParamLayout`]).
-    pub fn params(&self) -> &B::Buf {
-        &self.params
-    }
-    pub fn params_mut(&mut self) -> &mut B::Buf {
-        &mut self.params
-    }
-    /// The flat gradient buffer (same layout as the parameters).
-    pub fn grads(&self) -> &B::Buf {
-        &self.grads
-    }
-    /// The backend, the parameters (mutable) and the gradients together, for the optimizer.
-    /// The backend and the gradient buffer, to write reduced gradients back.
-    pub fn grads_mut(&mut self) -> (&B, &mut B::Buf) {
-        (&self.backend, &mut self.grads)
-    }
+}
 
-    pub fn update_parts(&mut self) -> (&B, &mut B::Buf, &B::Buf, &ParamLayout) {
-        (&self.backend, &mut self.params, &self.grads, &self.layout)
+impl<B: Backend> LanguageModel<B> for Gpt<B> {
+    fn state(&self) -> &ModelState<B> {
+        &self.state
     }
-
-    /// All parameters as f32 on the host, in flat-layout order.
-    pub fn params_to_host(&self) -> Result<Vec<f32>, ModelError> {
-        let mut out = vec![0.0; self.layout.total];
-        self.backend.download(&self.params, 0, &mut out)?;
-        Ok(out)
+    fn state_mut(&mut self) -> &mut ModelState<B> {
+        &mut self.state
     }
-
-    /// All gradients as f32 on the host, in flat-layout order.
-    pub fn grads_to_host(&self) -> Result<Vec<f32>, ModelError> {
-        let mut out = vec![0.0; self.layout.total];
-        self.backend.download(&self.grads, 0, &mut out)?;
-        Ok(out)
+    fn flops_per_token(&self) -> f64 {
+        self.config.flops_per_token(self.state.seq_len)
     }
-
-    /// Replaces every parameter (flat-layout order), e.g. from a checkpoint.
-    pub fn load_params_from_host(&mut self, values: &[f32]) -> Result<(), ModelError> {
-        if values.len() != self.layout.total {
-            return Err(ModelError::ParamCount {
-                what: "parameter values",
-                want: self.layout.total,
-                got: values.len(),
-            });
-        }
-        self.backend.upload(&mut self.params, 0, values)?;
-        Ok(())
-    }
-
-    /// Host buffers to fill with the next micro-batch's inputs and targets (B·T each), then
-    /// call [`Gpt::forward_staged`].
-    pub fn staging_mut(&mut self) -> (&mut [u32], &mut [u32]) {
-        (&mut self.staged_inputs, &mut self.staged_targets)
-    }
-
-    /// [`Gpt::forward_scaled`] on the staged micro-batch.
-    pub fn forward_staged(&mut self, grad_scale: f64) -> Result<f64, ModelError> {
-        let inputs = std::mem::take(&mut self.staged_inputs);
-        let targets = std::mem::take(&mut self.staged_targets);
-        let result = self.forward_scaled(&inputs, &targets, grad_scale);
-        self.staged_inputs = inputs;
-        self.staged_targets = targets;
-        result
-    }
-
-    /// Mean cross-entropy loss over the batch (nats per token); prepares the logits gradient
-    /// for [`Gpt::backward`] with the loss scaled by 1.
-    pub fn forward(&mut self, inputs: &[u32], targets: &[u32]) -> Result<f64, ModelError> {
-        self.forward_scaled(inputs, targets, 1.0)
+    fn max_seq_len(&self) -> usize {
+        self.config.context
     }
 
     // === forward ===
 
-    /// Mean loss; the gradient the next backward() accumulates is that of `grad_scale × loss`
-    /// (1/accum for gradient accumulation).
-    pub fn forward_scaled(
-        &mut self,
-        inputs: &[u32],
-        targets: &[u32],
-        grad_scale: f64,
-    ) -> Result<f64, ModelError> {
+    /// Runs the network up to the logits (B, T, Vp).
+    fn forward_network(&mut self, inputs: &[u32]) -> Result<(), ModelError> {
+        self.state.upload_inputs(inputs)?;
         let cfg = self.config;
-        let bt = self.batch * self.seq_len;
-        check_tokens("targets", targets, bt, cfg.vocab)?;
-        self.forward_logits(inputs)?;
-        let be = &self.backend;
+        let st = &mut self.state;
+        let (b, t, c, l, nh) = (st.batch, st.seq_len, cfg.width, cfg.layers, cfg.heads);
+        let (vp, bt) = (cfg.padded_vocab, b * t);
+        let be = &st.backend;
+        let lay = &st.layout;
+        let p = &st.params;
         let acts = &mut self.acts;
-        be.upload_tokens(&mut self.targets, targets)?;
-        be.softmax_cross_entropy(
-            be.view_mut(&mut acts.logits, 0..bt * cfg.padded_vocab)?,
-            be.view_mut(&mut acts.losses, 0..bt)?,
-            &self.targets,
-            bt,
-            cfg.vocab,
-            cfg.padded_vocab,
-            grad_scale / bt as f64,
-        )?;
-        let loss = be.sum(be.view(&acts.losses, 0..bt)?)? / bt as f64;
-        self.forward_done = true;
-        Ok(loss)
-    }
-
-    /// The logits of sequence `row`, position `position` of the last forward pass that did not
-    /// compute a loss ([`Gpt::forward_logits`]), first `vocab` entries: for sampling.
-    pub fn logits_at(&self, row: usize, position: usize) -> Result<Vec<f32>, ModelError> {
-        if row >= self.batch || position >= self.seq_len {
-            return Err(ModelError::PositionOutOfRange {
-                row,
-                position,
-                batch: self.batch,
-                seq_len: self.seq_len,
-            });
-        }
-        let vp = self.config.padded_vocab;
-        let mut out = vec![0.0; self.config.vocab];
-        let offset = (row * self.seq_len + position) * vp;
-        self.backend.download(&self.acts.logits, offset, &mut out)?;
-        Ok(out)
-    }
-
-    /// Runs the network up to the logits (B, T, Vp) without a loss (inference); read them with
-    /// [`Gpt::logits_at`]. A following backward() is refused.
-    pub fn forward_logits(&mut self, inputs: &[u32]) -> Result<(), ModelError> {
-        self.forward_done = false;
-        let cfg = self.config;
-        let (b, t, c, l, nh) = (self.batch, self.seq_len, cfg.width, cfg.layers, cfg.heads);
-        let (v, vp, bt) = (cfg.vocab, cfg.padded_vocab, b * t);
-        check_tokens("inputs", inputs, bt, v)?;
-        let be = &self.backend;
-        let lay = &self.layout;
-        let p = &self.params;
-        let acts = &mut self.acts;
-        be.upload_tokens(&mut self.inputs, inputs)?;
         let att = AttentionShape {
             batch: b,
             seq_len: t,
@@ -517,7 +374,7 @@ impl<B: Backend> Gpt<B> {
 
         be.encoder_forward(
             be.view_mut(&mut acts.encoded, 0..bt * c)?,
-            &self.inputs,
+            &st.inputs,
             be.view(p, lay.range(WTE))?,
             be.view(p, lay.range(WPE))?,
             b,
@@ -617,7 +474,7 @@ impl<B: Backend> Gpt<B> {
         )?;
         // Tied output head: logits = lnf · wteᵀ over all Vp rows.
         be.matmul(
-            be.view_mut(&mut acts.logits, 0..bt * vp)?,
+            be.view_mut(&mut st.logits, 0..bt * vp)?,
             be.view(&acts.lnf, 0..bt * c)?,
             be.view(p, lay.range(WTE))?,
             None,
@@ -629,35 +486,20 @@ impl<B: Backend> Gpt<B> {
 
     // === backward ===
 
-    /// Sets every parameter gradient to zero.
-    pub fn zero_grad(&mut self) -> Result<(), ModelError> {
-        let n = self.layout.total;
-        self.backend
-            .fill_zero(self.backend.view_mut(&mut self.grads, 0..n)?)?;
-        Ok(())
-    }
-
-    /// Accumulates the gradient of the last forward's (scaled) loss into the gradients.
-    pub fn backward(&mut self) -> Result<(), ModelError> {
-        self.backward_with(&mut |_, _, _| Ok(()))
-    }
-
-    /// [`Gpt::backward`], calling `ready(backend, grads, ranges)` as soon as the gradients of
+    /// The backward pass, calling `ready(backend, grads, ranges)` as soon as the gradients of
     /// `ranges` of the flat space are final for this backward: each layer's slices of the 12
     /// per-layer tensors as the layer finishes (last layer first), then wte, wpe, lnfw, lnfb
     /// at the end (the tied wte collects its last contribution there). Data parallelism starts
     /// reducing a bucket while the backward goes on.
-    pub fn backward_with(&mut self, ready: &mut GradientReady<'_, B>) -> Result<(), ModelError> {
-        if !self.forward_done {
-            return Err(ModelError::BackwardBeforeForward);
-        }
+    fn backward_network(&mut self, ready: &mut GradientReady<'_, B>) -> Result<(), ModelError> {
         let cfg = self.config;
-        let (b, t, c, l, nh) = (self.batch, self.seq_len, cfg.width, cfg.layers, cfg.heads);
+        let st = &mut self.state;
+        let (b, t, c, l, nh) = (st.batch, st.seq_len, cfg.width, cfg.layers, cfg.heads);
         let (vp, bt) = (cfg.padded_vocab, b * t);
-        let be = &self.backend;
-        let lay = &self.layout;
-        let p = &self.params;
-        let g = &mut self.grads;
+        let be = &st.backend;
+        let lay = &st.layout;
+        let p = &st.params;
+        let g = &mut st.grads;
         let acts = &self.acts;
         let d = &mut self.act_grads;
         let att = AttentionShape {
@@ -686,7 +528,7 @@ impl<B: Backend> Gpt<B> {
         use tensor::*;
 
         // Output head (tied): dlnf = dlogits · wte, dwte += dlogitsᵀ · lnf.
-        let dlogits = be.view(&acts.logits, 0..bt * vp)?;
+        let dlogits = be.view(&st.logits, 0..bt * vp)?;
         be.matmul(
             be.view_mut(&mut d.dbtc, 0..bt * c)?,
             dlogits,
@@ -862,7 +704,7 @@ impl<B: Backend> Gpt<B> {
             dwte,
             dwpe,
             be.view(&d.dresidual, 0..bt * c)?,
-            &self.inputs,
+            &st.inputs,
             b,
             t,
             c,
@@ -871,34 +713,6 @@ impl<B: Backend> Gpt<B> {
         ready(be, g, &last)?;
         Ok(())
     }
-}
-
-fn check_tokens(
-    what: &'static str,
-    tokens: &[u32],
-    want: usize,
-    vocab: usize,
-) -> Result<(), ModelError> {
-    if tokens.len() != want {
-        return Err(ModelError::BatchShape {
-            what,
-            want,
-            got: tokens.len(),
-        });
-    }
-    if let Some((position, &token)) = tokens
-        .iter()
-        .enumerate()
-        .find(|&(_, &t)| t as usize >= vocab)
-    {
-        return Err(ModelError::TokenOutOfRange {
-            what,
-            token,
-            position,
-            vocab,
-        });
-    }
-    Ok(())
 }
 
 // === initialisation ===

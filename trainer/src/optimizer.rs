@@ -9,7 +9,8 @@
 //! biases or LayerNorm parameters.
 
 use crate::backend::{AdamWStep, Backend, BackendError};
-use crate::model::{Gpt, ParamKind, ParamLayout};
+use crate::lm::LanguageModel;
+use crate::model::{ParamKind, ParamLayout};
 use std::ops::Range;
 use thiserror::Error;
 
@@ -184,14 +185,14 @@ pub struct AdamW<B: Backend> {
 
 impl<B: Backend> AdamW<B> {
     /// Validates `config` and allocates zeroed moments for all of `model`'s parameters.
-    pub fn new(config: AdamWConfig, model: &Gpt<B>) -> Result<Self, OptimizerError> {
+    pub fn new(config: AdamWConfig, model: &dyn LanguageModel<B>) -> Result<Self, OptimizerError> {
         Self::sharded(config, model, 0..model.num_params())
     }
 
     /// Like [`AdamW::new`], but keeping moments for (and updating) only `owned`.
     pub fn sharded(
         config: AdamWConfig,
-        model: &Gpt<B>,
+        model: &dyn LanguageModel<B>,
         owned: Range<usize>,
     ) -> Result<Self, OptimizerError> {
         config.validate()?;
@@ -226,7 +227,7 @@ impl<B: Backend> AdamW<B> {
 
     /// Bytes of optimizer state held (moments, and master weights where the backend keeps
     /// them): the figure ZeRO-1 divides by the world size.
-    pub fn state_bytes(&self, model: &Gpt<B>) -> usize {
+    pub fn state_bytes(&self, model: &dyn LanguageModel<B>) -> usize {
         model.backend().opt_state_bytes(&self.state)
     }
 
@@ -242,7 +243,11 @@ impl<B: Backend> AdamW<B> {
 
     /// One update from the model's accumulated gradients, with the learning rate of `step`:
     /// the single-process path, where this optimizer owns the whole space.
-    pub fn step(&mut self, model: &mut Gpt<B>, step: u64) -> Result<UpdateStats, OptimizerError> {
+    pub fn step(
+        &mut self,
+        model: &mut dyn LanguageModel<B>,
+        step: u64,
+    ) -> Result<UpdateStats, OptimizerError> {
         let (backend, params, grads, _) = model.update_parts();
         let n = backend.buf_len(grads);
         let grad_norm = backend.sum_squares(backend.view(grads, 0..n)?)?.sqrt();
@@ -302,7 +307,10 @@ impl<B: Backend> AdamW<B> {
     }
 
     /// The state to save in a checkpoint (the owned range's moments).
-    pub fn state_to_host(&self, model: &Gpt<B>) -> Result<OptimizerState, OptimizerError> {
+    pub fn state_to_host(
+        &self,
+        model: &dyn LanguageModel<B>,
+    ) -> Result<OptimizerState, OptimizerError> {
         let n = self.owned.len();
         let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
         model
@@ -324,7 +332,7 @@ impl<B: Backend> AdamW<B> {
     /// parameters first).
     pub fn load_state(
         &mut self,
-        model: &Gpt<B>,
+        model: &dyn LanguageModel<B>,
         saved: &OptimizerState,
     ) -> Result<(), OptimizerError> {
         let want = self.owned.len();

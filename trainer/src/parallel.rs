@@ -24,6 +24,7 @@
 //! backward still writes a full-size local gradient buffer, so what ZeRO-2 adds there is the
 //! overlap of communication with the backward. `full` (ZeRO-3) is refused with an error.
 
+use crate::lm::LanguageModel;
 use std::{
     ops::Range,
     sync::mpsc,
@@ -35,7 +36,7 @@ use tessera_api::spec::Sharding;
 use crate::{
     backend::Backend,
     collective::{Collective, CollectiveError, ShardPlan, device::DeviceCollective},
-    model::{Gpt, ModelError},
+    model::ModelError,
     optimizer::{AdamW, OptimizerError, UpdateStats},
 };
 
@@ -76,7 +77,7 @@ impl<B: Backend> DataParallel<B> {
     pub fn new(
         stage: Sharding,
         comm: Box<dyn Collective>,
-        model: &Gpt<B>,
+        model: &dyn LanguageModel<B>,
     ) -> Result<Self, ParallelError> {
         if stage == Sharding::Full {
             return Err(ParallelError::FullShardingUnsupported);
@@ -107,7 +108,7 @@ impl<B: Backend> DataParallel<B> {
     pub fn set_device_collective(
         &mut self,
         device: Box<dyn DeviceCollective<B>>,
-        model: &Gpt<B>,
+        model: &dyn LanguageModel<B>,
     ) -> Result<(), ParallelError> {
         if self.stage == Sharding::Gradients && self.shard_grads.is_none() {
             let own = self.plan.range(self.rank());
@@ -163,7 +164,7 @@ impl<B: Backend> DataParallel<B> {
 
     /// The backward of the step's last micro-batch. With `gradients` sharding, each layer's
     /// gradients are reduce-scattered on a communication thread as soon as they are final.
-    pub fn backward_last(&mut self, model: &mut Gpt<B>) -> Result<(), ParallelError> {
+    pub fn backward_last(&mut self, model: &mut dyn LanguageModel<B>) -> Result<(), ParallelError> {
         if self.shard_grads.is_none() {
             model.backward()?;
             return Ok(());
@@ -248,7 +249,7 @@ impl<B: Backend> DataParallel<B> {
     /// loss averaged over ranks.
     pub fn finish_step(
         &mut self,
-        model: &mut Gpt<B>,
+        model: &mut dyn LanguageModel<B>,
         optimizer: &mut AdamW<B>,
         step: u64,
         local_loss: f64,

@@ -15,6 +15,7 @@
 //! the checkpoint holds parameters, AdamW moments and the update count, so a run resumed from
 //! a checkpoint takes exactly the steps an uninterrupted run takes.
 
+use crate::lm::LanguageModel;
 use std::{
     net::SocketAddr,
     path::PathBuf,
@@ -882,7 +883,7 @@ fn unix_ms() -> u64 {
 /// state (the plan's range, cut from what the optimizer owns) and, on rank 0, the parameters.
 fn shard_snapshot<B: Backend>(
     dp: &DataParallel<B>,
-    model: &Gpt<B>,
+    model: &dyn LanguageModel<B>,
     params: &[f32],
     optimizer: &AdamW<B>,
     state: &OptimizerState,
@@ -941,14 +942,17 @@ fn agree(comm: &mut dyn Collective, mine: Directive) -> Result<Directive, RunErr
 }
 
 /// Mean loss over the fixed validation set.
-pub fn evaluate<B: Backend>(model: &mut Gpt<B>, eval: &EvalBatches) -> Result<f64, RunError> {
+pub fn evaluate<B: Backend>(
+    model: &mut dyn LanguageModel<B>,
+    eval: &EvalBatches,
+) -> Result<f64, RunError> {
     evaluate_ranked(model, eval, &mut Solo)
 }
 
 /// Mean loss over the fixed validation set, the batches dealt round-robin across the gang
 /// and the partial sums added in rank order.
 pub fn evaluate_ranked<B: Backend>(
-    model: &mut Gpt<B>,
+    model: &mut dyn LanguageModel<B>,
     eval: &EvalBatches,
     comm: &mut dyn Collective,
 ) -> Result<f64, RunError> {
@@ -992,7 +996,7 @@ fn adamw_config(run: &TrainingRun) -> AdamWConfig {
 }
 
 /// `m.<tensor>`, `v.<tensor>` and `master.<tensor>` names, in layout order.
-fn optimizer_names<B: Backend>(model: &Gpt<B>) -> Vec<[String; 3]> {
+fn optimizer_names<B: Backend>(model: &dyn LanguageModel<B>) -> Vec<[String; 3]> {
     model
         .layout()
         .tensors
@@ -1003,7 +1007,7 @@ fn optimizer_names<B: Backend>(model: &Gpt<B>) -> Vec<[String; 3]> {
 
 /// Views of the flat host buffers as named tensors, for the checkpoint writer.
 fn checkpoint_tensors<'a, B: Backend>(
-    model: &'a Gpt<B>,
+    model: &'a dyn LanguageModel<B>,
     params: &'a [f32],
     state: &'a OptimizerState,
     names: &'a [[String; 3]],
@@ -1037,7 +1041,10 @@ fn checkpoint_tensors<'a, B: Backend>(
 }
 
 /// Views of the flat parameters as named tensors.
-fn model_tensors<'a, B: Backend>(model: &'a Gpt<B>, params: &'a [f32]) -> Vec<NamedTensor<'a>> {
+fn model_tensors<'a, B: Backend>(
+    model: &'a dyn LanguageModel<B>,
+    params: &'a [f32],
+) -> Vec<NamedTensor<'a>> {
     model
         .layout()
         .tensors

@@ -2,6 +2,7 @@
 //! temperature and top-k sampling from a seeded generator, with the context window sliding
 //! over the text once it is longer than the model's context.
 
+use crate::lm::LanguageModel;
 use std::path::{Path, PathBuf};
 
 use crate::{
@@ -63,7 +64,7 @@ pub fn open_checkpoint(path: &Path) -> Result<LoadedCheckpoint, SampleError> {
 /// The checkpoint's parameters in the model's flat layout.
 pub fn flat_params<B: Backend>(
     checkpoint: &LoadedCheckpoint,
-    model: &Gpt<B>,
+    model: &dyn LanguageModel<B>,
 ) -> Result<Vec<f32>, SampleError> {
     let mut params = vec![0.0f32; model.num_params()];
     for tensor in &model.layout().tensors {

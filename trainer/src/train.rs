@@ -8,7 +8,8 @@
 
 use crate::backend::Backend;
 use crate::collective::Solo;
-use crate::model::{Gpt, ModelError};
+use crate::lm::LanguageModel;
+use crate::model::ModelError;
 use crate::optimizer::{AdamW, OptimizerError};
 use crate::parallel::{DataParallel, ParallelError};
 use tessera_api::spec::Sharding;
@@ -50,7 +51,7 @@ pub struct StepStats {
 /// fills the B·T input and target tokens of micro-batch `micro`; it must be a pure function of
 /// its arguments for runs to be reproducible.
 pub fn train_step<B, S>(
-    model: &mut Gpt<B>,
+    model: &mut dyn LanguageModel<B>,
     optimizer: &mut AdamW<B>,
     step: u64,
     accum: usize,
@@ -68,7 +69,7 @@ where
 /// each loss scaled by 1/(accum × world) so the gradients summed across ranks are the mean
 /// over the global batch, then the gang's reduction and update (see [`crate::parallel`]).
 pub fn train_step_parallel<B, S>(
-    model: &mut Gpt<B>,
+    model: &mut dyn LanguageModel<B>,
     optimizer: &mut AdamW<B>,
     dp: &mut DataParallel<B>,
     step: u64,

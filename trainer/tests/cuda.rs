@@ -24,6 +24,7 @@ use std::{
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
+use tessera_trainer::lm::LanguageModel;
 
 use tessera_trainer::backend::{
     AdamWStep, AttentionShape, Backend, MatmulShape,

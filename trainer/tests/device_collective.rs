@@ -20,6 +20,7 @@ use std::{
     },
     time::Duration,
 };
+use tessera_trainer::lm::LanguageModel;
 
 use tessera_api::spec::Sharding;
 use tessera_trainer::{

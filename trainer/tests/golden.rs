@@ -7,6 +7,7 @@
 use serde_json::Value;
 use tessera_trainer::backend::cpu::CpuBackend;
 use tessera_trainer::config::ModelConfig;
+use tessera_trainer::lm::LanguageModel;
 use tessera_trainer::model::Gpt;
 use tessera_trainer::optimizer::{AdamW, AdamWConfig, LrSchedule};
 use tessera_trainer::train::train_step;

@@ -10,6 +10,7 @@ use tessera_trainer::backend::cpu::{
 };
 use tessera_trainer::backend::{AttentionShape, MatmulShape};
 use tessera_trainer::config::ModelConfig;
+use tessera_trainer::lm::LanguageModel;
 use tessera_trainer::model::Gpt;
 
 const EPS: f64 = 1e-6;

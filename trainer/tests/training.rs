@@ -5,6 +5,7 @@
 use tessera_trainer::backend::cpu::CpuBackend;
 use tessera_trainer::backend::{Backend, BackendError};
 use tessera_trainer::config::ModelConfig;
+use tessera_trainer::lm::LanguageModel;
 use tessera_trainer::model::{Gpt, ModelError};
 use tessera_trainer::optimizer::{AdamW, AdamWConfig, LrSchedule};
 use tessera_trainer::train::{BatchError, TrainError, train_step};

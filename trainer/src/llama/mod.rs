@@ -18,6 +18,7 @@ pub mod attention;
 pub mod config;
 pub mod linear;
 pub mod loss;
+pub mod model;
 pub mod reference;
 pub mod rmsnorm;
 pub mod rope;
