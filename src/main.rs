@@ -14,9 +14,7 @@ use tessera_trainer::{
     backend::cpu::CpuBackend,
     checkpoint::verify_checkpoint,
     data::prepare::{PrepareOptions, prepare},
-    hf,
-    run::model_config,
-    sample::{SampleOptions, flat_params, open_checkpoint, sample},
+    sample::{SampleOptions, open_checkpoint, sample},
 };
 
 #[derive(Parser)]
@@ -118,12 +116,16 @@ enum CkptCommand {
     Export {
         /// A checkpoint directory, or a root (its newest valid checkpoint).
         checkpoint: PathBuf,
-        /// Write the Hugging Face GPT-2 safetensors layout (the only format so far).
+        /// Write a Hugging Face model directory (config.json, safetensors, tokenizer files,
+        /// generation_config.json) that transformers loads (the only format so far).
         #[arg(long, required = true)]
         hf: bool,
-        /// The output file, e.g. model.safetensors.
+        /// The output directory (created if missing).
         #[arg(long)]
         out: PathBuf,
+        /// The weights' dtype: f32 or bf16 (Llama-family models; GPT-2 exports f32).
+        #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+        dtype: tessera_api::llama_config::WeightDtype,
     },
 }
 
@@ -301,24 +303,38 @@ fn ckpt(command: CkptCommand) -> Result<()> {
             checkpoint,
             hf: _,
             out,
-        } => export_hf(&checkpoint, &out),
+            dtype,
+        } => export_hf(&checkpoint, &out, dtype),
     }
 }
 
-fn export_hf(checkpoint: &Path, out: &Path) -> Result<()> {
+fn parse_dtype(s: &str) -> Result<tessera_api::llama_config::WeightDtype, String> {
+    use tessera_api::llama_config::WeightDtype;
+    match s {
+        "f32" | "float32" => Ok(WeightDtype::F32),
+        "bf16" | "bfloat16" => Ok(WeightDtype::BF16),
+        other => Err(format!("{other} is not an export dtype; use f32 or bf16")),
+    }
+}
+
+fn export_hf(
+    checkpoint: &Path,
+    out: &Path,
+    dtype: tessera_api::llama_config::WeightDtype,
+) -> Result<()> {
     let loaded = open_checkpoint(checkpoint)?;
-    let run = tessera_api::TrainingRun::new("export", loaded.manifest.config.clone());
-    let (config, _) = model_config(&run)?;
-    let layout = tessera_trainer::model::ParamLayout::new(&config);
-    // A batch-1 model only to reuse the checkpoint-to-flat-layout mapping.
-    let model = tessera_trainer::model::Gpt::new(CpuBackend::<f32>::new(), config, 1, 1, 0)?;
-    let params = flat_params(&loaded, &model)?;
-    hf::export_gpt2(&params, &config, &layout, out)?;
+    let options = tessera_trainer::export::ExportOptions {
+        dtype,
+        ..Default::default()
+    };
+    let exported = tessera_trainer::export::export_hf(&loaded, out, options)?;
     println!(
-        "{}: step {} exported as Hugging Face GPT-2 to {}",
+        "{}: step {} exported as Hugging Face {} to {} ({})",
         loaded.dir.display(),
         loaded.manifest.step,
-        out.display()
+        exported.architecture,
+        out.display(),
+        exported.files.join(", ")
     );
     Ok(())
 }

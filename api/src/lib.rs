@@ -18,6 +18,7 @@
 pub mod checkpoint;
 pub mod clock;
 pub mod crd;
+pub mod llama_config;
 pub mod manifest;
 pub mod metrics;
 pub mod progress;

@@ -48,8 +48,20 @@ pub enum ResolveError {
     Manifest(#[from] ManifestError),
     #[error("metadata.name is missing; give the run a name")]
     MissingName,
-    #[error("spec.model does not resolve to dimensions; set model.preset or every dimension")]
+    #[error(
+        "spec.model does not resolve to dimensions; set model.from, model.preset or every dimension"
+    )]
     UnresolvedModel,
+    #[error("spec.model.from: {0}")]
+    ModelDir(#[from] crate::llama_config::ConfigError),
+    #[error(
+        "spec.model.context is {context}, beyond the max_position_embeddings ({max}) of {config}; train with a context of at most {max}"
+    )]
+    ContextBeyondModel {
+        context: u32,
+        max: usize,
+        config: PathBuf,
+    },
     #[error("the base directory {0} is not absolute")]
     RelativeBase(PathBuf),
     #[error("cannot read the resolved run {path}: {detail}")]
@@ -88,13 +100,23 @@ impl ResolvedRun {
             .clone()
             .filter(|n| !n.is_empty())
             .ok_or(ResolveError::MissingName)?;
-        let model = run
-            .spec
-            .model
-            .resolve(&run.spec.data.tokenizer)
-            .ok_or(ResolveError::UnresolvedModel)?;
         let absolute = |p: &str| resolve_path(base_dir, p).to_string_lossy().into_owned();
         let spec = &mut run.spec;
+        let model = match spec.model.from.as_deref().map(absolute) {
+            Some(dir) => {
+                let model = model_from_dir(Path::new(&dir), spec.model.context)?;
+                // The directory's tokenizer, unless the manifest names another.
+                if !matches!(spec.data.tokenizer, Tokenizer::HuggingFace(_)) {
+                    spec.data.tokenizer = Tokenizer::HuggingFace(dir.clone());
+                }
+                spec.model.from = Some(dir);
+                model
+            }
+            None => spec
+                .model
+                .resolve(&spec.data.tokenizer)
+                .ok_or(ResolveError::UnresolvedModel)?,
+        };
         spec.data.train = absolute(&spec.data.train);
         spec.data.validation = spec.data.validation.as_deref().map(absolute);
         spec.checkpoint.path = absolute(&spec.checkpoint.path);
@@ -157,6 +179,21 @@ impl ResolvedRun {
         }
         serde_json::from_slice(&bytes).map_err(|e| read_err(e.to_string()))
     }
+}
+
+/// The dimensions of the Llama-family model in `dir` (its config.json), trained with
+/// sequences of `context` tokens (required by `validate()`; at most the model's positions).
+pub fn model_from_dir(dir: &Path, context: Option<u32>) -> Result<ResolvedModel, ResolveError> {
+    let config = crate::llama_config::LlamaConfig::from_dir(dir)?;
+    let context = context.ok_or(ResolveError::UnresolvedModel)?;
+    if context as usize > config.max_position_embeddings {
+        return Err(ResolveError::ContextBeyondModel {
+            context,
+            max: config.max_position_embeddings,
+            config: dir.join(crate::llama_config::CONFIG_FILE),
+        });
+    }
+    Ok(config.resolved_model(context))
 }
 
 #[cfg(test)]
@@ -250,5 +287,73 @@ spec:
         let err = ResolvedRun::from_manifest(MANIFEST, &[set("training.steps=0")], Path::new("/w"))
             .unwrap_err();
         assert!(err.to_string().contains("spec.training.steps"), "{err}");
+    }
+
+    const FROM_MANIFEST: &str = r#"
+apiVersion: tessera.dev/v1alpha1
+kind: TrainingRun
+metadata: {name: tune}
+spec:
+  model: {from: llama-gqa, context: 64}
+  data: {train: data/train.txt, validationFraction: 0.1}
+  optimizer: {globalBatchTokens: 512, microBatch: 8}
+  training: {steps: 10, evalInterval: 0}
+"#;
+
+    /// `trainer/tests/fixtures/hf`, where the recorded model directories are.
+    fn fixtures() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../trainer/tests/fixtures/hf")
+    }
+
+    #[test]
+    fn a_model_directory_gives_the_architecture_dimensions_and_tokenizer() {
+        let run = ResolvedRun::from_manifest(FROM_MANIFEST, &[], &fixtures()).unwrap();
+        let dir = fixtures().join("llama-gqa").to_string_lossy().into_owned();
+        assert_eq!(run.run.spec.model.from.as_deref(), Some(dir.as_str()));
+        assert_eq!(
+            run.run.spec.data.tokenizer,
+            Tokenizer::HuggingFace(dir.clone())
+        );
+        let m = run.model;
+        assert_eq!(m.architecture, crate::spec::Architecture::Llama);
+        assert_eq!((m.layers, m.heads, m.width, m.vocab), (2, 4, 64, 384));
+        assert_eq!(
+            (m.kv_heads, m.ffn_width, m.context),
+            (Some(2), Some(160), 64)
+        );
+        // head_dim 16 is width / heads: not recorded separately.
+        assert_eq!(m.head_dim, None);
+    }
+
+    #[test]
+    fn a_bad_model_directory_or_context_is_refused_naming_the_field_and_file() {
+        let long = ResolvedRun::from_manifest(
+            FROM_MANIFEST,
+            &[
+                set("model.context=4096"),
+                set("optimizer.globalBatchTokens=32768"),
+            ],
+            &fixtures(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            long.contains("spec.model.context is 4096")
+                && long.contains("max_position_embeddings (128)")
+                && long.contains("config.json"),
+            "{long}"
+        );
+        let missing = ResolvedRun::from_manifest(
+            FROM_MANIFEST,
+            &[set("model.from=no-such-model")],
+            &fixtures(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            missing.starts_with("spec.model.from: ")
+                && missing.contains("no-such-model/config.json"),
+            "{missing}"
+        );
     }
 }

@@ -20,6 +20,7 @@ pub mod bounds {
     pub const MAX_LAYERS: u32 = 256;
     pub const MAX_HEADS: u32 = 256;
     pub const MAX_WIDTH: u32 = 65_536;
+    pub const MAX_FFN_WIDTH: u32 = 262_144;
     pub const MAX_CONTEXT: u32 = 131_072;
     /// Token ids are stored as u32; 2^24 is far above any real vocabulary.
     pub const MAX_VOCAB: u32 = 16_777_216;
@@ -76,11 +77,23 @@ pub struct TrainingRunSpec {
 
 // === model ===
 
-/// The model: a preset, or explicit dimensions. With a preset, `context` and `vocab` may
-/// still be set to override the preset's.
+/// The model: a Hugging Face directory to start from (`from`), a preset, or explicit
+/// dimensions. With a preset, `context` and `vocab` may still be set to override the preset's.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ModelSpec {
+    /// A Hugging Face model directory (config.json, safetensors weights, tokenizer.json) of
+    /// model type llama, mistral or qwen2: the architecture and every dimension come from its
+    /// config.json and its weights are the starting point. Needs `context` (the training
+    /// sequence length); the preset and the other dimensions come from the directory. The
+    /// directory's tokenizer is the run's unless `data.tokenizer` names another path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = MAX_PATH_LEN))]
+    pub from: Option<String>,
+    /// The architecture of a model trained from scratch: `gpt2` (the default) or `llama`
+    /// (RMSNorm, rotary positions, SwiGLU, grouped-query attention).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<Architecture>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preset: Option<ModelPreset>,
     /// Transformer blocks.
@@ -100,10 +113,46 @@ pub struct ModelSpec {
     #[schemars(range(min = 1, max = MAX_CONTEXT))]
     pub context: Option<u32>,
     /// Vocabulary size; defaults to the tokenizer's, and is required with a Hugging Face
-    /// tokenizer (at least its size, added tokens included). Padded to a multiple of 128 internally.
+    /// tokenizer (at least its size, added tokens included). GPT-2 pads it to a multiple of
+    /// 128 internally.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = MAX_VOCAB))]
     pub vocab: Option<u32>,
+    /// Key/value heads of grouped-query attention (`architecture: llama`); must divide
+    /// `heads`. Defaults to `heads`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = MAX_HEADS))]
+    pub kv_heads: Option<u32>,
+    /// The MLP's hidden width (`architecture: llama`, required with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = MAX_FFN_WIDTH))]
+    pub ffn_width: Option<u32>,
+}
+
+/// Model architectures.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Architecture {
+    /// GPT-2: LayerNorm, learned positions, GELU MLP, tied head.
+    #[default]
+    #[serde(rename = "gpt2")]
+    Gpt2,
+    /// The Llama family: RMSNorm, rotary positions, SwiGLU MLP, grouped-query attention.
+    #[serde(rename = "llama")]
+    Llama,
+}
+
+impl Architecture {
+    /// The name used in manifests.
+    pub fn name(self) -> &'static str {
+        match self {
+            Architecture::Gpt2 => "gpt2",
+            Architecture::Llama => "llama",
+        }
+    }
+
+    fn is_gpt2(&self) -> bool {
+        *self == Architecture::Gpt2
+    }
 }
 
 /// Named model shapes. `tiny` trains in minutes on a laptop CPU; the rest are the GPT-2 family.
@@ -180,14 +229,28 @@ pub const GPT2_VOCAB: u32 = 50_257;
 /// The byte tokenizer's vocabulary size.
 pub const BYTES_VOCAB: u32 = 256;
 
-/// The dimensions a model spec resolves to, after the preset and overrides are applied.
+/// The dimensions a model spec resolves to, after the preset and overrides are applied (or
+/// read from `model.from`'s config.json). A checkpoint records them; a resume needs the same.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ResolvedModel {
+    #[serde(default, skip_serializing_if = "Architecture::is_gpt2")]
+    pub architecture: Architecture,
     pub layers: u32,
     pub heads: u32,
     pub width: u32,
+    /// The training sequence length.
     pub context: u32,
     pub vocab: u32,
+    /// Key/value heads (llama).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_heads: Option<u32>,
+    /// The MLP's hidden width (llama).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ffn_width: Option<u32>,
+    /// Dimensions per attention head where it is not width / heads (llama).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<u32>,
 }
 
 impl ModelSpec {
@@ -201,14 +264,27 @@ impl ModelSpec {
     /// tokenizer's; a Hugging Face tokenizer's size is known only from its file, which the
     /// API server cannot read, so with one `model.vocab` is required (`validate()` says so) and
     /// the run checks it against the tokenizer when it loads it.
+    ///
+    /// A `from` directory is not read here (see [`crate::resolved::ResolvedRun::resolve`]):
+    /// `None`.
     pub fn resolve(&self, tokenizer: &Tokenizer) -> Option<ResolvedModel> {
+        if self.from.is_some() {
+            return None;
+        }
         let base = self.preset.map(ModelPreset::shape);
+        let architecture = self.architecture.unwrap_or_default();
+        let heads = self.heads.or(base.map(|b| b.heads))?;
+        let llama = architecture == Architecture::Llama;
         Some(ResolvedModel {
+            architecture,
             layers: self.layers.or(base.map(|b| b.layers))?,
-            heads: self.heads.or(base.map(|b| b.heads))?,
+            heads,
             width: self.width.or(base.map(|b| b.width))?,
             context: self.effective_context()?,
             vocab: self.vocab.or(tokenizer.vocab_size())?,
+            kv_heads: llama.then(|| self.kv_heads.unwrap_or(heads)),
+            ffn_width: if llama { Some(self.ffn_width?) } else { None },
+            head_dim: None,
         })
     }
 }

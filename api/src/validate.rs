@@ -14,7 +14,7 @@
 
 use std::fmt;
 
-use crate::spec::{ModelPreset, TrainingRunSpec, bounds::*};
+use crate::spec::{Architecture, ModelPreset, Tokenizer, TrainingRunSpec, bounds::*};
 
 /// One broken rule: the field it concerns (`spec.model.heads`) and what is wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,18 +76,99 @@ pub fn cross_field_rules() -> Vec<CrossFieldRule> {
         CrossFieldRule {
             scope: &["model"],
             field_path: "",
-            cel: "has(self.preset) || (has(self.layers) && has(self.heads) && has(self.width) \
-                  && has(self.context))"
+            cel: "has(self.from) || has(self.preset) || (has(self.layers) && has(self.heads) \
+                  && has(self.width) && has(self.context))"
                 .into(),
-            message: "set model.preset, or all of model.layers, model.heads, model.width and \
-                      model.context",
+            message: "set model.from (a Hugging Face model directory), model.preset, or all of \
+                      model.layers, model.heads, model.width and model.context",
             holds: |s| {
                 let m = &s.model;
-                m.preset.is_some()
+                m.from.is_some()
+                    || m.preset.is_some()
                     || (m.layers.is_some()
                         && m.heads.is_some()
                         && m.width.is_some()
                         && m.context.is_some())
+            },
+        },
+        CrossFieldRule {
+            scope: &["model"],
+            field_path: ".from",
+            cel: "!has(self.from) || !(has(self.preset) || has(self.architecture) || \
+                  has(self.layers) || has(self.heads) || has(self.width) || has(self.vocab) || \
+                  has(self.kvHeads) || has(self.ffnWidth))"
+                .into(),
+            message: "model.from takes the architecture and every dimension from the directory's \
+                      config.json: remove model.preset, model.architecture, model.layers, \
+                      model.heads, model.width, model.vocab, model.kvHeads and model.ffnWidth \
+                      (model.context, the training sequence length, stays)",
+            holds: |s| {
+                let m = &s.model;
+                m.from.is_none()
+                    || !(m.preset.is_some()
+                        || m.architecture.is_some()
+                        || m.layers.is_some()
+                        || m.heads.is_some()
+                        || m.width.is_some()
+                        || m.vocab.is_some()
+                        || m.kv_heads.is_some()
+                        || m.ffn_width.is_some())
+            },
+        },
+        CrossFieldRule {
+            scope: &["model"],
+            field_path: ".context",
+            cel: "!has(self.from) || has(self.context)".into(),
+            message: "model.context is required with model.from: the training sequence length, \
+                      at most the model's max_position_embeddings",
+            holds: |s| s.model.from.is_none() || s.model.context.is_some(),
+        },
+        CrossFieldRule {
+            scope: &[],
+            field_path: ".data.tokenizer",
+            cel: "!has(self.model.from) || self.data.tokenizer != 'bytes'".into(),
+            message: "with model.from the run uses the model directory's tokenizer: remove \
+                      data.tokenizer, or name another tokenizer.json path",
+            holds: |s| s.model.from.is_none() || s.data.tokenizer != Tokenizer::Bytes,
+        },
+        CrossFieldRule {
+            scope: &["model"],
+            field_path: ".preset",
+            cel: "!has(self.preset) || !has(self.architecture) || self.architecture == 'gpt2'"
+                .into(),
+            message: "the presets are GPT-2 shapes: remove model.architecture, or the preset and \
+                      give every dimension",
+            holds: |s| {
+                s.model.preset.is_none()
+                    || s.model.architecture.unwrap_or_default() == Architecture::Gpt2
+            },
+        },
+        CrossFieldRule {
+            scope: &["model"],
+            field_path: ".ffnWidth",
+            cel: "(has(self.architecture) && self.architecture == 'llama') == \
+                  has(self.ffnWidth)"
+                .into(),
+            message: "model.ffnWidth is the llama architecture's MLP width: set it with \
+                      model.architecture: llama, and only then",
+            holds: |s| {
+                (s.model.architecture == Some(Architecture::Llama)) == s.model.ffn_width.is_some()
+            },
+        },
+        CrossFieldRule {
+            scope: &["model"],
+            field_path: ".kvHeads",
+            cel: "!has(self.kvHeads) || ((has(self.architecture) && \
+                  self.architecture == 'llama') && (!has(self.heads) || \
+                  self.heads % self.kvHeads == 0))"
+                .into(),
+            message: "model.kvHeads (llama only) must divide model.heads",
+            holds: |s| match s.model.kv_heads {
+                None => true,
+                Some(kv) => {
+                    s.model.architecture == Some(Architecture::Llama)
+                        && s.model.heads.is_none_or(|h| h.checked_rem(kv) == Some(0))
+                }
             },
         },
         CrossFieldRule {
@@ -129,11 +210,17 @@ pub fn cross_field_rules() -> Vec<CrossFieldRule> {
         CrossFieldRule {
             scope: &[],
             field_path: ".model.vocab",
-            cel: "has(self.model.vocab) || self.data.tokenizer in ['gpt2', 'bytes']".into(),
+            cel: "has(self.model.vocab) || has(self.model.from) || \
+                  self.data.tokenizer in ['gpt2', 'bytes']"
+                .into(),
             message: "model.vocab is required with a Hugging Face tokenizer (data.tokenizer is \
                       a path): set it to at least the tokenizer's size, added tokens included \
                       (the run refuses a smaller one and names the size)",
-            holds: |s| s.model.vocab.is_some() || s.data.tokenizer.vocab_size().is_some(),
+            holds: |s| {
+                s.model.vocab.is_some()
+                    || s.model.from.is_some()
+                    || s.data.tokenizer.vocab_size().is_some()
+            },
         },
         CrossFieldRule {
             scope: &[],
@@ -320,6 +407,21 @@ fn check_bounds(spec: &TrainingRunSpec) -> Vec<Violation> {
     }
     if let Some(v) = m.vocab {
         b.within("spec.model.vocab", v, 1, MAX_VOCAB);
+    }
+    if let Some(v) = m.kv_heads {
+        b.within("spec.model.kvHeads", v, 1, MAX_HEADS);
+    }
+    if let Some(v) = m.ffn_width {
+        b.within("spec.model.ffnWidth", v, 1, MAX_FFN_WIDTH);
+    }
+    if let Some(from) = &m.from {
+        b.not_empty("spec.model.from", from);
+        if from.chars().count() > MAX_PATH_LEN as usize {
+            b.report(
+                "spec.model.from",
+                format!("may not be longer than {MAX_PATH_LEN} chars"),
+            );
+        }
     }
     b.not_empty("spec.data.train", &spec.data.train);
     if let Some(problem) = spec.data.tokenizer.problem() {

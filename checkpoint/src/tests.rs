@@ -27,11 +27,15 @@ fn manifest(step: u64, files: Vec<CheckpointFile>) -> CheckpointManifest {
         sharding: Sharding::None,
         config,
         model: ResolvedModel {
+            architecture: Default::default(),
             layers: 1,
             heads: 1,
             width: 8,
             context: 8,
             vocab: 256,
+            kv_heads: None,
+            ffn_width: None,
+            head_dim: None,
         },
         parameter_count: 1,
         data_cursor: DataCursor {

@@ -150,6 +150,28 @@ fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
+/// `config.json` of a Hugging Face GPT-2 model with `config`'s dimensions (the vocabulary
+/// unpadded, GELU with the tanh approximation, LayerNorm eps 1e-5, a tied head).
+pub fn gpt2_config_json(config: &ModelConfig) -> serde_json::Value {
+    serde_json::json!({
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": config.vocab,
+        "n_positions": config.context,
+        "n_ctx": config.context,
+        "n_embd": config.width,
+        "n_layer": config.layers,
+        "n_head": config.heads,
+        "n_inner": null,
+        "activation_function": "gelu_new",
+        "layer_norm_epsilon": 1e-5,
+        "tie_word_embeddings": true,
+        "torch_dtype": "float32",
+        "bos_token_id": 50256,
+        "eos_token_id": 50256,
+    })
+}
+
 /// Writes `params` (our flat layout) as a Hugging Face GPT-2 `model.safetensors`.
 pub fn export_gpt2(
     params: &[f32],

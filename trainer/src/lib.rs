@@ -11,6 +11,8 @@ pub mod collective;
 pub mod config;
 pub mod cuda;
 pub mod data;
+pub mod export;
+pub mod family;
 pub mod hf;
 pub mod hook;
 pub mod llama;

@@ -21,8 +21,9 @@ use tessera_trainer::{
         device::CollectiveChoice,
         rendezvous::{StaticRendezvous, connect_ring, rendezvous},
     },
+    family::Family,
     hook::{RunHook, Unsupervised},
-    run::{RunOptions, RunSummary, model_config, train_ranked},
+    run::{RunOptions, RunSummary, train_ranked},
     supervised::AgentLink,
 };
 
@@ -133,8 +134,8 @@ fn train_on(
         Device::Cpu => 0,
         Device::Auto | Device::Cuda => gpu_count(),
     };
-    let (config, _) = model_config(run)?;
-    let unsupported = CudaBackend::unsupported(&config);
+    let (family, _) = Family::of(run, &options.base_dir)?;
+    let unsupported = family.cuda_unsupported();
     if let (Device::Cuda, Some(why)) = (device, &unsupported) {
         bail!("--device cuda: {why}; change spec.model or use --device cpu");
     }

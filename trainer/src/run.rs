@@ -15,6 +15,7 @@
 //! the checkpoint holds parameters, AdamW moments and the update count, so a run resumed from
 //! a checkpoint takes exactly the steps an uninterrupted run takes.
 
+use crate::family::{Family, FamilyError};
 use crate::lm::LanguageModel;
 use std::{
     net::SocketAddr,
@@ -39,15 +40,13 @@ use crate::{
         load_checkpoint, write_checkpoint,
     },
     collective::{Collective, Solo, device::CollectiveChoice},
-    config::{ConfigError, ModelConfig},
     data::{
         cache::resolve_run_data,
         loader::{BatchLayout, EvalBatches, LoaderError, TokenStream, TrainBatches},
     },
-    hf,
     hook::{Directive, Phase, ResumeFrom, RunHook, Unsupervised},
     metrics::{MetricsError, StepReport, TrainerMetrics},
-    model::{Gpt, ModelError},
+    model::ModelError,
     optimizer::{AdamW, AdamWConfig, LrSchedule, OptimizerError, OptimizerState},
     parallel::{DataParallel, ParallelError},
     train::{TrainError, train_step_parallel},
@@ -92,10 +91,8 @@ impl RunOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("spec.model does not resolve to dimensions; run `tessera validate` on the manifest")]
-    UnresolvedModel,
-    #[error("spec.model: {0}")]
-    Model(#[from] ConfigError),
+    #[error(transparent)]
+    Family(#[from] FamilyError),
     #[error("spec.data: {0}")]
     Data(#[from] LoaderError),
     #[error(transparent)]
@@ -139,8 +136,6 @@ pub enum RunError {
         "the checkpoint in {dir} lacks tensor {name}; it is not a Tessera checkpoint of this model"
     )]
     CheckpointTensor { dir: PathBuf, name: String },
-    #[error("spec.training.initFrom: {0}")]
-    InitFrom(#[from] hf::HfError),
     #[error("metrics: {0}")]
     Metrics(#[from] MetricsError),
     #[error(transparent)]
@@ -284,23 +279,6 @@ fn choose_checkpoint(
     Ok(Some(found))
 }
 
-/// The model dimensions a spec asks for.
-pub fn model_config(run: &TrainingRun) -> Result<(ModelConfig, ResolvedModel), RunError> {
-    let resolved = run
-        .spec
-        .model
-        .resolve(&run.spec.data.tokenizer)
-        .ok_or(RunError::UnresolvedModel)?;
-    let config = ModelConfig::new(
-        resolved.layers as usize,
-        resolved.heads as usize,
-        resolved.width as usize,
-        resolved.context as usize,
-        resolved.vocab as usize,
-    )?;
-    Ok((config, resolved))
-}
-
 /// Trains `run` on `backend` to its last step in one process, resuming from the newest
 /// committed checkpoint.
 pub fn train<B: Backend>(
@@ -376,10 +354,10 @@ struct Trainer<'h, B: Backend> {
     spec: TrainingRunSpec,
     options: RunOptions,
     hook: &'h mut dyn RunHook,
-    config: ModelConfig,
+    family: Family,
     resolved: ResolvedModel,
     checkpoint_root: PathBuf,
-    model: Gpt<B>,
+    model: Box<dyn LanguageModel<B>>,
     optimizer: AdamW<B>,
     dp: DataParallel<B>,
     batches: TrainBatches,
@@ -413,37 +391,35 @@ impl<'h, B: Backend> Trainer<'h, B> {
         let spec = &run.spec;
         let started = Instant::now();
         let (rank, world) = (comm.rank(), comm.world_size());
-        let (config, resolved) = model_config(run)?;
+        let (family, resolved) = Family::of(run, &options.base_dir)?;
         let checkpoint_root = resolve_path(&options.base_dir, &spec.checkpoint.path);
         let (batches, eval, grad_accum) = open_data(
             spec,
             options,
-            &config,
+            family.vocab(),
             &resolved,
             &checkpoint_root,
             rank,
             world,
         )?;
 
-        let model = Gpt::new(
+        let model = family.build(
             backend,
-            config,
             spec.optimizer.micro_batch as usize,
             resolved.context as usize,
             spec.training.seed,
         )?;
-        let mut dp = DataParallel::new(spec.parallelism.sharding, comm, &model)?;
+        let mut dp = DataParallel::new(spec.parallelism.sharding, comm, model.as_ref())?;
         if let Some(device) = model
             .backend()
             .device_collective(dp.comm(), options.collectives)
             .map_err(ParallelError::from)?
         {
-            dp.set_device_collective(device, &model)?;
+            dp.set_device_collective(device, model.as_ref())?;
         }
-        let optimizer = AdamW::sharded(adamw_config(run), &model, dp.optimizer_range())?;
+        let optimizer = AdamW::sharded(adamw_config(run), model.as_ref(), dp.optimizer_range())?;
         let peak_flops = model.backend().peak_flops();
-        let flops_per_step = config.flops_per_token(resolved.context as usize)
-            * spec.optimizer.global_batch_tokens as f64;
+        let flops_per_step = model.flops_per_token() * spec.optimizer.global_batch_tokens as f64;
 
         let metrics = TrainerMetrics::new(&options.run_name, rank)?;
         let history = match (&options.history, rank) {
@@ -472,7 +448,7 @@ impl<'h, B: Backend> Trainer<'h, B> {
             spec: spec.clone(),
             options: options.clone(),
             hook,
-            config,
+            family,
             resolved,
             checkpoint_root,
             model,
@@ -502,14 +478,9 @@ impl<'h, B: Backend> Trainer<'h, B> {
         match choose_checkpoint(from, &self.checkpoint_root, self.dp.comm())? {
             Some(loaded) => self.restore(loaded),
             None => {
-                if let Some(path) = &self.spec.training.init_from {
-                    let weights = hf::load_gpt2(
-                        &resolve_path(&self.options.base_dir, path),
-                        &self.config,
-                        self.model.layout(),
-                    )?;
+                if let Some((weights, from)) = self.family.initial_weights(self.model.layout())? {
                     self.model.load_params_from_host(&weights)?;
-                    info!(path = %path, "initialised from Hugging Face GPT-2 weights");
+                    info!(from = %from.display(), "initialised from Hugging Face weights");
                 }
                 Ok(())
             }
@@ -549,7 +520,7 @@ impl<'h, B: Backend> Trainer<'h, B> {
         self.model.load_params_from_host(&params)?;
         let owned = self.optimizer.owned();
         self.optimizer.load_state(
-            &self.model,
+            self.model.as_ref(),
             &OptimizerState {
                 updates: loaded.optimizer_step,
                 m: flat.m[owned.clone()].to_vec(),
@@ -577,7 +548,7 @@ impl<'h, B: Backend> Trainer<'h, B> {
         let t0 = Instant::now();
         let batches = &self.batches;
         let stats = train_step_parallel(
-            &mut self.model,
+            self.model.as_mut(),
             &mut self.optimizer,
             &mut self.dp,
             step,
@@ -640,7 +611,7 @@ impl<'h, B: Backend> Trainer<'h, B> {
             return Ok(false);
         }
         self.hook.phase(Phase::Evaluating);
-        let val_loss = evaluate_ranked(&mut self.model, eval, self.dp.comm())?;
+        let val_loss = evaluate_ranked(self.model.as_mut(), eval, self.dp.comm())?;
         self.hook.phase(Phase::Training);
         self.metrics.record_val_loss(val_loss);
         self.last_val_loss = Some(val_loss);
@@ -722,12 +693,17 @@ impl<'h, B: Backend> Trainer<'h, B> {
         };
         let t_stall = Instant::now();
         let params = self.model.params_to_host()?;
-        let state = self.optimizer.state_to_host(&self.model)?;
+        let state = self.optimizer.state_to_host(self.model.as_ref())?;
         let (metrics, hook, started) = (&self.metrics, &mut *self.hook, &mut self.write_started);
         match &mut self.sink {
             CheckpointSink::Gang(gang) => {
-                let snapshot =
-                    shard_snapshot(&self.dp, &self.model, &params, &self.optimizer, &state);
+                let snapshot = shard_snapshot(
+                    &self.dp,
+                    self.model.as_ref(),
+                    &params,
+                    &self.optimizer,
+                    &state,
+                );
                 let done = gang.submit(self.dp.comm(), manifest, snapshot)?;
                 committed(metrics, hook, started, done);
                 *started = Some(t_stall);
@@ -737,15 +713,15 @@ impl<'h, B: Backend> Trainer<'h, B> {
                 }
             }
             CheckpointSink::Background(writer) => {
-                let names = optimizer_names(&self.model);
-                let tensors = checkpoint_tensors(&self.model, &params, &state, &names);
+                let names = optimizer_names(self.model.as_ref());
+                let tensors = checkpoint_tensors(self.model.as_ref(), &params, &state, &names);
                 let done = writer.submit(manifest, CheckpointSnapshot::capture(&tensors))?;
                 committed(metrics, hook, started, done);
                 *started = Some(t_stall);
             }
             CheckpointSink::Inline => {
-                let names = optimizer_names(&self.model);
-                let tensors = checkpoint_tensors(&self.model, &params, &state, &names);
+                let names = optimizer_names(self.model.as_ref());
+                let tensors = checkpoint_tensors(self.model.as_ref(), &params, &state, &names);
                 let done = write_checkpoint(
                     &self.checkpoint_root,
                     manifest,
@@ -801,7 +777,7 @@ impl<'h, B: Backend> Trainer<'h, B> {
             world_size: self.dp.world_size(),
             step_seconds: self.totals.step_seconds / ran,
             comm_seconds_per_step: self.totals.comm_seconds / ran,
-            optimizer_state_bytes: self.optimizer.state_bytes(&self.model),
+            optimizer_state_bytes: self.optimizer.state_bytes(self.model.as_ref()),
             backend: self.model.backend().name().to_string(),
             peak_device_memory_bytes: self.model.backend().peak_memory_bytes(),
             collectives: self.dp.transport(),
@@ -816,7 +792,7 @@ impl<'h, B: Backend> Trainer<'h, B> {
 fn open_data(
     spec: &TrainingRunSpec,
     options: &RunOptions,
-    config: &ModelConfig,
+    model_vocab: usize,
     resolved: &ResolvedModel,
     checkpoint_root: &std::path::Path,
     rank: u32,
@@ -825,9 +801,9 @@ fn open_data(
     let data = resolve_run_data(&spec.data, &options.base_dir, checkpoint_root)?;
     let open = |path: &String| -> Result<TokenStream, RunError> {
         let stream = TokenStream::open(path)?;
-        if (stream.vocab_size() as usize) > config.vocab {
+        if (stream.vocab_size() as usize) > model_vocab {
             return Err(RunError::VocabTooSmall {
-                model: config.vocab,
+                model: model_vocab,
                 data_vocab: stream.vocab_size(),
                 data: path.clone(),
             });

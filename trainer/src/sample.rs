@@ -2,7 +2,6 @@
 //! temperature and top-k sampling from a seeded generator, with the context window sliding
 //! over the text once it is longer than the model's context.
 
-use crate::lm::LanguageModel;
 use std::path::{Path, PathBuf};
 
 use crate::{
@@ -10,9 +9,10 @@ use crate::{
     checkpoint::{InvalidReason, LoadedCheckpoint, find_latest_valid, load_checkpoint},
     config::ConfigError,
     data::tokenizer::{TextTokenizer, TokenizerError},
-    model::{Gpt, ModelError},
+    family::{Family, FamilyError},
+    model::{ModelError, ParamLayout},
     rng::Rng,
-    run::{RunError, model_config},
+    run::RunError,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +27,8 @@ pub enum SampleError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Run(#[from] RunError),
+    #[error(transparent)]
+    Family(#[from] FamilyError),
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error(transparent)]
@@ -62,12 +64,12 @@ pub fn open_checkpoint(path: &Path) -> Result<LoadedCheckpoint, SampleError> {
 }
 
 /// The checkpoint's parameters in the model's flat layout.
-pub fn flat_params<B: Backend>(
+pub fn flat_params(
     checkpoint: &LoadedCheckpoint,
-    model: &dyn LanguageModel<B>,
+    layout: &ParamLayout,
 ) -> Result<Vec<f32>, SampleError> {
-    let mut params = vec![0.0f32; model.num_params()];
-    for tensor in &model.layout().tensors {
+    let mut params = vec![0.0f32; layout.total];
+    for tensor in &layout.tensors {
         let saved = checkpoint
             .model_tensor(tensor.name)
             .filter(|t| t.values.len() == tensor.len)
@@ -83,6 +85,34 @@ pub fn flat_params<B: Backend>(
     Ok(params)
 }
 
+/// The family, dimensions and spec a checkpoint was trained with (its spec's paths are
+/// absolute when a resolved run wrote it; others are taken from the checkpoint directory).
+pub fn checkpoint_family(
+    checkpoint: &LoadedCheckpoint,
+) -> Result<
+    (
+        Family,
+        tessera_api::spec::ResolvedModel,
+        tessera_api::TrainingRunSpec,
+    ),
+    SampleError,
+> {
+    let spec = checkpoint.manifest.config.clone();
+    let run = tessera_api::TrainingRun::new("checkpoint", spec.clone());
+    let (family, resolved) = Family::of(&run, &checkpoint.dir)?;
+    let mut spec = spec;
+    if let Some(from) = &spec.model.from {
+        // A model directory's own tokenizer, as the run resolved it.
+        if !matches!(
+            spec.data.tokenizer,
+            tessera_api::spec::Tokenizer::HuggingFace(_)
+        ) {
+            spec.data.tokenizer = tessera_api::spec::Tokenizer::HuggingFace(from.clone());
+        }
+    }
+    Ok((family, resolved, spec))
+}
+
 /// Generates `options.tokens` tokens after the prompt; returns prompt and continuation.
 pub fn sample<B: Backend>(
     backend: B,
@@ -92,23 +122,21 @@ pub fn sample<B: Backend>(
     if !(options.temperature.is_finite() && options.temperature >= 0.0) {
         return Err(SampleError::Temperature(options.temperature));
     }
-    let run = tessera_api::TrainingRun::new("sample", checkpoint.manifest.config.clone());
-    let (config, _) = model_config(&run)?;
-    let tokenizer = TextTokenizer::new(&run.spec.data.tokenizer)?;
-    let t = config.context;
-    let mut model = Gpt::new(backend, config, 1, t, 0)?;
-    model.load_params_from_host(&flat_params(checkpoint, &model)?)?;
+    let (family, resolved, spec) = checkpoint_family(checkpoint)?;
+    let tokenizer = TextTokenizer::new(&spec.data.tokenizer)?;
+    let t = resolved.context as usize;
+    let vocab = family.vocab();
+    let mut model = family.build(backend, 1, t, 0)?;
+    let params = flat_params(checkpoint, model.layout())?;
+    model.load_params_from_host(&params)?;
 
     let mut tokens = tokenizer.encode(&options.prompt)?;
     if tokens.is_empty() {
         // Start from end-of-text where the tokenizer has one, else a newline.
         tokens.push(tokenizer.end_of_text().unwrap_or(u32::from(b'\n')));
     }
-    if let Some(&token) = tokens.iter().find(|&&tok| tok as usize >= config.vocab) {
-        return Err(SampleError::PromptToken {
-            token,
-            vocab: config.vocab,
-        });
+    if let Some(&token) = tokens.iter().find(|&&tok| tok as usize >= vocab) {
+        return Err(SampleError::PromptToken { token, vocab });
     }
     let prompt_len = tokens.len();
     let mut rng = Rng::new(options.seed);

@@ -28,11 +28,15 @@ fn manifest(step: u64) -> CheckpointManifest {
         sharding: Sharding::None,
         config: spec(),
         model: ResolvedModel {
+            architecture: Default::default(),
             layers: 4,
             heads: 4,
             width: 128,
             context: 128,
             vocab: 256,
+            kv_heads: None,
+            ffn_width: None,
+            head_dim: None,
         },
         parameter_count: 10,
         data_cursor: DataCursor {

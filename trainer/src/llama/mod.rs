@@ -1,5 +1,5 @@
 //! The Llama family of open models (`model_type` `llama`, `mistral`, `qwen2`) as Hugging Face
-//! publishes them: the config reader and writer ([`config`]), the safetensors weights under
+//! publishes them: the config reader and writer ([`config`], in tessera-api), the safetensors weights under
 //! their Hugging Face names ([`weights`]), one f32 CPU reference kernel family per file with
 //! forward and backward ([`rmsnorm`], [`rope`], [`swiglu`], [`attention`], [`linear`],
 //! [`loss`]), and the whole model's forward, loss and gradients ([`reference`]), checked
@@ -15,7 +15,9 @@
 //! the same checks).
 
 pub mod attention;
-pub mod config;
+/// `config.json` of a Llama-family directory: a record the CLI, the agent and the trainer
+/// all read, so it lives in tessera-api.
+pub use tessera_api::llama_config as config;
 pub mod linear;
 pub mod loss;
 pub mod model;

@@ -531,6 +531,81 @@ impl LlamaWeights {
     }
 }
 
+/// Shards of at most this many bytes when writing a model directory: the size
+/// `transformers`' `save_pretrained` uses by default (5 GB).
+pub const DEFAULT_MAX_SHARD_BYTES: u64 = 5_000_000_000;
+
+impl LlamaWeights {
+    /// Writes the weights into `dir` as `transformers` saves them: `model.safetensors`, or,
+    /// when they exceed `max_shard_bytes`, `model-0000i-of-0000n.safetensors` shards (tensors
+    /// in name order, a new shard whenever the next tensor would overflow the current one)
+    /// with `model.safetensors.index.json` mapping each tensor to its shard. Returns the file
+    /// names written.
+    pub fn write_dir(
+        &self,
+        dir: &Path,
+        dtype: WeightDtype,
+        max_shard_bytes: u64,
+    ) -> Result<Vec<String>, WeightsError> {
+        let bytes_per = match dtype {
+            WeightDtype::F32 => 4,
+            WeightDtype::BF16 | WeightDtype::F16 => 2,
+        };
+        let size = |t: &Tensor| (t.values.len() * bytes_per) as u64;
+        let total: u64 = self.tensors.values().map(size).sum();
+        if total <= max_shard_bytes {
+            self.write(&dir.join(SINGLE_FILE), dtype)?;
+            return Ok(vec![SINGLE_FILE.to_string()]);
+        }
+        let mut shards: Vec<Vec<&String>> = vec![Vec::new()];
+        let mut current = 0u64;
+        for (name, t) in &self.tensors {
+            let last = shards.last_mut().expect("one shard at least");
+            if !last.is_empty() && current + size(t) > max_shard_bytes {
+                shards.push(Vec::new());
+                current = 0;
+            }
+            current += size(t);
+            shards.last_mut().expect("one shard at least").push(name);
+        }
+        let n = shards.len();
+        let mut files = Vec::with_capacity(n + 1);
+        let mut weight_map = serde_json::Map::new();
+        for (i, names) in shards.iter().enumerate() {
+            let file = format!("model-{:05}-of-{n:05}.safetensors", i + 1);
+            let views: Vec<(&str, Encoded)> = names
+                .iter()
+                .map(|name| (name.as_str(), Encoded::new(&self.tensors[*name], dtype)))
+                .collect();
+            let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+            let path = dir.join(&file);
+            safetensors::serialize_to_file(views, Some(metadata), &path).map_err(|e| {
+                WeightsError::Write {
+                    path: path.clone(),
+                    message: e.to_string(),
+                }
+            })?;
+            for name in names {
+                weight_map.insert((*name).clone(), Value::String(file.clone()));
+            }
+            files.push(file);
+        }
+        let index = serde_json::json!({
+            "metadata": {"total_size": total},
+            "weight_map": weight_map,
+        });
+        let path = dir.join(INDEX_FILE);
+        let mut text = serde_json::to_string_pretty(&index).expect("plain JSON serializes");
+        text.push('\n');
+        std::fs::write(&path, text).map_err(|e| WeightsError::Write {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        files.push(INDEX_FILE.to_string());
+        Ok(files)
+    }
+}
+
 /// A tensor encoded for safetensors.
 struct Encoded<'a> {
     dtype: safetensors::Dtype,

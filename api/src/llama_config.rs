@@ -25,7 +25,8 @@
 //! - `mistral`: no biases; `sliding_window` is kept in [`LlamaConfig::sliding_window`]. The
 //!   reference computes full causal attention, which is exactly sliding-window attention for
 //!   sequences no longer than the window, and refuses longer sequences
-//!   ([`ReferenceError::SequenceBeyondSlidingWindow`](super::ReferenceError)); a config is not
+//!   (the trainer's `ReferenceError::SequenceBeyondSlidingWindow` and
+//!   `ModelError::BeyondSlidingWindow`); a config is not
 //!   refused for its window, since Mistral 7B v0.1 (window 4096, 32k positions) is usable at
 //!   4096 tokens.
 //!
@@ -881,10 +882,64 @@ impl LlamaConfig {
     }
 }
 
+impl LlamaConfig {
+    /// The dimensions a checkpoint records for this model trained with `context` tokens.
+    pub fn resolved_model(&self, context: u32) -> crate::spec::ResolvedModel {
+        let n = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        let default_head_dim = self.hidden_size / self.num_heads.max(1);
+        crate::spec::ResolvedModel {
+            architecture: crate::spec::Architecture::Llama,
+            layers: n(self.num_layers),
+            heads: n(self.num_heads),
+            width: n(self.hidden_size),
+            context,
+            vocab: n(self.vocab_size),
+            kv_heads: Some(n(self.num_kv_heads)),
+            ffn_width: Some(n(self.intermediate_size)),
+            head_dim: (self.head_dim != default_head_dim).then(|| n(self.head_dim)),
+        }
+    }
+
+    /// A Llama model trained from scratch with `model`'s dimensions (as a fresh
+    /// `transformers` LlamaConfig has them: RMSNorm eps 1e-5, RoPE theta 10000 without
+    /// scaling, no biases, an untied head, positions up to the context).
+    pub fn from_scratch(model: &crate::spec::ResolvedModel) -> LlamaConfig {
+        let heads = model.heads as usize;
+        let width = model.width as usize;
+        LlamaConfig {
+            model_type: ModelType::Llama,
+            vocab_size: model.vocab as usize,
+            hidden_size: width,
+            intermediate_size: model.ffn_width.unwrap_or(4 * model.width) as usize,
+            num_layers: model.layers as usize,
+            num_heads: heads,
+            num_kv_heads: model.kv_heads.unwrap_or(model.heads) as usize,
+            head_dim: model.head_dim.map_or(width / heads.max(1), |d| d as usize),
+            rms_norm_eps: 1e-5,
+            rope: RopeConfig {
+                theta: 10_000.0,
+                llama3: None,
+            },
+            max_position_embeddings: model.context as usize,
+            attention_bias: AttentionBias::None,
+            tie_word_embeddings: false,
+            sliding_window: None,
+            dtype: Some(WeightDtype::F32),
+            tokens: TokenIds::default(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::llama::test_util::fixture_dir;
+
+    /// The recorded Hugging Face fixtures, `trainer/tests/fixtures/hf/<name>`.
+    fn fixture_dir(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../trainer/tests/fixtures/hf")
+            .join(name)
+    }
 
     fn read(name: &str, file: &str) -> LlamaConfig {
         LlamaConfig::from_file(&fixture_dir(name).join(file))

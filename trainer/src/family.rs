@@ -1,0 +1,194 @@
+//! The model families the trainer builds, and the one place a family is registered: which
+//! family and dimensions a run asks for ([`Family::of`]), building it on a backend
+//! ([`Family::build`]), and its starting weights ([`Family::initial_weights`]).
+//!
+//! ```text
+//! spec.model.from: DIR          ─▶ Llama (DIR/config.json), weights from DIR
+//! spec.model.architecture: llama ─▶ Llama (from scratch, the spec's dimensions)
+//! otherwise                      ─▶ GPT-2 (preset or dimensions), weights from initFrom if set
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use tessera_api::{
+    TrainingRun,
+    llama_config::LlamaConfig,
+    manifest::resolve_path,
+    resolved::{ResolveError, model_from_dir},
+    spec::{Architecture, ResolvedModel},
+};
+
+use crate::backend::Backend;
+use crate::config::ModelConfig;
+use crate::hf;
+use crate::llama::{
+    LlamaWeights, WeightsError,
+    model::{Llama, flat_from_weights},
+};
+use crate::lm::LanguageModel;
+use crate::model::{Gpt, ModelError, ParamLayout};
+
+/// Why a run's model could not be worked out or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum FamilyError {
+    #[error("spec.model does not resolve to dimensions; run `tessera validate` on the manifest")]
+    Unresolved,
+    #[error(transparent)]
+    Dir(Box<ResolveError>),
+    #[error("spec.model: {0}")]
+    Gpt2(#[from] crate::config::ConfigError),
+    #[error("spec.model.from: {0}")]
+    Weights(Box<WeightsError>),
+    #[error("spec.training.initFrom: {0}")]
+    InitFrom(Box<hf::HfError>),
+}
+
+impl From<ResolveError> for FamilyError {
+    fn from(e: ResolveError) -> Self {
+        FamilyError::Dir(Box::new(e))
+    }
+}
+
+impl From<WeightsError> for FamilyError {
+    fn from(e: WeightsError) -> Self {
+        FamilyError::Weights(Box::new(e))
+    }
+}
+
+impl From<hf::HfError> for FamilyError {
+    fn from(e: hf::HfError) -> Self {
+        FamilyError::InitFrom(Box::new(e))
+    }
+}
+
+/// A model family with its configuration.
+#[derive(Debug, Clone)]
+pub enum Family {
+    Gpt2 {
+        config: ModelConfig,
+        /// Hugging Face GPT-2 weights to start from (`training.initFrom`).
+        init_from: Option<PathBuf>,
+    },
+    Llama {
+        config: LlamaConfig,
+        /// The Hugging Face directory the weights start from (`model.from`).
+        from: Option<PathBuf>,
+    },
+}
+
+impl Family {
+    /// The family and dimensions `run` asks for; relative paths are taken from `base_dir`.
+    pub fn of(run: &TrainingRun, base_dir: &Path) -> Result<(Family, ResolvedModel), FamilyError> {
+        let spec = &run.spec;
+        if let Some(from) = &spec.model.from {
+            let dir = resolve_path(base_dir, from);
+            let resolved = model_from_dir(&dir, spec.model.context)?;
+            let config = LlamaConfig::from_dir(&dir).map_err(ResolveError::from)?;
+            return Ok((
+                Family::Llama {
+                    config,
+                    from: Some(dir),
+                },
+                resolved,
+            ));
+        }
+        let resolved = spec
+            .model
+            .resolve(&spec.data.tokenizer)
+            .ok_or(FamilyError::Unresolved)?;
+        let family = match resolved.architecture {
+            Architecture::Gpt2 => Family::Gpt2 {
+                config: ModelConfig::new(
+                    resolved.layers as usize,
+                    resolved.heads as usize,
+                    resolved.width as usize,
+                    resolved.context as usize,
+                    resolved.vocab as usize,
+                )?,
+                init_from: spec
+                    .training
+                    .init_from
+                    .as_deref()
+                    .map(|p| resolve_path(base_dir, p)),
+            },
+            Architecture::Llama => Family::Llama {
+                config: LlamaConfig::from_scratch(&resolved),
+                from: None,
+            },
+        };
+        Ok((family, resolved))
+    }
+
+    /// The vocabulary the model's embedding covers (token ids below it).
+    pub fn vocab(&self) -> usize {
+        match self {
+            Family::Gpt2 { config, .. } => config.vocab,
+            Family::Llama { config, .. } => config.vocab_size,
+        }
+    }
+
+    /// The flat parameter layout the family's model has.
+    pub fn layout(&self) -> ParamLayout {
+        match self {
+            Family::Gpt2 { config, .. } => ParamLayout::new(config),
+            Family::Llama { config, .. } => crate::llama::model::layout(config).0,
+        }
+    }
+
+    /// The GPT-2 configuration, for what only GPT-2 has (its Hugging Face export).
+    pub fn gpt2(&self) -> Option<&ModelConfig> {
+        match self {
+            Family::Gpt2 { config, .. } => Some(config),
+            Family::Llama { .. } => None,
+        }
+    }
+
+    /// The model on `backend` with activations for `batch` × `seq_len`, initialised from
+    /// `seed` (the starting weights, if any, are loaded afterwards).
+    pub fn build<B: Backend>(
+        &self,
+        backend: B,
+        batch: usize,
+        seq_len: usize,
+        seed: u64,
+    ) -> Result<Box<dyn LanguageModel<B>>, ModelError> {
+        Ok(match self {
+            Family::Gpt2 { config, .. } => {
+                Box::new(Gpt::new(backend, *config, batch, seq_len, seed)?)
+            }
+            Family::Llama { config, .. } => {
+                Box::new(Llama::new(backend, config.clone(), batch, seq_len, seed)?)
+            }
+        })
+    }
+
+    /// The flat parameters a fresh run starts from where the spec names weights (`model.from`
+    /// or `training.initFrom`), with where they came from; `None` to keep the initialisation.
+    pub fn initial_weights(
+        &self,
+        layout: &ParamLayout,
+    ) -> Result<Option<(Vec<f32>, PathBuf)>, FamilyError> {
+        match self {
+            Family::Gpt2 {
+                config,
+                init_from: Some(path),
+            } => Ok(Some((hf::load_gpt2(path, config, layout)?, path.clone()))),
+            Family::Llama {
+                config,
+                from: Some(dir),
+            } => {
+                let weights = LlamaWeights::read(dir, config)?;
+                Ok(Some((flat_from_weights(config, &weights), dir.clone())))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Why this model cannot train on the CUDA backend, if it cannot.
+    pub fn cuda_unsupported(&self) -> Option<String> {
+        match self {
+            Family::Gpt2 { config, .. } => crate::backend::cuda::CudaBackend::unsupported(config),
+            Family::Llama { .. } => crate::backend::cuda::CudaBackend::unsupported_llama(),
+        }
+    }
+}
