@@ -1,4 +1,6 @@
-// embedding.cu — token + position embedding, forward and backward (bf16 storage, fp32 sums).
+// embedding.cu — token + position embedding (GPT-2) and token-only embedding (the Llama family,
+// which rotates q and k instead of adding positions), forward and backward (bf16 storage, fp32
+// sums).
 //
 // encoder_forward        out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:]
 //   grid  (ceil(B*T*C / 256)), block (256), no shared memory; one thread per output element.
@@ -9,7 +11,10 @@
 //   bucket_token[u], so every dwte element is written by exactly one thread: no atomics.
 //   The buckets are a CSR of the positions of each distinct token (bucket_start has U + 1
 //   entries, positions ascending within a bucket), built by the launcher from the host copy
-//   of the tokens it uploaded (a counting sort), so the sum order is fixed.
+//   of the tokens it uploaded (a counting sort), so the sum order is fixed. It is also the
+//   backward of embedding_forward (dwte[tokens[r],:] += dout[r,:]): the same sum.
+// embedding_forward      out[r,:] = wte[tokens[r],:]   (an exact bf16 copy)
+//   grid (ceil(N·C / 256)), block (256), no shared memory; one thread per output element.
 #include "common.cuh"
 
 extern "C" __global__ void __launch_bounds__(256) encoder_forward(
@@ -46,4 +51,13 @@ extern "C" __global__ void __launch_bounds__(256) encoder_backward_wte(
         acc += to_f32(dout[(long long)bucket_position[i] * C + c]);
     const long long out = (long long)bucket_token[u] * C + c;
     dwte[out] = to_bf16(to_f32(dwte[out]) + acc);
+}
+
+extern "C" __global__ void __launch_bounds__(256) embedding_forward(
+    bf16* __restrict__ out, const unsigned int* __restrict__ tokens,
+    const bf16* __restrict__ wte, int N, int C) {
+    const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long long)N * C) return;
+    const long long token = tokens[idx / C];
+    out[idx] = wte[token * C + idx % C];
 }

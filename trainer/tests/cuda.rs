@@ -10,8 +10,9 @@
 //! the same values):
 //! - bf16 outputs: |gpu − cpu| ≤ 2⁻⁷·|cpu| + 2⁻⁸·max|cpu| elementwise (one bf16 rounding of
 //!   the output, and of the accumulated-into value where the kernel adds, plus fp32 order);
-//! - fp32 outputs (layernorm mean/rstd, losses, attention log-sum-exp, AdamW state):
+//! - fp32 outputs (layernorm mean/rstd, RMSNorm rstd, losses, AdamW state):
 //!   |gpu − cpu| ≤ 1e-4·|cpu| + 1e-5·max|cpu|;
+//! - exact copies (the Llama embedding's forward, fill_zero): bit-equal;
 //! - a whole model step: loss within 1e-2 relative, gradient norm within 5e-2 relative, and
 //!   the gradient's cosine similarity with the CPU's at least 0.99 (bf16 activations through
 //!   every layer).
@@ -27,7 +28,7 @@ use std::{
 use tessera_trainer::lm::LanguageModel;
 
 use tessera_trainer::backend::{
-    AdamWStep, AttentionShape, Backend, MatmulShape,
+    AdamWStep, AttentionShape, Backend, BackendError, GqaShape, MatmulShape, RopeShape,
     cpu::CpuBackend,
     cuda::{CudaBackend, gpu_count, memory::round_to_bf16},
 };
@@ -432,6 +433,251 @@ fn adamw<B: Backend>(be: &B) -> Vec<(&'static str, Vec<f32>, Tol)> {
     ]
 }
 
+// === the Llama family ===
+
+fn llama_embedding<B: Backend>(be: &B) -> Vec<(&'static str, Vec<f32>, Tol)> {
+    // 300 positions over 50 distinct token ids of a 64-row table: repeats, and untouched rows.
+    let (rows, c, vocab) = (300, 72, 64);
+    let tokens = common::tokens(121, rows, 50);
+    let wte = upload(be, &randn(122, vocab * c, 1.0));
+    let dout = upload(be, &randn(123, rows * c, 1.0));
+    let mut toks = be.alloc_tokens(rows).unwrap();
+    be.upload_tokens(&mut toks, &tokens).unwrap();
+    let mut out = be.alloc(rows * c).unwrap();
+    be.embedding_forward(
+        be.view_mut(&mut out, 0..rows * c).unwrap(),
+        &toks,
+        be.view(&wte, 0..vocab * c).unwrap(),
+        rows,
+        c,
+    )
+    .unwrap();
+    // Accumulates into existing gradients.
+    let mut dwte = upload(be, &randn(124, vocab * c, 0.1));
+    be.embedding_backward(
+        be.view_mut(&mut dwte, 0..vocab * c).unwrap(),
+        be.view(&dout, 0..rows * c).unwrap(),
+        &toks,
+        rows,
+        c,
+    )
+    .unwrap();
+    vec![
+        ("embedding out", host(be, &out), SAME),
+        ("dwte", host(be, &dwte), BF16),
+    ]
+}
+
+fn rmsnorm<B: Backend>(be: &B) -> Vec<(&'static str, Vec<f32>, Tol)> {
+    // Rows not a multiple of the backward's 32-row blocks; channels not of the 32 lanes.
+    let (rows, c) = (75, 200);
+    let x = upload(be, &randn(131, rows * c, 2.0));
+    let w = upload(be, &randn(132, c, 1.0));
+    let dout = upload(be, &randn(133, rows * c, 1.0));
+    let mut out = be.alloc(rows * c).unwrap();
+    let mut rstd = be.alloc_f32(rows).unwrap();
+    be.rmsnorm_forward(
+        be.view_mut(&mut out, 0..rows * c).unwrap(),
+        be.view_mut(&mut rstd, 0..rows).unwrap(),
+        be.view(&x, 0..rows * c).unwrap(),
+        be.view(&w, 0..c).unwrap(),
+        rows,
+        c,
+        1e-5,
+    )
+    .unwrap();
+    // Accumulates into existing gradients.
+    let mut dx = upload(be, &randn(134, rows * c, 0.1));
+    let mut dw = upload(be, &randn(135, c, 0.1));
+    be.rmsnorm_backward(
+        be.view_mut(&mut dx, 0..rows * c).unwrap(),
+        be.view_mut(&mut dw, 0..c).unwrap(),
+        be.view(&dout, 0..rows * c).unwrap(),
+        be.view(&x, 0..rows * c).unwrap(),
+        be.view(&w, 0..c).unwrap(),
+        be.view(&rstd, 0..rows).unwrap(),
+        rows,
+        c,
+    )
+    .unwrap();
+    vec![
+        ("rmsnorm out", host(be, &out), BF16),
+        ("rstd", host(be, &rstd), FP32),
+        ("dinp", host(be, &dx), BF16),
+        ("dweight", host(be, &dw), BF16),
+    ]
+}
+
+/// cos and sin of t·θ^(−2i/D) for t < positions, i < D/2 (fp32), (positions, D/2) each.
+fn rope_tables(positions: usize, head_dim: usize) -> (Vec<f32>, Vec<f32>) {
+    let half = head_dim / 2;
+    let angle = |t: usize, i: usize| t as f32 * 10_000f32.powf(-((2 * i) as f32) / head_dim as f32);
+    let all = |f: fn(f32) -> f32| -> Vec<f32> {
+        (0..positions * half)
+            .map(|e| f(angle(e / half, e % half)))
+            .collect()
+    };
+    (all(f32::cos), all(f32::sin))
+}
+
+fn rope<B: Backend>(be: &B) -> Vec<(&'static str, Vec<f32>, Tol)> {
+    // The table longer than the sequence, as the model's (context-long) table is.
+    let s = RopeShape {
+        batch: 2,
+        seq_len: 37,
+        heads: 3,
+        head_dim: 64,
+    };
+    let n = s.batch * s.seq_len * s.heads * s.head_dim;
+    let (cos, sin) = rope_tables(50, s.head_dim);
+    let (cos, sin) = (upload_f32(be, &cos), upload_f32(be, &sin));
+    let table = 0..50 * s.head_dim / 2;
+    let mut outs = Vec::new();
+    for (what, inverse) in [("rope", false), ("rope inverse", true)] {
+        let mut x = upload(be, &randn(141 + u64::from(inverse), n, 1.0));
+        be.rope(
+            be.view_mut(&mut x, 0..n).unwrap(),
+            be.view(&cos, table.clone()).unwrap(),
+            be.view(&sin, table.clone()).unwrap(),
+            s,
+            inverse,
+        )
+        .unwrap();
+        outs.push((what, host(be, &x), BF16));
+    }
+    outs
+}
+
+fn swiglu<B: Backend>(be: &B) -> Vec<(&'static str, Vec<f32>, Tol)> {
+    let n = 5000;
+    // Wide enough to reach both tails of the sigmoid.
+    let gate = upload(be, &randn(151, n, 3.0));
+    let up = upload(be, &randn(152, n, 1.0));
+    let dout = upload(be, &randn(153, n, 1.0));
+    let mut out = be.alloc(n).unwrap();
+    be.swiglu_forward(
+        be.view_mut(&mut out, 0..n).unwrap(),
+        be.view(&gate, 0..n).unwrap(),
+        be.view(&up, 0..n).unwrap(),
+    )
+    .unwrap();
+    // Overwrites whatever the gradients held.
+    let mut dgate = upload(be, &randn(154, n, 1.0));
+    let mut dup = upload(be, &randn(155, n, 1.0));
+    be.swiglu_backward(
+        be.view_mut(&mut dgate, 0..n).unwrap(),
+        be.view_mut(&mut dup, 0..n).unwrap(),
+        be.view(&dout, 0..n).unwrap(),
+        be.view(&gate, 0..n).unwrap(),
+        be.view(&up, 0..n).unwrap(),
+    )
+    .unwrap();
+    vec![
+        ("swiglu", host(be, &out), BF16),
+        ("dgate", host(be, &dgate), BF16),
+        ("dup", host(be, &dup), BF16),
+    ]
+}
+
+/// The shapes the GQA parity runs, with the names of their four outputs: grouped heads of 64
+/// (T not a multiple of any tile), multi-query heads of 128 (the kernels' largest), and
+/// multi-head heads of 16 (half the lanes idle).
+const GQA_SHAPES: [(GqaShape, [&str; 4]); 3] = [
+    (
+        GqaShape {
+            batch: 2,
+            seq_len: 70,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 64,
+        },
+        [
+            "gqa out (4/2×64)",
+            "dq (4/2×64)",
+            "dk (4/2×64)",
+            "dv (4/2×64)",
+        ],
+    ),
+    (
+        GqaShape {
+            batch: 1,
+            seq_len: 45,
+            heads: 3,
+            kv_heads: 1,
+            head_dim: 128,
+        },
+        [
+            "gqa out (3/1×128)",
+            "dq (3/1×128)",
+            "dk (3/1×128)",
+            "dv (3/1×128)",
+        ],
+    ),
+    (
+        GqaShape {
+            batch: 2,
+            seq_len: 33,
+            heads: 2,
+            kv_heads: 2,
+            head_dim: 16,
+        },
+        [
+            "gqa out (2/2×16)",
+            "dq (2/2×16)",
+            "dk (2/2×16)",
+            "dv (2/2×16)",
+        ],
+    ),
+];
+
+fn gqa_attention<B: Backend>(be: &B) -> Vec<(&'static str, Vec<f32>, Tol)> {
+    let mut outs = Vec::new();
+    for (i, (s, names)) in GQA_SHAPES.into_iter().enumerate() {
+        let seed = 160 + 10 * i as u64;
+        let nq = s.batch * s.seq_len * s.heads * s.head_dim;
+        let nkv = s.batch * s.seq_len * s.kv_heads * s.head_dim;
+        let q = upload(be, &randn(seed, nq, 1.0));
+        let k = upload(be, &randn(seed + 1, nkv, 1.0));
+        let v = upload(be, &randn(seed + 2, nkv, 1.0));
+        let dout = upload(be, &randn(seed + 3, nq, 1.0));
+        let mut out = be.alloc(nq).unwrap();
+        let mut state = be.alloc_f32(be.gqa_state_len(s)).unwrap();
+        let rs = all(be, &state);
+        be.gqa_attention_forward(
+            be.view_mut(&mut out, 0..nq).unwrap(),
+            be.view_mut(&mut state, rs.clone()).unwrap(),
+            be.view(&q, 0..nq).unwrap(),
+            be.view(&k, 0..nkv).unwrap(),
+            be.view(&v, 0..nkv).unwrap(),
+            s,
+        )
+        .unwrap();
+        // Overwrites whatever the gradients held.
+        let mut dq = upload(be, &randn(seed + 4, nq, 1.0));
+        let mut dk = upload(be, &randn(seed + 5, nkv, 1.0));
+        let mut dv = upload(be, &randn(seed + 6, nkv, 1.0));
+        be.gqa_attention_backward(
+            be.view_mut(&mut dq, 0..nq).unwrap(),
+            be.view_mut(&mut dk, 0..nkv).unwrap(),
+            be.view_mut(&mut dv, 0..nkv).unwrap(),
+            be.view(&dout, 0..nq).unwrap(),
+            be.view(&q, 0..nq).unwrap(),
+            be.view(&k, 0..nkv).unwrap(),
+            be.view(&v, 0..nkv).unwrap(),
+            be.view(&out, 0..nq).unwrap(),
+            be.view(&state, rs).unwrap(),
+            s,
+        )
+        .unwrap();
+        // The saved state differs by design (probabilities on the CPU, log-sum-exp on the
+        // GPU): only outputs and gradients are compared.
+        for (name, buf) in names.into_iter().zip([&out, &dq, &dk, &dv]) {
+            outs.push((name, host(be, buf), BF16));
+        }
+    }
+    outs
+}
+
 type Family<B> = fn(&B) -> Vec<(&'static str, Vec<f32>, Tol)>;
 
 /// Runs `family` on `device` and on the CPU and compares every output.
@@ -465,11 +711,136 @@ gpu_parity!(gpu_pointwise_matches_cpu, pointwise);
 gpu_parity!(gpu_softmax_xent_matches_cpu, softmax_xent);
 gpu_parity!(gpu_reduce_matches_cpu, reduce);
 gpu_parity!(gpu_adamw_matches_cpu, adamw);
+gpu_parity!(gpu_llama_embedding_matches_cpu, llama_embedding);
+gpu_parity!(gpu_rmsnorm_matches_cpu, rmsnorm);
+gpu_parity!(gpu_rope_matches_cpu, rope);
+gpu_parity!(gpu_swiglu_matches_cpu, swiglu);
+gpu_parity!(gpu_gqa_attention_matches_cpu, gqa_attention);
+
+/// The Llama family's kernels, twice on the GPU: every output bit-identical (the backwards sum
+/// in a fixed order, with no atomics).
+#[test]
+fn gpu_llama_kernels_are_bit_identical_run_to_run() {
+    let Some(gpu) = gpu("gpu_llama_kernels_are_bit_identical_run_to_run") else {
+        return;
+    };
+    let families: [(&str, Family<CudaBackend>); 5] = [
+        ("llama_embedding", llama_embedding),
+        ("rmsnorm", rmsnorm),
+        ("rope", rope),
+        ("swiglu", swiglu),
+        ("gqa_attention", gqa_attention),
+    ];
+    for (name, family) in families {
+        let (first, second) = (family(&gpu), family(&gpu));
+        for ((what, a, _), (_, b, _)) in first.iter().zip(&second) {
+            assert!(
+                a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{name}: {what} differs between two runs"
+            );
+        }
+    }
+}
+
+#[test]
+fn gpu_llama_launchers_refuse_wrong_views_and_shapes() {
+    let Some(be) = gpu("gpu_llama_launchers_refuse_wrong_views_and_shapes") else {
+        return;
+    };
+    let s = RopeShape {
+        batch: 1,
+        seq_len: 4,
+        heads: 2,
+        head_dim: 8,
+    };
+    let mut x = be.alloc(64).unwrap();
+    let bf16_table = be.alloc(16).unwrap();
+    let table = be.alloc_f32(16).unwrap();
+    let short = be.alloc_f32(12).unwrap();
+    // The tables must be fp32 …
+    assert!(matches!(
+        be.rope(
+            be.view_mut(&mut x, 0..64).unwrap(),
+            be.view(&bf16_table, 0..16).unwrap(),
+            be.view(&table, 0..16).unwrap(),
+            s,
+            false
+        ),
+        Err(BackendError::ElementType { name: "cos", .. })
+    ));
+    // … and cover every position.
+    assert!(matches!(
+        be.rope(
+            be.view_mut(&mut x, 0..64).unwrap(),
+            be.view(&short, 0..12).unwrap(),
+            be.view(&short, 0..12).unwrap(),
+            s,
+            false
+        ),
+        Err(BackendError::BadDimensions { .. })
+    ));
+    // A head larger than the kernels hold, and kv heads that do not divide the heads.
+    let g = GqaShape {
+        batch: 1,
+        seq_len: 2,
+        heads: 2,
+        kv_heads: 1,
+        head_dim: 256,
+    };
+    let nq = g.batch * g.seq_len * g.heads * g.head_dim;
+    let nkv = nq / 2;
+    let (q, kv) = (be.alloc(nq).unwrap(), be.alloc(nkv).unwrap());
+    let mut out = be.alloc(nq).unwrap();
+    let mut state = be.alloc_f32(be.gqa_state_len(g)).unwrap();
+    let rs = all(&be, &state);
+    for shape in [g, GqaShape { kv_heads: 3, ..g }] {
+        let refused = be.gqa_attention_forward(
+            be.view_mut(&mut out, 0..nq).unwrap(),
+            be.view_mut(&mut state, rs.clone()).unwrap(),
+            be.view(&q, 0..nq).unwrap(),
+            be.view(&kv, 0..nkv).unwrap(),
+            be.view(&kv, 0..nkv).unwrap(),
+            shape,
+        );
+        assert!(
+            matches!(refused, Err(BackendError::BadDimensions { .. })),
+            "{shape:?}: {refused:?}"
+        );
+    }
+    // A state of the CPU's length (B·H·T·T) is not the GPU's (B·H·T).
+    let small = GqaShape {
+        head_dim: 64,
+        seq_len: 8,
+        ..g
+    };
+    let (nq, nkv) = (16 * 64, 8 * 64);
+    let mut cpu_sized = be.alloc_f32(2 * 8 * 8).unwrap();
+    assert!(matches!(
+        be.gqa_attention_forward(
+            be.view_mut(&mut out, 0..nq).unwrap(),
+            be.view_mut(&mut cpu_sized, 0..128).unwrap(),
+            be.view(&q, 0..nq).unwrap(),
+            be.view(&kv, 0..nkv).unwrap(),
+            be.view(&kv, 0..nkv).unwrap(),
+            small,
+        ),
+        Err(BackendError::ShapeMismatch { name: "state", .. })
+    ));
+}
+
+#[test]
+fn the_cuda_backend_takes_llama_heads_up_to_128() {
+    for head_dim in [8, 16, 64, 80, 128] {
+        assert_eq!(CudaBackend::unsupported_llama(head_dim), None, "{head_dim}");
+    }
+    let why = CudaBackend::unsupported_llama(256).expect("a head of 256 is refused");
+    assert!(why.contains("1 to 128") && why.contains("256"), "{why}");
+}
 
 #[test]
 fn the_harness_sees_the_cpu_equal_to_itself() {
     let cpu = CpuBackend::<f32>::new();
-    let families: [(&str, Family<CpuBackend>); 8] = [
+    let families: [(&str, Family<CpuBackend>); 13] = [
         ("embedding", embedding),
         ("layernorm", layernorm),
         ("matmul", matmul),
@@ -478,6 +849,11 @@ fn the_harness_sees_the_cpu_equal_to_itself() {
         ("softmax_xent", softmax_xent),
         ("reduce", reduce),
         ("adamw", adamw),
+        ("llama_embedding", llama_embedding),
+        ("rmsnorm", rmsnorm),
+        ("rope", rope),
+        ("swiglu", swiglu),
+        ("gqa_attention", gqa_attention),
     ];
     for (name, family) in families {
         let outputs = family(&cpu);

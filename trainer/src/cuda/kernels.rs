@@ -24,6 +24,7 @@ pub const FAMILIES: &[KernelFamily] = &[
             "encoder_forward",
             "encoder_backward_wpe",
             "encoder_backward_wte",
+            "embedding_forward",
         ],
     },
     KernelFamily {
@@ -81,6 +82,35 @@ pub const FAMILIES: &[KernelFamily] = &[
             "scale_f32",
             "widen_bf16",
             "narrow_f32",
+        ],
+    },
+    KernelFamily {
+        name: "rmsnorm",
+        source: include_str!("../../kernels/rmsnorm.cu"),
+        entry_points: &[
+            "rmsnorm_forward",
+            "rmsnorm_backward",
+            "rmsnorm_backward_reduce",
+        ],
+    },
+    KernelFamily {
+        name: "rope",
+        source: include_str!("../../kernels/rope.cu"),
+        entry_points: &["rope_rotate"],
+    },
+    KernelFamily {
+        name: "swiglu",
+        source: include_str!("../../kernels/swiglu.cu"),
+        entry_points: &["swiglu_forward", "swiglu_backward"],
+    },
+    KernelFamily {
+        name: "gqa_attention",
+        source: include_str!("../../kernels/gqa_attention.cu"),
+        entry_points: &[
+            "gqa_attention_forward",
+            "gqa_attention_backward_preprocess",
+            "gqa_attention_backward_dq",
+            "gqa_attention_backward_dkdv",
         ],
     },
     KernelFamily {

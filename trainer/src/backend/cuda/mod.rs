@@ -10,6 +10,7 @@
 //!   memory.rs   CudaBuf (bf16 | fp32) and its views, checked by every launcher
 //!   matmul.rs   cuBLASLt products, bias fused as an epilogue, one algorithm per shape
 //!   embedding.rs layernorm.rs attention.rs pointwise.rs softmax_xent.rs reduce.rs adamw.rs
+//!   rmsnorm.rs rope.rs swiglu.rs gqa_attention.rs (the Llama family)
 //!               one launcher file per kernel family in trainer/kernels/
 //!   nccl.rs     NCCL for gangs of GPUs, on its own stream (gradients and parameters)
 //! ```
@@ -27,13 +28,17 @@ mod adamw;
 mod attention;
 pub mod device;
 mod embedding;
+mod gqa_attention;
 mod layernorm;
 mod matmul;
 pub mod memory;
 pub mod nccl;
 mod pointwise;
 mod reduce;
+mod rmsnorm;
+mod rope;
 mod softmax_xent;
+mod swiglu;
 
 use std::{
     marker::PhantomData,
@@ -53,14 +58,6 @@ pub use adamw::CudaOptState;
 pub use device::{DeviceError, gpu_count};
 use device::{Gpu, Kernels};
 pub use memory::{CudaBuf, CudaMut, CudaRef, DType};
-
-/// The refusal of a Llama-family op until its CUDA kernel exists.
-fn llama_not_yet(op: &'static str) -> BackendError {
-    BackendError::Device {
-        op,
-        detail: "not yet written for CUDA; train Llama-family models with the CPU backend".into(),
-    }
-}
 
 /// Launches kernel `$name` on the backend's stream: grid (x, y, z), `$block` threads,
 /// `$smem` bytes of dynamic shared memory, then the arguments (bound names: each is passed by
@@ -198,15 +195,13 @@ impl CudaBackend {
         })
     }
 
-    /// Why a Llama-family model cannot train on this backend: its kernels (RMSNorm, RoPE,
-    /// SwiGLU, grouped-query attention) are not written for CUDA yet. Checked before any
-    /// buffer is allocated, so a run never reaches the refusing launchers below.
-    pub fn unsupported_llama() -> Option<String> {
-        Some(
-            "the CUDA backend has no Llama-family kernels yet (RMSNorm, RoPE, SwiGLU, \
-             grouped-query attention); train this model with the CPU backend"
-                .into(),
-        )
+    /// Why a Llama-family model with heads of `head_dim` dimensions cannot train on this
+    /// backend, if it cannot: the grouped-query attention kernels spread a head over a warp's
+    /// registers, up to 128 dimensions (the usual 64 and 128 included). RMSNorm, RoPE, SwiGLU
+    /// and the embedding take every shape the CPU reference takes. For callers to check before
+    /// they allocate; the launchers refuse the same shapes with a [`BackendError`].
+    pub fn unsupported_llama(head_dim: usize) -> Option<String> {
+        gqa_attention::unsupported_head_dim(head_dim)
     }
 
     /// The GPU's name as the driver reports it.
@@ -669,86 +664,86 @@ impl Backend for CudaBackend {
         self.residual_forward_launch(out, a, b)
     }
 
-    // === Llama family: kernels not yet written for CUDA (see `llama_not_yet`) ===
+    // === Llama family ===
 
     fn embedding_forward(
         &self,
-        _out: CudaMut<'_>,
-        _tokens: &CudaTokens,
-        _wte: CudaRef<'_>,
-        _rows: usize,
-        _channels: usize,
+        out: CudaMut<'_>,
+        tokens: &CudaTokens,
+        wte: CudaRef<'_>,
+        rows: usize,
+        channels: usize,
     ) -> Result<(), BackendError> {
-        Err(llama_not_yet("embedding_forward"))
+        self.embedding_forward_launch(out, tokens, wte, rows, channels)
     }
 
     fn embedding_backward(
         &self,
-        _dwte: CudaMut<'_>,
-        _dout: CudaRef<'_>,
-        _tokens: &CudaTokens,
-        _rows: usize,
-        _channels: usize,
+        dwte: CudaMut<'_>,
+        dout: CudaRef<'_>,
+        tokens: &CudaTokens,
+        rows: usize,
+        channels: usize,
     ) -> Result<(), BackendError> {
-        Err(llama_not_yet("embedding_backward"))
+        self.embedding_backward_launch(dwte, dout, tokens, rows, channels)
     }
 
     fn rmsnorm_forward(
         &self,
-        _out: CudaMut<'_>,
-        _rstd: CudaMut<'_>,
-        _inp: CudaRef<'_>,
-        _weight: CudaRef<'_>,
-        _rows: usize,
-        _channels: usize,
-        _eps: f64,
+        out: CudaMut<'_>,
+        rstd: CudaMut<'_>,
+        inp: CudaRef<'_>,
+        weight: CudaRef<'_>,
+        rows: usize,
+        channels: usize,
+        eps: f64,
     ) -> Result<(), BackendError> {
-        Err(llama_not_yet("rmsnorm_forward"))
+        self.rmsnorm_forward_launch(out, rstd, inp, weight, rows, channels, eps)
     }
 
     fn rmsnorm_backward(
         &self,
-        _dinp: CudaMut<'_>,
-        _dweight: CudaMut<'_>,
-        _dout: CudaRef<'_>,
-        _inp: CudaRef<'_>,
-        _weight: CudaRef<'_>,
-        _rstd: CudaRef<'_>,
-        _rows: usize,
-        _channels: usize,
+        dinp: CudaMut<'_>,
+        dweight: CudaMut<'_>,
+        dout: CudaRef<'_>,
+        inp: CudaRef<'_>,
+        weight: CudaRef<'_>,
+        rstd: CudaRef<'_>,
+        rows: usize,
+        channels: usize,
     ) -> Result<(), BackendError> {
-        Err(llama_not_yet("rmsnorm_backward"))
+        self.rmsnorm_backward_launch(dinp, dweight, dout, inp, weight, rstd, rows, channels)
     }
 
     fn rope(
         &self,
-        _x: CudaMut<'_>,
-        _cos: CudaRef<'_>,
-        _sin: CudaRef<'_>,
-        _shape: RopeShape,
-        _inverse: bool,
+        x: CudaMut<'_>,
+        cos: CudaRef<'_>,
+        sin: CudaRef<'_>,
+        shape: RopeShape,
+        inverse: bool,
     ) -> Result<(), BackendError> {
-        Err(llama_not_yet("rope"))
+        self.rope_launch(x, cos, sin, shape, inverse)
     }
 
     fn swiglu_forward(
         &self,
-        _out: CudaMut<'_>,
-        _gate: CudaRef<'_>,
-        _up: CudaRef<'_>,
+        out: CudaMut<'_>,
+        gate: CudaRef<'_>,
+        up: CudaRef<'_>,
     ) -> Result<(), BackendError> {
-        Err(llama_not_yet("swiglu_forward"))
+        self.swiglu_forward_launch(out, gate, up)
     }
 
     fn swiglu_backward(
         &self,
-        _dgate: CudaMut<'_>,
-        _dup: CudaMut<'_>,
-        _dout: CudaRef<'_>,
-        _gate: CudaRef<'_>,
-        _up: CudaRef<'_>,
+        dgate: CudaMut<'_>,
+        dup: CudaMut<'_>,
+        dout: CudaRef<'_>,
+        gate: CudaRef<'_>,
+        up: CudaRef<'_>,
     ) -> Result<(), BackendError> {
-        Err(llama_not_yet("swiglu_backward"))
+        self.swiglu_backward_launch(dgate, dup, dout, gate, up)
     }
 
     fn gqa_state_len(&self, s: GqaShape) -> usize {
@@ -757,30 +752,30 @@ impl Backend for CudaBackend {
 
     fn gqa_attention_forward(
         &self,
-        _out: CudaMut<'_>,
-        _state: CudaMut<'_>,
-        _q: CudaRef<'_>,
-        _k: CudaRef<'_>,
-        _v: CudaRef<'_>,
-        _shape: GqaShape,
+        out: CudaMut<'_>,
+        state: CudaMut<'_>,
+        q: CudaRef<'_>,
+        k: CudaRef<'_>,
+        v: CudaRef<'_>,
+        shape: GqaShape,
     ) -> Result<(), BackendError> {
-        Err(llama_not_yet("gqa_attention_forward"))
+        self.gqa_attention_forward_launch(out, state, q, k, v, shape)
     }
 
     fn gqa_attention_backward(
         &self,
-        _dq: CudaMut<'_>,
-        _dk: CudaMut<'_>,
-        _dv: CudaMut<'_>,
-        _dout: CudaRef<'_>,
-        _q: CudaRef<'_>,
-        _k: CudaRef<'_>,
-        _v: CudaRef<'_>,
-        _out: CudaRef<'_>,
-        _state: CudaRef<'_>,
-        _shape: GqaShape,
+        dq: CudaMut<'_>,
+        dk: CudaMut<'_>,
+        dv: CudaMut<'_>,
+        dout: CudaRef<'_>,
+        q: CudaRef<'_>,
+        k: CudaRef<'_>,
+        v: CudaRef<'_>,
+        out: CudaRef<'_>,
+        state: CudaRef<'_>,
+        shape: GqaShape,
     ) -> Result<(), BackendError> {
-        Err(llama_not_yet("gqa_attention_backward"))
+        self.gqa_attention_backward_launch(dq, dk, dv, dout, q, k, v, out, state, shape)
     }
 
     // === loss ===
