@@ -188,7 +188,9 @@ impl Family {
     pub fn cuda_unsupported(&self) -> Option<String> {
         match self {
             Family::Gpt2 { config, .. } => crate::backend::cuda::CudaBackend::unsupported(config),
-            Family::Llama { .. } => crate::backend::cuda::CudaBackend::unsupported_llama(),
+            Family::Llama { config, .. } => {
+                crate::backend::cuda::CudaBackend::unsupported_llama(config.head_dim)
+            }
         }
     }
 }
