@@ -105,11 +105,8 @@ impl ResolvedRun {
         let model = match spec.model.from.as_deref().map(absolute) {
             Some(dir) => {
                 let model = model_from_dir(Path::new(&dir), spec.model.context)?;
-                // The directory's tokenizer, unless the manifest names another.
-                if !matches!(spec.data.tokenizer, Tokenizer::HuggingFace(_)) {
-                    spec.data.tokenizer = Tokenizer::HuggingFace(dir.clone());
-                }
                 spec.model.from = Some(dir);
+                spec.data.tokenizer = spec.run_tokenizer(base_dir);
                 model
             }
             None => spec

@@ -75,6 +75,21 @@ pub struct TrainingRunSpec {
     pub template: Option<WorkerTemplate>,
 }
 
+impl TrainingRunSpec {
+    /// The tokenizer the run uses: with `model.from`, the model directory's (taken from
+    /// `base_dir` when relative), unless `data.tokenizer` names another tokenizer path.
+    pub fn run_tokenizer(&self, base_dir: &std::path::Path) -> Tokenizer {
+        match (&self.model.from, &self.data.tokenizer) {
+            (Some(from), Tokenizer::Gpt2 | Tokenizer::Bytes) => Tokenizer::HuggingFace(
+                crate::manifest::resolve_path(base_dir, from)
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
+            (_, tokenizer) => tokenizer.clone(),
+        }
+    }
+}
+
 // === model ===
 
 /// The model: a Hugging Face directory to start from (`from`), a preset, or explicit

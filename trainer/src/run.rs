@@ -388,7 +388,9 @@ impl<'h, B: Backend> Trainer<'h, B> {
         comm: Box<dyn Collective>,
         hook: &'h mut dyn RunHook,
     ) -> Result<Self, RunError> {
-        let spec = &run.spec;
+        let mut spec = run.spec.clone();
+        spec.data.tokenizer = spec.run_tokenizer(&options.base_dir);
+        let spec = &spec;
         let started = Instant::now();
         let (rank, world) = (comm.rank(), comm.world_size());
         let (family, resolved) = Family::of(run, &options.base_dir)?;
