@@ -14,7 +14,7 @@ use tessera_trainer::{
     backend::cpu::CpuBackend,
     checkpoint::verify_checkpoint,
     data::prepare::{PrepareOptions, prepare},
-    sample::{SampleOptions, open_checkpoint, sample},
+    sample::{SampleOptions, evaluate, load_model, open_checkpoint, sample},
 };
 
 #[derive(Parser)]
@@ -65,10 +65,11 @@ enum Command {
         #[command(subcommand)]
         command: CkptCommand,
     },
-    /// Generate text from a checkpoint.
+    /// Generate text from a checkpoint or a Hugging Face model directory.
     Sample {
-        /// A checkpoint directory, or a checkpoint root (its newest valid checkpoint is used).
-        checkpoint: PathBuf,
+        /// A checkpoint directory, a checkpoint root (its newest valid checkpoint is used), or
+        /// a Hugging Face model directory (config.json, safetensors, tokenizer.json).
+        model: PathBuf,
         #[arg(long, default_value = "")]
         prompt: String,
         /// Tokens to generate.
@@ -82,6 +83,24 @@ enum Command {
         top_k: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Print the prompt's and the continuation's token ids and text as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Score a checkpoint or a Hugging Face model directory on token shards: the mean
+    /// next-token loss and perplexity over consecutive non-overlapping windows.
+    Eval {
+        /// A checkpoint directory or root, or a Hugging Face model directory.
+        model: PathBuf,
+        /// Token shards (a file, a directory of *.bin, or a glob), read from the start in order.
+        #[arg(long)]
+        data: String,
+        /// Predictions per window; default the model's context, capped by the data.
+        #[arg(long)]
+        context: Option<usize>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -126,6 +145,10 @@ enum CkptCommand {
         /// The weights' dtype: f32 or bf16 (Llama-family models; GPT-2 exports f32).
         #[arg(long, default_value = "f32", value_parser = parse_dtype)]
         dtype: tessera_api::llama_config::WeightDtype,
+        /// Split the weights into shards of at most this many bytes (with
+        /// model.safetensors.index.json) when they are larger; transformers' default, 5 GB.
+        #[arg(long, default_value_t = tessera_trainer::llama::weights::DEFAULT_MAX_SHARD_BYTES)]
+        max_shard_bytes: u64,
     },
 }
 
@@ -240,15 +263,16 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Ckpt { command } => ckpt(command),
         Command::Sample {
-            checkpoint,
+            model,
             prompt,
             tokens,
             temperature,
             top_k,
             seed,
+            json,
         } => {
-            let loaded = open_checkpoint(&checkpoint)?;
-            let text = sample(
+            let loaded = load_model(&model)?;
+            let sampled = sample(
                 CpuBackend::<f32>::new(),
                 &loaded,
                 &SampleOptions {
@@ -259,7 +283,29 @@ fn run(cli: Cli) -> Result<()> {
                     seed,
                 },
             )?;
-            println!("{text}");
+            if json {
+                println!("{}", serde_json::to_string_pretty(&sampled)?);
+            } else {
+                println!("{}{}", sampled.prompt, sampled.continuation);
+            }
+            Ok(())
+        }
+        Command::Eval {
+            model,
+            data,
+            context,
+            json,
+        } => {
+            let loaded = load_model(&model)?;
+            let e = evaluate(CpuBackend::<f32>::new(), &loaded, &data, context)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&e)?);
+            } else {
+                println!(
+                    "{}: loss {:.4}  perplexity {:.2}  over {} tokens ({} windows of {})",
+                    loaded.source, e.loss, e.perplexity, e.tokens, e.windows, e.context
+                );
+            }
             Ok(())
         }
     }
@@ -304,7 +350,15 @@ fn ckpt(command: CkptCommand) -> Result<()> {
             hf: _,
             out,
             dtype,
-        } => export_hf(&checkpoint, &out, dtype),
+            max_shard_bytes,
+        } => export_hf(
+            &checkpoint,
+            &out,
+            tessera_trainer::export::ExportOptions {
+                dtype,
+                max_shard_bytes,
+            },
+        ),
     }
 }
 
@@ -320,13 +374,9 @@ fn parse_dtype(s: &str) -> Result<tessera_api::llama_config::WeightDtype, String
 fn export_hf(
     checkpoint: &Path,
     out: &Path,
-    dtype: tessera_api::llama_config::WeightDtype,
+    options: tessera_trainer::export::ExportOptions,
 ) -> Result<()> {
     let loaded = open_checkpoint(checkpoint)?;
-    let options = tessera_trainer::export::ExportOptions {
-        dtype,
-        ..Default::default()
-    };
     let exported = tessera_trainer::export::export_hf(&loaded, out, options)?;
     println!(
         "{}: step {} exported as Hugging Face {} to {} ({})",

@@ -164,3 +164,97 @@ fn data_prepare_refuses_a_bad_tokenizer_naming_the_option() {
         );
     }
 }
+
+#[test]
+fn greedy_sampling_from_a_hugging_face_directory_matches_transformers() {
+    for model in ["llama-gqa", "qwen2-tied", "mistral"] {
+        let dir = format!("trainer/tests/fixtures/hf/{model}");
+        // Recorded by scripts/fixtures/greedy.py with transformers.
+        let greedy: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(format!("{dir}/greedy.json")).unwrap())
+                .unwrap();
+        let out = tessera(&[
+            "sample",
+            &dir,
+            "--prompt",
+            greedy["prompt"].as_str().unwrap(),
+            "--tokens",
+            "20",
+            "--temperature",
+            "0",
+            "--json",
+        ]);
+        assert!(out.status.success(), "{model}: {}", text(&out.stderr));
+        let sampled: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(sampled["promptIds"], greedy["prompt_ids"], "{model}");
+        assert_eq!(
+            sampled["continuationIds"], greedy["continuation_ids"],
+            "{model}: greedy continuation"
+        );
+        assert_eq!(sampled["prompt"], greedy["prompt"], "{model}");
+    }
+}
+
+#[test]
+fn eval_scores_consecutive_windows_as_the_reference_model_does() {
+    use tessera_trainer::{data::shard::read_shard, llama::LlamaReference};
+
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("speech.txt");
+    std::fs::write(
+        &input,
+        "Before we proceed any further, hear me speak.\n".repeat(12),
+    )
+    .unwrap();
+    let out_dir = dir.path().join("out");
+    let llama = "trainer/tests/fixtures/hf/llama-gqa";
+    let out = tessera(&[
+        "data",
+        "prepare",
+        "--tokenizer",
+        llama,
+        "--val-fraction",
+        "0",
+        "--out",
+        out_dir.to_str().unwrap(),
+        input.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shard_path = out_dir.join("train-000000.bin");
+    let tokens = read_shard(&shard_path).unwrap().tokens.to_u32();
+
+    let out = tessera(&[
+        "eval",
+        llama,
+        "--data",
+        shard_path.to_str().unwrap(),
+        "--context",
+        "16",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let windows = (tokens.len() - 1) / 16;
+    assert_eq!(e["context"], 16);
+    assert_eq!(e["windows"], windows);
+    assert_eq!(e["tokens"], windows * 16);
+
+    // The reference model over the same windows: window i's 17 tokens, labels unshifted.
+    let reference = LlamaReference::<f64>::from_dir(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(llama),
+    )
+    .unwrap();
+    let mut total = 0.0;
+    for w in 0..windows {
+        let ids = &tokens[w * 16..w * 16 + 17];
+        let labels: Vec<i64> = ids.iter().map(|&t| i64::from(t)).collect();
+        total += reference.loss(ids, &labels, 1, 17).unwrap();
+    }
+    let want = total / windows as f64;
+    let got = e["loss"].as_f64().unwrap();
+    assert!(
+        (got - want).abs() < 1e-4,
+        "eval loss {got}, reference {want}"
+    );
+    assert!((e["perplexity"].as_f64().unwrap() - want.exp()).abs() < 1e-2);
+}

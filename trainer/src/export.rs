@@ -159,6 +159,13 @@ pub fn export_hf(
         write_json(&path, &generation)?;
         files.push(GENERATION_CONFIG.into());
     }
+    // safetensors creates its files owner-only; a model directory is for others to read too.
+    for name in &files {
+        let path = out.join(name);
+        let mut permissions = std::fs::metadata(&path).map_err(io(&path))?.permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o644);
+        std::fs::set_permissions(&path, permissions).map_err(io(&path))?;
+    }
     Ok(Exported {
         architecture,
         files,

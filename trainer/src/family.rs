@@ -105,11 +105,16 @@ impl Family {
                     resolved.context as usize,
                     resolved.vocab as usize,
                 )?,
-                init_from: spec
-                    .training
-                    .init_from
-                    .as_deref()
-                    .map(|p| resolve_path(base_dir, p)),
+                // A model directory (what `tessera ckpt export --hf` writes), or the
+                // safetensors file in it.
+                init_from: spec.training.init_from.as_deref().map(|p| {
+                    let path = resolve_path(base_dir, p);
+                    if path.is_dir() {
+                        path.join("model.safetensors")
+                    } else {
+                        path
+                    }
+                }),
             },
             Architecture::Llama => Family::Llama {
                 config: LlamaConfig::from_scratch(&resolved),
@@ -117,6 +122,45 @@ impl Family {
             },
         };
         Ok((family, resolved))
+    }
+
+    /// The model in a Hugging Face directory (GPT-2, or a Llama-family `model_type`), its
+    /// weights named as the starting point, with the positions it takes.
+    pub fn from_hf_dir(dir: &Path) -> Result<(Family, usize), FamilyError> {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|source| {
+            FamilyError::from(hf::HfError::Read {
+                path: path.clone(),
+                source,
+            })
+        })?;
+        let model_type = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("model_type")?.as_str().map(str::to_string));
+        if model_type.as_deref() == Some("gpt2") {
+            let config = hf::gpt2_config_from_file(&path)?;
+            return Ok((
+                Family::Gpt2 {
+                    config,
+                    init_from: Some(dir.join("model.safetensors")),
+                },
+                config.context,
+            ));
+        }
+        let config = LlamaConfig::from_dir(dir).map_err(ResolveError::from)?;
+        // Attention is computed in full, which is sliding-window attention up to the window.
+        let context = config
+            .sliding_window
+            .map_or(config.max_position_embeddings, |w| {
+                w.min(config.max_position_embeddings)
+            });
+        Ok((
+            Family::Llama {
+                config,
+                from: Some(dir.to_path_buf()),
+            },
+            context,
+        ))
     }
 
     /// The vocabulary the model's embedding covers (token ids below it).

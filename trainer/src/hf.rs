@@ -63,6 +63,53 @@ pub enum HfError {
     Write { path: PathBuf, message: String },
     #[error("the parameter buffer has {got} values, the model has {want}")]
     ParamCount { got: usize, want: usize },
+    #[error("{path}: {field} {problem}")]
+    Config {
+        path: PathBuf,
+        field: &'static str,
+        problem: String,
+    },
+    #[error("{path}: {source}")]
+    Dimensions {
+        path: PathBuf,
+        source: crate::config::ConfigError,
+    },
+}
+
+/// A GPT-2 `config.json` (as [`gpt2_config_json`] writes it and `transformers` does): the
+/// dimensions from `n_layer`, `n_head`, `n_embd`, `n_positions` and `vocab_size`.
+pub fn gpt2_config_from_file(path: &Path) -> Result<ModelConfig, HfError> {
+    let text = std::fs::read_to_string(path).map_err(|source| HfError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| HfError::Config {
+        path: path.to_path_buf(),
+        field: "(the file)",
+        problem: format!("is not JSON: {e}"),
+    })?;
+    let field = |name: &'static str| -> Result<usize, HfError> {
+        value
+            .get(name)
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|v| usize::try_from(v).ok())
+            .ok_or_else(|| HfError::Config {
+                path: path.to_path_buf(),
+                field: name,
+                problem: "is missing or not a whole number; a GPT-2 config.json has it".into(),
+            })
+    };
+    ModelConfig::new(
+        field("n_layer")?,
+        field("n_head")?,
+        field("n_embd")?,
+        field("n_positions")?,
+        field("vocab_size")?,
+    )
+    .map_err(|source| HfError::Dimensions {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// One Hugging Face tensor and where it lives in our flat buffer.
@@ -150,6 +197,9 @@ fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
+/// GPT-2's `<|endoftext|>` id.
+const END_OF_TEXT: usize = 50256;
+
 /// `config.json` of a Hugging Face GPT-2 model with `config`'s dimensions (the vocabulary
 /// unpadded, GELU with the tanh approximation, LayerNorm eps 1e-5, a tied head).
 pub fn gpt2_config_json(config: &ModelConfig) -> serde_json::Value {
@@ -167,8 +217,9 @@ pub fn gpt2_config_json(config: &ModelConfig) -> serde_json::Value {
         "layer_norm_epsilon": 1e-5,
         "tie_word_embeddings": true,
         "torch_dtype": "float32",
-        "bos_token_id": 50256,
-        "eos_token_id": 50256,
+        // GPT-2's <|endoftext|>, where the vocabulary has it (a byte-level model has none).
+        "bos_token_id": (config.vocab > END_OF_TEXT).then_some(END_OF_TEXT),
+        "eos_token_id": (config.vocab > END_OF_TEXT).then_some(END_OF_TEXT),
     })
 }
 

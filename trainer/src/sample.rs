@@ -37,6 +37,18 @@ pub enum SampleError {
     Temperature(f64),
     #[error("the prompt encodes to token {token}, outside the model's vocabulary of {vocab}")]
     PromptToken { token: u32, vocab: usize },
+    #[error(
+        "--data {data} was tokenized with {data_vocab} tokens, more than the model's {vocab}; evaluate on data made with the model's tokenizer"
+    )]
+    DataVocab {
+        data: String,
+        data_vocab: u32,
+        vocab: usize,
+    },
+    #[error("--data {data} holds {tokens} token(s): at least 2 are needed to score one prediction")]
+    TooLittleData { data: String, tokens: u64 },
+    #[error("--data: {0}")]
+    Data(#[from] crate::data::loader::LoaderError),
 }
 
 #[derive(Clone, Debug)]
@@ -113,22 +125,83 @@ pub fn checkpoint_family(
     Ok((family, resolved, spec))
 }
 
-/// Generates `options.tokens` tokens after the prompt; returns prompt and continuation.
+/// A model ready to use: its family, flat parameters, tokenizer and context, from a
+/// checkpoint (root or step directory) or a Hugging Face model directory.
+pub struct LoadedModel {
+    pub family: Family,
+    pub params: Vec<f32>,
+    pub tokenizer: tessera_api::spec::Tokenizer,
+    /// Positions the model takes (a checkpoint: its training context; a Hugging Face
+    /// directory: `max_position_embeddings` / `n_positions`).
+    pub context: usize,
+    /// What was loaded, for messages: "checkpoint DIR (step N)" or "Hugging Face model DIR".
+    pub source: String,
+}
+
+/// Loads `path`: a Hugging Face model directory (it holds config.json) or a checkpoint
+/// (a step directory or a root, whose newest valid checkpoint is taken).
+pub fn load_model(path: &Path) -> Result<LoadedModel, SampleError> {
+    if path.join("config.json").is_file() {
+        let (family, context) = Family::from_hf_dir(path)?;
+        let layout = family.layout();
+        let params = family
+            .initial_weights(&layout)?
+            .map(|(params, _)| params)
+            .expect("a Hugging Face directory names its weights");
+        let tokenizer = if path.join("tokenizer.json").is_file() {
+            tessera_api::spec::Tokenizer::HuggingFace(path.to_string_lossy().into_owned())
+        } else {
+            tessera_api::spec::Tokenizer::Gpt2
+        };
+        return Ok(LoadedModel {
+            family,
+            params,
+            tokenizer,
+            context,
+            source: format!("Hugging Face model {}", path.display()),
+        });
+    }
+    let checkpoint = open_checkpoint(path)?;
+    let (family, resolved, spec) = checkpoint_family(&checkpoint)?;
+    let params = flat_params(&checkpoint, &family.layout())?;
+    Ok(LoadedModel {
+        family,
+        params,
+        tokenizer: spec.data.tokenizer,
+        context: resolved.context as usize,
+        source: format!(
+            "checkpoint {} (step {})",
+            checkpoint.dir.display(),
+            checkpoint.manifest.step
+        ),
+    })
+}
+
+/// What [`sample`] produced: the prompt's and the continuation's token ids and text.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Sampled {
+    pub prompt_ids: Vec<u32>,
+    pub prompt: String,
+    pub continuation_ids: Vec<u32>,
+    pub continuation: String,
+}
+
+/// Generates `options.tokens` tokens after the prompt (greedy, deterministic, at
+/// temperature 0), the window sliding once the text is longer than the model's context.
 pub fn sample<B: Backend>(
     backend: B,
-    checkpoint: &LoadedCheckpoint,
+    loaded: &LoadedModel,
     options: &SampleOptions,
-) -> Result<String, SampleError> {
+) -> Result<Sampled, SampleError> {
     if !(options.temperature.is_finite() && options.temperature >= 0.0) {
         return Err(SampleError::Temperature(options.temperature));
     }
-    let (family, resolved, spec) = checkpoint_family(checkpoint)?;
-    let tokenizer = TextTokenizer::new(&spec.data.tokenizer)?;
-    let t = resolved.context as usize;
-    let vocab = family.vocab();
-    let mut model = family.build(backend, 1, t, 0)?;
-    let params = flat_params(checkpoint, model.layout())?;
-    model.load_params_from_host(&params)?;
+    let tokenizer = TextTokenizer::new(&loaded.tokenizer)?;
+    let t = loaded.context;
+    let vocab = loaded.family.vocab();
+    let mut model = loaded.family.build(backend, 1, t, 0)?;
+    model.load_params_from_host(&loaded.params)?;
 
     let mut tokens = tokenizer.encode(&options.prompt)?;
     if tokens.is_empty() {
@@ -150,9 +223,77 @@ pub fn sample<B: Backend>(
         let logits = model.logits_at(0, context.len() - 1)?;
         tokens.push(pick(&logits, options, &mut rng));
     }
-    let mut text = tokenizer.decode(&tokens[..prompt_len])?;
-    text.push_str(&tokenizer.decode(&tokens[prompt_len..])?);
-    Ok(text)
+    let continuation_ids = tokens.split_off(prompt_len);
+    Ok(Sampled {
+        prompt: tokenizer.decode(&tokens)?,
+        continuation: tokenizer.decode(&continuation_ids)?,
+        prompt_ids: tokens,
+        continuation_ids,
+    })
+}
+
+/// What [`evaluate`] measured.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Evaluation {
+    /// Mean next-token cross-entropy (nats per token).
+    pub loss: f64,
+    pub perplexity: f64,
+    /// Predictions scored.
+    pub tokens: u64,
+    /// Windows of `context` predictions.
+    pub windows: u64,
+    pub context: usize,
+}
+
+/// The mean next-token loss over consecutive non-overlapping windows read from the start of
+/// `data` (token shards) in order: window `i` predicts tokens `i·N + 1 ..= (i + 1)·N` from
+/// the `N` before each. `N` is `context`, or the model's, capped by the data.
+pub fn evaluate<B: Backend>(
+    backend: B,
+    loaded: &LoadedModel,
+    data: &str,
+    context: Option<usize>,
+) -> Result<Evaluation, SampleError> {
+    let stream = crate::data::loader::TokenStream::open(data)?;
+    let vocab = loaded.family.vocab();
+    if stream.vocab_size() as usize > vocab {
+        return Err(SampleError::DataVocab {
+            data: data.to_string(),
+            data_vocab: stream.vocab_size(),
+            vocab,
+        });
+    }
+    let available = stream.len().saturating_sub(1);
+    let n = context
+        .unwrap_or(loaded.context)
+        .min(loaded.context)
+        .min(usize::try_from(available).unwrap_or(usize::MAX));
+    if n == 0 {
+        return Err(SampleError::TooLittleData {
+            data: data.to_string(),
+            tokens: stream.len(),
+        });
+    }
+    let mut model = loaded.family.build(backend, 1, n, 0)?;
+    model.load_params_from_host(&loaded.params)?;
+    let windows = available / n as u64;
+    let mut window = vec![0u32; n + 1];
+    let mut total = 0.0f64;
+    for i in 0..windows {
+        stream.copy_range(i * n as u64, &mut window);
+        // Each window's loss is a mean over n predictions: sum them back.
+        total += model.forward(&window[..n], &window[1..])? * n as f64;
+    }
+    let tokens = windows * n as u64;
+    let loss = total / tokens as f64;
+    Ok(Evaluation {
+        loss,
+        perplexity: loss.exp(),
+        tokens,
+        windows,
+        context: n,
+    })
 }
 
 /// Draws a token from logits with temperature and top-k.
