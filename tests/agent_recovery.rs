@@ -39,6 +39,18 @@ spec:
     )
 }
 
+/// [`manifest`] with a Llama-architecture model: the recorded fixture `llama-gqa` (2 layers,
+/// width 64, grouped-query attention, a 384-token vocabulary) as the starting point.
+fn llama_manifest(extra_fault_tolerance: &str) -> String {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("trainer/tests/fixtures/hf/llama-gqa");
+    manifest(extra_fault_tolerance)
+        .replace(
+            "model: {preset: tiny}",
+            &format!("model: {{from: {}, context: 64}}", from.display()),
+        )
+        .replace(", tokenizer: bytes}", "}")
+}
+
 /// One test's world: a run directory, etcd, and the agents it started.
 struct Gang {
     dir: tempfile::TempDir,
@@ -212,6 +224,37 @@ fn a_killed_rank_resumes_from_the_checkpoint_with_identical_weights() {
     assert_eq!(failures[0]["kind"], "rank-exit");
     assert!(reports.iter().all(|(_, _, r)| r["generation"] == 2));
     assert_eq!(weights(&reports), clean);
+}
+
+#[test]
+fn a_killed_rank_of_a_llama_model_resumes_with_identical_weights() {
+    let text = llama_manifest("heartbeatTimeoutSeconds: 10");
+    let clean = undisturbed_weights(&text);
+
+    let mut gang = Gang::new(&text);
+    gang.start_agent("n0", &[]);
+    gang.start_agent("n1", &[]);
+    common::wait_for_step(&gang.path("history.jsonl"), 15, Duration::from_secs(120));
+    let ranks = common::trainers_of(gang.dir.path());
+    assert_eq!(ranks.len(), 4);
+    kill(Pid::from_raw(ranks[1]), Signal::SIGKILL).unwrap();
+    let reports = gang.finish(Duration::from_secs(180));
+    assert_succeeded(&gang, &reports);
+    let failures = all_failures(&reports);
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0]["kind"], "rank-exit");
+    assert!(reports.iter().all(|(_, _, r)| r["generation"] == 2));
+    assert_eq!(weights(&reports), clean);
+    assert!(
+        gang.log("n0")
+            .contains("initialised from Hugging Face weights")
+            || std::fs::read_dir(gang.dir.path())
+                .unwrap()
+                .flatten()
+                .any(|e| std::fs::read_to_string(e.path())
+                    .is_ok_and(|t| t.contains("initialised from Hugging Face weights"))),
+        "the ranks did not start from the directory's weights"
+    );
 }
 
 #[test]
