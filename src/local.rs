@@ -140,6 +140,13 @@ pub async fn run_local(args: LocalRun) -> Result<LocalSummary> {
         .with_context(|| format!("{} is rejected", args.file.display()))?;
     let run = &resolved.run;
     let checkpoint_root = resolved.checkpoint_root();
+    // Starting weights that do not fit the model fail every rank the same way: checked here
+    // from the safetensors headers, before anything starts.
+    let (family, _) = tessera_trainer::family::Family::of(run, &base_dir)
+        .with_context(|| format!("{} is rejected", args.file.display()))?;
+    family
+        .check_weights()
+        .with_context(|| format!("{} is rejected", args.file.display()))?;
     // Data that is not there fails every rank the same way: refuse before anything starts.
     // Text is tokenized here, once, into the cache beside the checkpoints; the ranks find it.
     let data =
@@ -151,6 +158,11 @@ pub async fn run_local(args: LocalRun) -> Result<LocalSummary> {
                     base_dir.display()
                 )
             })?;
+    // Data tokenized with a larger vocabulary than the model's would fail every rank.
+    for shards in std::iter::once(&data.train).chain(&data.validation) {
+        tessera_trainer::run::open_for(&family, shards)
+            .with_context(|| format!("{} is rejected", args.file.display()))?;
+    }
     for entry in &data.tokenized {
         let r = &entry.record;
         let what = if entry.reused { "cached" } else { "tokenized" };

@@ -258,3 +258,104 @@ fn eval_scores_consecutive_windows_as_the_reference_model_does() {
     );
     assert!((e["perplexity"].as_f64().unwrap() - want.exp()).abs() < 1e-2);
 }
+
+/// `tessera run` on a copy of the llama-gqa fixture changed by `edit`; returns its stderr
+/// after checking it failed before training (no rank log, no checkpoint).
+fn run_with_bad_model_dir(edit: impl Fn(&std::path::Path)) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("trainer/tests/fixtures/hf/llama-gqa");
+    for entry in std::fs::read_dir(&fixture).unwrap().flatten() {
+        std::fs::copy(entry.path(), model.join(entry.file_name())).unwrap();
+    }
+    edit(&model);
+    std::fs::write(
+        dir.path().join("text.txt"),
+        "the king shall come to our house\n".repeat(300),
+    )
+    .unwrap();
+    let manifest = dir.path().join("run.yaml");
+    std::fs::write(
+        &manifest,
+        r#"
+apiVersion: tessera.dev/v1alpha1
+kind: TrainingRun
+metadata: {name: bad-model}
+spec:
+  model: {from: model, context: 32}
+  data: {train: text.txt, validationFraction: 0.1}
+  optimizer: {globalBatchTokens: 256, microBatch: 8}
+  training: {steps: 2, evalInterval: 0}
+"#,
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["run", "run.yaml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "a bad model directory was accepted");
+    assert!(
+        !dir.path()
+            .join("runs/bad-model/logs/gen-1-rank-0.log")
+            .exists(),
+        "a rank started: {stderr}"
+    );
+    stderr
+}
+
+fn edit_config(model: &std::path::Path, edit: impl Fn(&mut serde_json::Value)) {
+    let path = model.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::write(&path, config.to_string()).unwrap();
+}
+
+#[test]
+fn a_bad_model_directory_is_refused_before_training_naming_field_and_file() {
+    let missing = run_with_bad_model_dir(|m| std::fs::remove_file(m.join("config.json")).unwrap());
+    assert!(
+        missing.contains("spec.model.from") && missing.contains("model/config.json"),
+        "{missing}"
+    );
+    let gemma = run_with_bad_model_dir(|m| edit_config(m, |c| c["model_type"] = "gemma".into()));
+    assert!(
+        gemma.contains("model_type") && gemma.contains("gemma"),
+        "{gemma}"
+    );
+    let yarn = run_with_bad_model_dir(|m| {
+        edit_config(m, |c| c["rope_parameters"]["rope_type"] = "yarn".into())
+    });
+    assert!(
+        yarn.contains("rope_type") && yarn.contains("yarn") && yarn.contains("config.json"),
+        "{yarn}"
+    );
+    let layers = run_with_bad_model_dir(|m| edit_config(m, |c| c["num_hidden_layers"] = 3.into()));
+    assert!(
+        layers.contains("model.layers.2.input_layernorm.weight is missing")
+            && layers.contains("model.safetensors"),
+        "{layers}"
+    );
+    // A tokenizer with 16 more tokens than the embedding has rows.
+    let tokenizer = run_with_bad_model_dir(|m| {
+        let path = m.join("tokenizer.json");
+        let mut t: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let added = t["added_tokens"].as_array_mut().unwrap();
+        for i in 0..16 {
+            added.push(serde_json::json!({
+                "id": 384 + i, "content": format!("<|extra_{i}|>"), "single_word": false,
+                "lstrip": false, "rstrip": false, "normalized": false, "special": true
+            }));
+        }
+        std::fs::write(&path, t.to_string()).unwrap();
+    });
+    assert!(
+        tokenizer.contains("vocab_size in") && tokenizer.contains("config.json is 384"),
+        "{tokenizer}"
+    );
+}

@@ -179,6 +179,16 @@ impl Family {
         }
     }
 
+    /// Where the vocabulary size comes from, for messages.
+    pub fn vocab_source(&self) -> String {
+        match self {
+            Family::Llama {
+                from: Some(dir), ..
+            } => format!("vocab_size in {}", dir.join("config.json").display()),
+            _ => "spec.model.vocab".to_string(),
+        }
+    }
+
     /// The GPT-2 configuration, for what only GPT-2 has (its Hugging Face export).
     pub fn gpt2(&self) -> Option<&ModelConfig> {
         match self {
@@ -225,6 +235,19 @@ impl Family {
                 Ok(Some((flat_from_weights(config, &weights), dir.clone())))
             }
             _ => Ok(None),
+        }
+    }
+
+    /// Checks, without reading tensor data, that the starting weights the spec names fit the
+    /// model (names, shapes and dtypes from the safetensors headers): what `tessera run`
+    /// checks before it starts anything.
+    pub fn check_weights(&self) -> Result<(), FamilyError> {
+        match self {
+            Family::Llama {
+                config,
+                from: Some(dir),
+            } => Ok(LlamaWeights::check_dir(dir, config)?),
+            _ => Ok(()),
         }
     }
 

@@ -98,10 +98,12 @@ pub enum RunError {
     #[error(transparent)]
     DataCache(#[from] crate::data::cache::CacheError),
     #[error(
-        "spec.model.vocab is {model}, but the data in {data} was tokenized with {data_vocab} \
-         tokens; raise model.vocab to at least {data_vocab} or use data made with the model's tokenizer"
+        "{vocab_source} is {model}, but the data in {data} was tokenized with {data_vocab} \
+         tokens; use data made with the model's tokenizer (or a model with a vocabulary of at \
+         least {data_vocab})"
     )]
     VocabTooSmall {
+        vocab_source: String,
         model: usize,
         data_vocab: u32,
         data: String,
@@ -398,7 +400,7 @@ impl<'h, B: Backend> Trainer<'h, B> {
         let (batches, eval, grad_accum) = open_data(
             spec,
             options,
-            family.vocab(),
+            &family,
             &resolved,
             &checkpoint_root,
             rank,
@@ -787,6 +789,21 @@ impl<'h, B: Backend> Trainer<'h, B> {
     }
 }
 
+/// Opens token shards for `family`'s model, refusing data tokenized with a larger
+/// vocabulary than the model's embedding covers.
+pub fn open_for(family: &Family, path: &str) -> Result<TokenStream, RunError> {
+    let stream = TokenStream::open(path)?;
+    if (stream.vocab_size() as usize) > family.vocab() {
+        return Err(RunError::VocabTooSmall {
+            vocab_source: family.vocab_source(),
+            model: family.vocab(),
+            data_vocab: stream.vocab_size(),
+            data: path.to_string(),
+        });
+    }
+    Ok(stream)
+}
+
 /// Opens the training data (tokenizing text into the cache beside the checkpoints, once: a
 /// later start, and every other rank, finds the entry) and the validation set, checks them
 /// against the model's vocabulary and the batch shape, and returns this rank's batches and
@@ -794,24 +811,14 @@ impl<'h, B: Backend> Trainer<'h, B> {
 fn open_data(
     spec: &TrainingRunSpec,
     options: &RunOptions,
-    model_vocab: usize,
+    family: &Family,
     resolved: &ResolvedModel,
     checkpoint_root: &std::path::Path,
     rank: u32,
     world: u32,
 ) -> Result<(TrainBatches, Option<EvalBatches>, u32), RunError> {
     let data = resolve_run_data(&spec.data, &options.base_dir, checkpoint_root)?;
-    let open = |path: &String| -> Result<TokenStream, RunError> {
-        let stream = TokenStream::open(path)?;
-        if (stream.vocab_size() as usize) > model_vocab {
-            return Err(RunError::VocabTooSmall {
-                model: model_vocab,
-                data_vocab: stream.vocab_size(),
-                data: path.clone(),
-            });
-        }
-        Ok(stream)
-    };
+    let open = |path: &String| open_for(family, path);
     let train_stream = open(&data.train)?;
     let micro_batch = spec.optimizer.micro_batch;
     let context = resolved.context;

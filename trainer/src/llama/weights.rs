@@ -290,6 +290,103 @@ fn deserialize<'a>(
     })
 }
 
+/// Exactly the names of [`params`], each with its shape.
+fn check_shapes(
+    config: &LlamaConfig,
+    shapes: &BTreeMap<String, Vec<usize>>,
+    source: &Path,
+) -> Result<(), WeightsError> {
+    let expected: HashMap<String, Vec<usize>> = params(config)
+        .into_iter()
+        .map(|p| (p.hf_name(), p.shape(config)))
+        .collect();
+    for (name, shape) in shapes {
+        let Some(want) = expected.get(name) else {
+            return Err(WeightsError::Unexpected {
+                path: source.to_path_buf(),
+                name: name.clone(),
+                hint: model_hint(config),
+            });
+        };
+        if shape != want {
+            return Err(WeightsError::Shape {
+                path: source.to_path_buf(),
+                name: name.clone(),
+                found: shape.clone(),
+                want: want.clone(),
+                hint: model_hint(config),
+            });
+        }
+    }
+    for p in params(config) {
+        let name = p.hf_name();
+        if !shapes.contains_key(&name) {
+            return Err(WeightsError::Missing {
+                path: source.to_path_buf(),
+                name,
+                hint: model_hint(config),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The tensors a safetensors file's header lists: name → (dtype, shape). Reads the 8-byte
+/// header length and the JSON header only.
+fn read_header(path: &Path) -> Result<BTreeMap<String, (String, Vec<usize>)>, WeightsError> {
+    use std::io::Read;
+    let format = |message: String| WeightsError::Format {
+        path: path.to_path_buf(),
+        message,
+    };
+    let read_err = |source| WeightsError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(read_err)?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)
+        .map_err(|e| format(format!("no header length ({e})")))?;
+    let len = u64::from_le_bytes(len);
+    let size = file.metadata().map_err(read_err)?.len();
+    if len > size.saturating_sub(8) || len > 100_000_000 {
+        return Err(format(format!(
+            "the header claims {len} bytes in a file of {size}"
+        )));
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header).map_err(read_err)?;
+    let value: Value =
+        serde_json::from_slice(&header).map_err(|e| format(format!("header: {e}")))?;
+    let Some(entries) = value.as_object() else {
+        return Err(format("the header is not a JSON object".into()));
+    };
+    let mut out = BTreeMap::new();
+    for (name, entry) in entries {
+        if name == "__metadata__" {
+            continue;
+        }
+        let dtype = entry.get("dtype").and_then(Value::as_str);
+        let shape: Option<Vec<usize>> =
+            entry.get("shape").and_then(Value::as_array).and_then(|a| {
+                a.iter()
+                    .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+                    .collect()
+            });
+        match (dtype, shape) {
+            (Some(dtype), Some(shape)) => {
+                out.insert(name.clone(), (dtype.to_string(), shape));
+            }
+            _ => {
+                return Err(format(format!(
+                    "tensor {name} has no dtype or shape in the header"
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// `weight_map` of a sharded checkpoint's index: tensor name → shard file name.
 fn read_index(path: &Path) -> Result<BTreeMap<String, String>, WeightsError> {
     let bad = |problem: String| WeightsError::Index {
@@ -338,50 +435,61 @@ impl LlamaWeights {
     /// Checks these weights belong to `config`: exactly the names of [`params`], each with
     /// its shape and value count. `source` names where they came from in errors.
     pub fn check(&self, config: &LlamaConfig, source: &Path) -> Result<(), WeightsError> {
-        let tensors = &self.tensors;
-        let expected: HashMap<String, Vec<usize>> = params(config)
-            .into_iter()
-            .map(|p| (p.hf_name(), p.shape(config)))
+        let shapes: BTreeMap<String, Vec<usize>> = self
+            .tensors
+            .iter()
+            .map(|(name, t)| (name.clone(), t.shape.clone()))
             .collect();
-        for (name, t) in tensors {
-            let Some(want) = expected.get(name) else {
-                return Err(WeightsError::Unexpected {
-                    path: source.to_path_buf(),
-                    name: name.clone(),
-                    hint: model_hint(config),
-                });
-            };
-            if &t.shape != want {
-                return Err(WeightsError::Shape {
-                    path: source.to_path_buf(),
-                    name: name.clone(),
-                    found: t.shape.clone(),
-                    want: want.clone(),
-                    hint: model_hint(config),
-                });
-            }
-            let n: usize = want.iter().product();
+        check_shapes(config, &shapes, source)?;
+        for (name, t) in &self.tensors {
+            let n: usize = t.shape.iter().product();
             if t.values.len() != n {
                 return Err(WeightsError::Length {
                     path: source.to_path_buf(),
                     name: name.clone(),
-                    shape: want.clone(),
+                    shape: t.shape.clone(),
                     got: t.values.len(),
                     want: n,
                 });
             }
         }
-        for p in params(config) {
-            let name = p.hf_name();
-            if !tensors.contains_key(&name) {
-                return Err(WeightsError::Missing {
-                    path: source.to_path_buf(),
-                    name,
-                    hint: model_hint(config),
-                });
+        Ok(())
+    }
+
+    /// Checks the weights in `dir` against `config` from the safetensors headers alone (names,
+    /// shapes, dtypes; no tensor data is read): what a run checks before it starts, so a
+    /// directory whose weights do not fit its config is refused at once, naming the tensor
+    /// and the file.
+    pub fn check_dir(dir: &Path, config: &LlamaConfig) -> Result<(), WeightsError> {
+        let single = dir.join(SINGLE_FILE);
+        let index = dir.join(INDEX_FILE);
+        let (files, listing): (Vec<PathBuf>, PathBuf) = if single.is_file() {
+            (vec![single.clone()], single)
+        } else if index.is_file() {
+            let shards: std::collections::BTreeSet<String> =
+                read_index(&index)?.into_values().collect();
+            (shards.iter().map(|f| dir.join(f)).collect(), index)
+        } else {
+            return Err(WeightsError::NoWeights {
+                dir: dir.to_path_buf(),
+            });
+        };
+        let mut shapes = BTreeMap::new();
+        for file in &files {
+            for (name, (dtype, shape)) in read_header(file)? {
+                if !matches!(dtype.as_str(), "F32" | "BF16" | "F16") {
+                    return Err(WeightsError::Dtype {
+                        path: file.clone(),
+                        name,
+                        dtype,
+                    });
+                }
+                if !dropped(config, &name) {
+                    shapes.insert(name, shape);
+                }
             }
         }
-        Ok(())
+        check_shapes(config, &shapes, &listing)
     }
 
     /// Reads `dir/model.safetensors`, or the shards `dir/model.safetensors.index.json`
