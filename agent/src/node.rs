@@ -39,8 +39,8 @@ use tessera_api::{
 };
 use tessera_checkpoint::{list_checkpoints, verify_checkpoint};
 use tessera_store::{
-    JoinOutcome, LeaseKeeper, Member, RankTable, RendezvousConfig, RendezvousError, RunStore,
-    Store, StoreError,
+    JoinOutcome, LeaseKeeper, Member, RankTable, RankedNode, RendezvousConfig, RendezvousError,
+    RunStore, Store, StoreError,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -144,7 +144,8 @@ enum GenerationEnd {
     Superseded(u64),
 }
 
-/// Runs this node's part of the run until it succeeds, stops or fails.
+/// Runs this node's part of the run until it succeeds, stops or fails: a generation at a
+/// time, each joined, run and ended by [`Agent`]'s steps.
 pub async fn run_agent(
     config: AgentConfig,
     store: Arc<dyn Store>,
@@ -153,13 +154,10 @@ pub async fn run_agent(
 ) -> Result<AgentReport, AgentError> {
     let keys = RunKeys::new(&config.namespace, &config.name);
     let run = RunStore::new(store.clone(), keys);
-    let resilience = &config.run.run.spec.fault_tolerance;
-    let nodes = config.run.run.spec.parallelism.nodes as usize;
     // The ranks read the run from here (`tessera-trainer --run`), not from the manifest.
     config.run.write_to(&config.launch.run_file)?;
-    let min_nodes = resilience.min_nodes.map_or(nodes, |m| m as usize).max(1);
     let board = Arc::new(Board::default());
-    let (events_tx, mut events) = mpsc::channel(16);
+    let (events_tx, events) = mpsc::channel(16);
     let service = AgentService::new(
         board.clone(),
         run.clone(),
@@ -176,77 +174,169 @@ pub async fn run_agent(
         })?;
     let _stop_serving = serving.drop_guard();
 
-    let mut lease = LeaseKeeper::start(store.clone(), config.lease_ttl).await?;
-    let mut failures: Vec<Failure> = Vec::new();
+    let lease = LeaseKeeper::start(store.clone(), config.lease_ttl).await?;
     let mut generation = run.current_generation().await?;
-    let mut failed_at: Option<Instant> = None;
-    let mut gpus_used: Vec<u32> = Vec::new();
-    let report =
-        |end: AgentEnd, generation: u64, failures: &[Failure], summary, gpus: &[u32]| AgentReport {
-            end,
-            node: config.node.clone(),
-            generation,
-            failures: failures.to_vec(),
-            rank_summary: summary,
-            gpus: gpus.to_vec(),
-        };
-    let mut gpu_health = config.gpu_health.clone();
-    // Failures that ended generations through a peer's bump, as recorded in the store: the
-    // progress this agent publishes explains every restart, not only its own.
-    let mut ended_by_peers: Vec<Failure> = Vec::new();
-
+    let mut agent = Agent {
+        gpu_health: config.gpu_health.clone(),
+        config: &config,
+        store,
+        run,
+        board,
+        metrics: &metrics,
+        shutdown: &shutdown,
+        lease,
+        events,
+        failures: Vec::new(),
+        ended_by_peers: Vec::new(),
+        failed_at: None,
+        gpus_used: Vec::new(),
+    };
     loop {
-        let restarts = generation.saturating_sub(1);
         metrics.generation(generation);
-        if restarts > u64::from(resilience.max_restarts) {
-            // The bump that ended the previous generation recorded why; this agent may only
-            // have seen its ranks stopped by a peer.
-            let recorded = generation_ended(&run, generation.saturating_sub(1)).await;
-            let last = recorded
-                .map(|ended| ended.to_string())
-                .or_else(|| failures.last().map(|f| f.reason.clone()))
-                .unwrap_or_else(|| "unknown".into());
-            let reason = format!(
-                "{restarts} restarts exceed faultTolerance.maxRestarts = {}; the last failure: {last}",
-                resilience.max_restarts
-            );
-            tracing::error!("{reason}");
-            publish(
-                &run,
-                &board,
-                generation,
-                RunPhase::Failed,
-                &known(&failures, &ended_by_peers),
-                &reason,
-                0,
-            )
-            .await;
-            return Ok(report(
-                AgentEnd::Failed { reason },
-                generation,
-                &failures,
-                None,
-                &gpus_used,
-            ));
+        if let Some(report) = agent.give_up_if_exhausted(generation).await {
+            return Ok(report);
         }
         if shutdown.is_cancelled() {
-            let step = board.last_checkpoint().map_or(0, |c| c.step);
-            return Ok(report(
+            let step = agent.board.last_checkpoint().map_or(0, |c| c.step);
+            return Ok(agent.report(
                 AgentEnd::Stopped {
                     checkpoint_step: step,
                 },
                 generation,
-                &failures,
                 None,
-                &gpus_used,
             ));
         }
+        let pool = match agent.healthy_gpus() {
+            Ok(pool) => pool,
+            Err(reason) => return Ok(agent.leave(generation, reason).await),
+        };
+        let (table, me) = match agent.join(generation).await? {
+            Joined::Table(table, me) => (table, me),
+            Joined::Retry(next) => {
+                generation = next;
+                continue;
+            }
+        };
+        let (mut ranks, end) = agent.run_generation(generation, &table, &me, &pool).await?;
+        match end {
+            GenerationEnd::Succeeded(summary) => {
+                tracing::info!(generation, "the run finished");
+                let phase = (RunPhase::Succeeded, AgentEnd::Succeeded);
+                return Ok(agent.end(generation, &table, &me, phase, summary).await);
+            }
+            GenerationEnd::Stopped(step, summary) => {
+                tracing::info!(
+                    generation,
+                    checkpoint_step = step,
+                    "stopped after a checkpoint"
+                );
+                let end = AgentEnd::Stopped {
+                    checkpoint_step: step,
+                };
+                let phase = (RunPhase::Stopped, end);
+                return Ok(agent.end(generation, &table, &me, phase, summary).await);
+            }
+            GenerationEnd::Superseded(newer) => {
+                tracing::warn!(
+                    generation,
+                    newer,
+                    "a peer ended this generation; restarting"
+                );
+                agent.board.direct(Directive::Abort);
+                ranks.stop(config.stop_grace).await;
+                agent.failed_at.get_or_insert_with(Instant::now);
+                let recorded = recorded_failure(&agent.run, generation).await;
+                agent.ended_by_peers.extend(recorded);
+                generation = newer;
+            }
+            GenerationEnd::Failed { kind, reason } => {
+                generation = agent
+                    .restart_after(generation, &table, &me, &mut ranks, kind, reason)
+                    .await?;
+            }
+        }
+    }
+}
 
-        // === this node's GPUs ===
-        // Ranks take GPUs from the pool less those that turned unhealthy; a node left with
-        // fewer than its ranks need leaves the run (an elastic gang goes on without it; a
-        // fixed one waits for a replacement node).
-        let unhealthy = gpu_health.now();
+/// What a rendezvous attempt gave: this generation's rank table with this node's place in
+/// it, or the generation to try next.
+enum Joined {
+    Table(RankTable, RankedNode),
+    Retry(u64),
+}
+
+/// One node agent's state across generations.
+struct Agent<'a> {
+    config: &'a AgentConfig,
+    store: Arc<dyn Store>,
+    run: RunStore,
+    board: Arc<Board>,
+    metrics: &'a AgentMetrics,
+    shutdown: &'a CancellationToken,
+    lease: LeaseKeeper,
+    events: mpsc::Receiver<ServiceEvent>,
+    gpu_health: GpuHealth,
+    /// The failures this agent recorded (it won the generation bump).
+    failures: Vec<Failure>,
+    /// Failures that ended generations through a peer's bump, as recorded in the store: the
+    /// progress this agent publishes explains every restart, not only its own.
+    ended_by_peers: Vec<Failure>,
+    /// When the failure that is being recovered from was detected.
+    failed_at: Option<Instant>,
+    /// GPU per local rank of the latest generation (empty: CPU ranks).
+    gpus_used: Vec<u32>,
+}
+
+impl Agent<'_> {
+    fn report(&self, end: AgentEnd, generation: u64, summary: Option<RankSummary>) -> AgentReport {
+        AgentReport {
+            end,
+            node: self.config.node.clone(),
+            generation,
+            failures: self.failures.clone(),
+            rank_summary: summary,
+            gpus: self.gpus_used.clone(),
+        }
+    }
+
+    /// Ends the run as failed when `generation` would be one restart too many.
+    async fn give_up_if_exhausted(&self, generation: u64) -> Option<AgentReport> {
+        let resilience = &self.config.run.run.spec.fault_tolerance;
+        let restarts = generation.saturating_sub(1);
+        if restarts <= u64::from(resilience.max_restarts) {
+            return None;
+        }
+        // The bump that ended the previous generation recorded why; this agent may only have
+        // seen its ranks stopped by a peer.
+        let recorded = generation_ended(&self.run, generation.saturating_sub(1)).await;
+        let last = recorded
+            .map(|ended| ended.to_string())
+            .or_else(|| self.failures.last().map(|f| f.reason.clone()))
+            .unwrap_or_else(|| "unknown".into());
+        let reason = format!(
+            "{restarts} restarts exceed faultTolerance.maxRestarts = {}; the last failure: {last}",
+            resilience.max_restarts
+        );
+        tracing::error!("{reason}");
+        publish(
+            &self.run,
+            &self.board,
+            generation,
+            RunPhase::Failed,
+            &known(&self.failures, &self.ended_by_peers),
+            &reason,
+            0,
+        )
+        .await;
+        Some(self.report(AgentEnd::Failed { reason }, generation, None))
+    }
+
+    /// The GPUs this node's ranks may take: the pool less those that turned unhealthy. A node
+    /// left with fewer than its ranks need leaves the run (an elastic gang goes on without
+    /// it; a fixed one waits for a replacement node): `Err` with why.
+    fn healthy_gpus(&mut self) -> Result<Vec<u32>, String> {
+        let config = self.config;
+        let unhealthy = self.gpu_health.now();
         let pool: Vec<u32> = config
             .launch
             .gpus
@@ -254,34 +344,47 @@ pub async fn run_agent(
             .copied()
             .filter(|g| !unhealthy.contains_key(g))
             .collect();
-        if !config.launch.gpus.is_empty() && pool.len() < config.slots as usize {
-            let problems: Vec<String> = unhealthy
-                .iter()
-                .map(|(g, why)| format!("GPU {g}: {why}"))
-                .collect();
-            let reason = format!(
-                "node {} has {} healthy GPU(s) of the {} its ranks need ({}); it leaves the run",
-                config.node,
-                pool.len(),
-                config.slots,
-                if problems.is_empty() {
-                    "too few GPUs in the pool".to_string()
-                } else {
-                    problems.join("; ")
-                }
-            );
-            tracing::error!("{reason}");
-            let _ = lease.revoke().await;
-            return Ok(report(
-                AgentEnd::Failed { reason },
-                generation,
-                &failures,
-                None,
-                &gpus_used,
-            ));
+        if config.launch.gpus.is_empty() || pool.len() >= config.slots as usize {
+            return Ok(pool);
         }
+        let problems: Vec<String> = unhealthy
+            .iter()
+            .map(|(g, why)| format!("GPU {g}: {why}"))
+            .collect();
+        let reason = format!(
+            "node {} has {} healthy GPU(s) of the {} its ranks need ({}); it leaves the run",
+            config.node,
+            pool.len(),
+            config.slots,
+            if problems.is_empty() {
+                "too few GPUs in the pool".to_string()
+            } else {
+                problems.join("; ")
+            }
+        );
+        tracing::error!("{reason}");
+        Err(reason)
+    }
 
-        // === rendezvous ===
+    /// This node leaves the run for `reason`: its lease goes, so the others see it gone.
+    async fn leave(self, generation: u64, reason: String) -> AgentReport {
+        let report = self.report(AgentEnd::Failed { reason }, generation, None);
+        let _ = self.lease.revoke().await;
+        report
+    }
+
+    /// Joins `generation`'s rendezvous with a leased member record.
+    async fn join(&mut self, generation: u64) -> Result<Joined, AgentError> {
+        let config = self.config;
+        let nodes = config.run.run.spec.parallelism.nodes as usize;
+        let min_nodes = config
+            .run
+            .run
+            .spec
+            .fault_tolerance
+            .min_nodes
+            .map_or(nodes, |m| m as usize)
+            .max(1);
         let member = Member {
             node: config.node.clone(),
             slots: config.slots,
@@ -298,51 +401,45 @@ pub async fn run_agent(
             },
         };
         if matches!(
-            *lease.status().borrow(),
+            *self.lease.status().borrow(),
             tessera_store::LeaseStatus::Lost(_)
         ) {
-            lease = LeaseKeeper::start(store.clone(), config.lease_ttl).await?;
+            self.lease = LeaseKeeper::start(self.store.clone(), config.lease_ttl).await?;
         }
         let joined = tokio::select! {
-            j = run.join(generation, &member, lease.lease(), &rdzv) => j,
-            _ = shutdown.cancelled() => continue,
+            j = self.run.join(generation, &member, self.lease.lease(), &rdzv) => j,
+            _ = self.shutdown.cancelled() => return Ok(Joined::Retry(generation)),
         };
         let table = match joined {
             Ok(JoinOutcome::Joined(table)) => table,
-            Ok(JoinOutcome::Superseded { generation: newer }) => {
-                generation = newer;
-                continue;
-            }
-            Err(RendezvousError::NotCurrent { current, .. }) => {
-                generation = current;
-                continue;
-            }
+            Ok(JoinOutcome::Superseded { generation: newer }) => return Ok(Joined::Retry(newer)),
+            Err(RendezvousError::NotCurrent { current, .. }) => return Ok(Joined::Retry(current)),
             Err(e @ RendezvousError::FixedWithout { .. }) => {
                 tracing::warn!("{e}; waiting for the next generation");
-                generation = tokio::select! {
-                    g = run.wait_for_generation_past(generation) => g?,
-                    _ = shutdown.cancelled() => continue,
+                let next = tokio::select! {
+                    g = self.run.wait_for_generation_past(generation) => g?,
+                    _ = self.shutdown.cancelled() => generation,
                 };
-                continue;
+                return Ok(Joined::Retry(next));
             }
             Err(e @ RendezvousError::NotEnoughMembers { .. }) => {
                 tracing::warn!("{e}; still waiting");
-                continue;
+                return Ok(Joined::Retry(generation));
             }
             Err(e @ RendezvousError::MembershipLost { .. }) => {
                 tracing::warn!("{e}");
-                lease = LeaseKeeper::start(store.clone(), config.lease_ttl).await?;
-                continue;
+                self.lease = LeaseKeeper::start(self.store.clone(), config.lease_ttl).await?;
+                return Ok(Joined::Retry(generation));
             }
             Err(e) if e.is_transient() => {
                 tracing::warn!("rendezvous: {e}; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
+                return Ok(Joined::Retry(generation));
             }
             Err(e) => return Err(e.into()),
         };
         let Some(me) = table.node(&config.node).cloned() else {
-            continue;
+            return Ok(Joined::Retry(generation));
         };
         tracing::info!(
             generation,
@@ -351,10 +448,21 @@ pub async fn run_agent(
             first_rank = me.first_rank,
             "rank table fixed"
         );
+        Ok(Joined::Table(table, me))
+    }
 
-        // === checkpoint check and ranks ===
-        let (resume, resume_step) = newest_valid_checkpoint(&config);
-        metrics.checkpoint_step(resume_step);
+    /// Verifies the checkpoint to resume from, starts this node's ranks of `generation` on
+    /// GPUs from `pool`, and watches them until the generation ends.
+    async fn run_generation(
+        &mut self,
+        generation: u64,
+        table: &RankTable,
+        me: &RankedNode,
+        pool: &[u32],
+    ) -> Result<(Ranks, GenerationEnd), AgentError> {
+        let config = self.config;
+        let (resume, resume_step) = newest_valid_checkpoint(config);
+        self.metrics.checkpoint_step(resume_step);
         if resume.is_empty() {
             tracing::info!(
                 generation,
@@ -363,164 +471,141 @@ pub async fn run_agent(
         } else {
             tracing::info!(generation, checkpoint = %resume, "the ranks resume from this verified checkpoint");
         }
-        board.begin_generation(table.clone(), me.first_rank, me.slots, resume);
+        self.board
+            .begin_generation(table.clone(), me.first_rank, me.slots, resume);
         let mut launch = config.launch.clone();
         launch.gpus = pool.iter().copied().take(me.slots as usize).collect();
-        gpus_used = launch.gpus.clone();
-        if !gpus_used.is_empty() {
-            tracing::info!(generation, gpus = ?gpus_used, "GPUs of this node's ranks, by local rank");
+        self.gpus_used = launch.gpus.clone();
+        if !self.gpus_used.is_empty() {
+            tracing::info!(generation, gpus = ?self.gpus_used, "GPUs of this node's ranks, by local rank");
         }
         let mut ranks = Ranks::spawn(&launch, generation, me.slots).map_err(AgentError::Spawn)?;
         let end = watch_generation(
             Generation {
-                config: &config,
-                run: &run,
-                board: &board,
-                metrics: &metrics,
-                lease: &lease,
-                shutdown: &shutdown,
-                table: &table,
+                config,
+                run: &self.run,
+                board: &self.board,
+                metrics: self.metrics,
+                lease: &self.lease,
+                shutdown: self.shutdown,
+                table,
                 first_rank: me.first_rank,
-                gpus: &gpus_used,
-                ended_by_peers: &ended_by_peers,
+                gpus: &self.gpus_used,
+                ended_by_peers: &self.ended_by_peers,
             },
             Watched {
                 ranks: &mut ranks,
-                events: &mut events,
-                gpu_health: &mut gpu_health,
-                failed_at: &mut failed_at,
-                failures: &mut failures,
+                events: &mut self.events,
+                gpu_health: &mut self.gpu_health,
+                failed_at: &mut self.failed_at,
+                failures: &mut self.failures,
             },
         )
         .await;
+        Ok((ranks, end))
+    }
 
-        match end {
-            GenerationEnd::Succeeded(summary) => {
-                tracing::info!(generation, "the run finished");
-                mark_done(&run, generation, &config.node).await;
-                if me.first_rank == 0 {
-                    publish(
-                        &run,
-                        &board,
-                        generation,
-                        RunPhase::Succeeded,
-                        &known(&failures, &ended_by_peers),
-                        "",
-                        table.world_size,
-                    )
-                    .await;
-                }
-                let _ = lease.revoke().await;
-                return Ok(report(
-                    AgentEnd::Succeeded,
-                    generation,
-                    &failures,
-                    summary,
-                    &gpus_used,
-                ));
-            }
-            GenerationEnd::Stopped(step, summary) => {
-                tracing::info!(
-                    generation,
-                    checkpoint_step = step,
-                    "stopped after a checkpoint"
-                );
-                mark_done(&run, generation, &config.node).await;
-                if me.first_rank == 0 {
-                    publish(
-                        &run,
-                        &board,
-                        generation,
-                        RunPhase::Stopped,
-                        &known(&failures, &ended_by_peers),
-                        "",
-                        table.world_size,
-                    )
-                    .await;
-                }
-                let _ = lease.revoke().await;
-                return Ok(report(
-                    AgentEnd::Stopped {
-                        checkpoint_step: step,
-                    },
-                    generation,
-                    &failures,
-                    summary,
-                    &gpus_used,
-                ));
-            }
-            GenerationEnd::Superseded(newer) => {
-                tracing::warn!(
-                    generation,
-                    newer,
-                    "a peer ended this generation; restarting"
-                );
-                board.direct(Directive::Abort);
-                ranks.stop(config.stop_grace).await;
-                failed_at.get_or_insert_with(Instant::now);
-                ended_by_peers.extend(recorded_failure(&run, generation).await);
-                generation = newer;
-            }
-            GenerationEnd::Failed { kind, reason } => {
-                tracing::warn!(generation, %reason, "failure detected; restarting the gang");
-                failed_at = Some(Instant::now());
-                let detected_unix_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
-                let failure = Failure {
-                    generation,
-                    kind,
-                    reason: reason.clone(),
-                    detected_unix_ms,
-                    recovery_seconds: None,
-                };
-                // Bump first, so peers stop their ranks while this agent stops its own.
-                let ended = GenerationEnded::new(failure.clone());
-                let won = run
-                    .bump_generation(generation, &ended.to_json())
-                    .await
-                    .unwrap_or(false);
-                // One failure per ended generation: the bump's winner records it. A loser saw a
-                // consequence (its ranks lost their peers) or the same failure a moment later.
-                if won {
-                    metrics.restart(&failure.kind);
-                    failures.push(failure);
-                } else {
-                    tracing::info!(
-                        generation,
-                        "a peer ended this generation first; its failure is the one recorded"
-                    );
-                    ended_by_peers.extend(recorded_failure(&run, generation).await);
-                }
-                board.direct(Directive::Abort);
-                ranks.stop(config.stop_grace).await;
-                if me.first_rank == 0 || won {
-                    publish(
-                        &run,
-                        &board,
-                        generation,
-                        RunPhase::Restarting,
-                        &known(&failures, &ended_by_peers),
-                        &reason,
-                        table.world_size,
-                    )
-                    .await;
-                }
-                generation = run.current_generation().await?.max(generation + 1);
-                let restarts = generation.saturating_sub(1);
-                let backoff = backoff_delay(resilience.backoff_seconds, restarts);
-                if !backoff.is_zero() {
-                    tracing::info!(
-                        seconds = backoff.as_secs_f64(),
-                        "backing off before the restart"
-                    );
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.cancelled() => {}
-                    }
-                }
+    /// The run ended in `generation` (succeeded or stopped): record it, publish the phase from
+    /// rank 0's node, give up the lease.
+    async fn end(
+        self,
+        generation: u64,
+        table: &RankTable,
+        me: &RankedNode,
+        (phase, end): (RunPhase, AgentEnd),
+        summary: Option<RankSummary>,
+    ) -> AgentReport {
+        mark_done(&self.run, generation, &self.config.node).await;
+        if me.first_rank == 0 {
+            publish(
+                &self.run,
+                &self.board,
+                generation,
+                phase,
+                &known(&self.failures, &self.ended_by_peers),
+                "",
+                table.world_size,
+            )
+            .await;
+        }
+        let report = self.report(end, generation, summary);
+        let _ = self.lease.revoke().await;
+        report
+    }
+
+    /// A failure ended `generation`: bump the generation (first, so peers stop their ranks
+    /// while this agent stops its own), record the failure if this agent won the bump, stop
+    /// the ranks, publish, and back off. Returns the generation to join next.
+    async fn restart_after(
+        &mut self,
+        generation: u64,
+        table: &RankTable,
+        me: &RankedNode,
+        ranks: &mut Ranks,
+        kind: FailureKind,
+        reason: String,
+    ) -> Result<u64, AgentError> {
+        tracing::warn!(generation, %reason, "failure detected; restarting the gang");
+        self.failed_at = Some(Instant::now());
+        let detected_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let failure = Failure {
+            generation,
+            kind,
+            reason: reason.clone(),
+            detected_unix_ms,
+            recovery_seconds: None,
+        };
+        let ended = GenerationEnded::new(failure.clone());
+        let won = self
+            .run
+            .bump_generation(generation, &ended.to_json())
+            .await
+            .unwrap_or(false);
+        // One failure per ended generation: the bump's winner records it. A loser saw a
+        // consequence (its ranks lost their peers) or the same failure a moment later.
+        if won {
+            self.metrics.restart(&failure.kind);
+            self.failures.push(failure);
+        } else {
+            tracing::info!(
+                generation,
+                "a peer ended this generation first; its failure is the one recorded"
+            );
+            let recorded = recorded_failure(&self.run, generation).await;
+            self.ended_by_peers.extend(recorded);
+        }
+        self.board.direct(Directive::Abort);
+        ranks.stop(self.config.stop_grace).await;
+        if me.first_rank == 0 || won {
+            publish(
+                &self.run,
+                &self.board,
+                generation,
+                RunPhase::Restarting,
+                &known(&self.failures, &self.ended_by_peers),
+                &reason,
+                table.world_size,
+            )
+            .await;
+        }
+        let next = self.run.current_generation().await?.max(generation + 1);
+        let backoff = backoff_delay(
+            self.config.run.run.spec.fault_tolerance.backoff_seconds,
+            next.saturating_sub(1),
+        );
+        if !backoff.is_zero() {
+            tracing::info!(
+                seconds = backoff.as_secs_f64(),
+                "backing off before the restart"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = self.shutdown.cancelled() => {}
             }
         }
+        Ok(next)
     }
 }
 
@@ -640,20 +725,8 @@ async fn watch_generation(generation: Generation<'_>, watched: Watched<'_>) -> G
                 }
                 exited.push(exit);
                 if ranks.running() == 0 {
-                    let summary = exited
-                        .iter()
-                        .min_by_key(|e| e.local_rank)
-                        .and_then(rank_summary);
-                    let early = summary.as_ref().is_some_and(|s| s.stopped_early);
-                    if early || stopping.is_some() {
-                        let step = board.last_checkpoint().map_or(0, |c| c.step);
-                        let step = summary.as_ref().map_or(step, |s| s.steps);
-                        if let Some((_, Some(reply))) = stopping.take() {
-                            let _ = reply.send(step);
-                        }
-                        return GenerationEnd::Stopped(step, summary);
-                    }
-                    return GenerationEnd::Succeeded(summary);
+                    let reply = stopping.take().map(|(_, reply)| reply);
+                    return all_exited(&exited, board, reply);
                 }
             }
             _ = tick.tick() => {
@@ -675,18 +748,7 @@ async fn watch_generation(generation: Generation<'_>, watched: Watched<'_>) -> G
                 }
                 let beats = board.ranks();
                 metrics.ranks(&beats);
-                // Recovered: the first step of this generation after a failure.
-                if let Some(at) = *failed_at
-                    && beats.values().any(|b| b.phase == RankPhase::Training && b.last_beat.is_some() && b.step > 0 && b.last_progress > at)
-                {
-                    let seconds = at.elapsed().as_secs_f64();
-                    tracing::info!(seconds = format_args!("{seconds:.2}"), "recovered: the gang is stepping again");
-                    metrics.recovered(seconds);
-                    if let Some(f) = failures.last_mut() {
-                        f.recovery_seconds.get_or_insert(seconds);
-                    }
-                    *failed_at = None;
-                }
+                note_recovery(&beats, failed_at, failures, metrics);
                 if first_rank == 0 && last_publish.elapsed() > Duration::from_secs(1) {
                     last_publish = Instant::now();
                     publish(run, board, generation, RunPhase::Running, &known(failures, ended_by_peers), "", table.world_size).await;
@@ -702,19 +764,8 @@ async fn watch_generation(generation: Generation<'_>, watched: Watched<'_>) -> G
                 }
             }
             _ = gpu_health.changed() => {
-                let unhealthy = gpu_health.now();
-                if let Some((local, gpu, why)) = given
-                    .iter()
-                    .enumerate()
-                    .find_map(|(local, g)| unhealthy.get(g).map(|why| (local, g, why)))
-                {
-                    return GenerationEnd::Failed {
-                        kind: FailureKind::GpuUnhealthy,
-                        reason: format!(
-                            "GPU {gpu} of node {} (local rank {local}) turned unhealthy: {why}",
-                            config.node
-                        ),
-                    };
+                if let Some(end) = unhealthy_rank_gpu(given, gpu_health, &config.node) {
+                    return end;
                 }
             }
             newer = &mut superseded => {
@@ -754,6 +805,72 @@ async fn watch_generation(generation: Generation<'_>, watched: Watched<'_>) -> G
             }
         }
     }
+}
+
+/// Every rank exited 0: the run succeeded, or (a rank stopped early on request, or the
+/// agent asked the ranks to stop) it stopped after a checkpoint; `reply` answers a Stop RPC.
+fn all_exited(
+    exited: &[RankExit],
+    board: &Board,
+    reply: Option<Option<tokio::sync::oneshot::Sender<u64>>>,
+) -> GenerationEnd {
+    let summary = exited
+        .iter()
+        .min_by_key(|e| e.local_rank)
+        .and_then(rank_summary);
+    let early = summary.as_ref().is_some_and(|s| s.stopped_early);
+    if !(early || reply.is_some()) {
+        return GenerationEnd::Succeeded(summary);
+    }
+    let step = board.last_checkpoint().map_or(0, |c| c.step);
+    let step = summary.as_ref().map_or(step, |s| s.steps);
+    if let Some(Some(reply)) = reply {
+        let _ = reply.send(step);
+    }
+    GenerationEnd::Stopped(step, summary)
+}
+
+/// Recovered: the first step of this generation after a failure. Records how long the
+/// recovery took on the failure being recovered from.
+fn note_recovery(
+    beats: &std::collections::BTreeMap<u32, crate::board::RankBeat>,
+    failed_at: &mut Option<Instant>,
+    failures: &mut [Failure],
+    metrics: &AgentMetrics,
+) {
+    let Some(at) = *failed_at else { return };
+    let stepping = beats.values().any(|b| {
+        b.phase == RankPhase::Training
+            && b.last_beat.is_some()
+            && b.step > 0
+            && b.last_progress > at
+    });
+    if !stepping {
+        return;
+    }
+    let seconds = at.elapsed().as_secs_f64();
+    tracing::info!(
+        seconds = format_args!("{seconds:.2}"),
+        "recovered: the gang is stepping again"
+    );
+    metrics.recovered(seconds);
+    if let Some(f) = failures.last_mut() {
+        f.recovery_seconds.get_or_insert(seconds);
+    }
+    *failed_at = None;
+}
+
+/// A GPU given to one of this node's ranks that turned unhealthy ends the generation.
+fn unhealthy_rank_gpu(given: &[u32], gpu_health: &GpuHealth, node: &str) -> Option<GenerationEnd> {
+    let unhealthy = gpu_health.now();
+    let (local, gpu, why) = given
+        .iter()
+        .enumerate()
+        .find_map(|(local, g)| unhealthy.get(g).map(|why| (local, g, why)))?;
+    Some(GenerationEnd::Failed {
+        kind: FailureKind::GpuUnhealthy,
+        reason: format!("GPU {gpu} of node {node} (local rank {local}) turned unhealthy: {why}"),
+    })
 }
 
 /// The summary a rank printed as its last line, if it printed one this build reads.
