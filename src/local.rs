@@ -101,8 +101,101 @@ pub struct LocalSummary {
 /// Runs the manifest to its end (or a clean stop); returns whether it succeeded or stopped.
 pub async fn run_local(args: LocalRun) -> Result<LocalSummary> {
     let started = Instant::now();
+    let prepared = prepare(&args)?;
+    let Prepared {
+        name,
+        resolved,
+        out,
+        ..
+    } = &prepared;
+    let run = &resolved.run;
+    let (nodes, slots) = (
+        run.spec.parallelism.nodes,
+        run.spec.parallelism.gpus_per_node,
+    );
+    let (store, _server, run_store) = start_store(&args, name, out).await?;
+
+    // === the agents ===
+    // Unix socket paths are short-lived and must be short: a private temp dir.
+    let sockets = tempfile::Builder::new().prefix("tessera-").tempdir()?;
+    let shutdown = CancellationToken::new();
+    let rank_metrics = match args.metrics_addr {
+        Some(_) => endpoints::free_rank_addrs(nodes, slots)?,
+        None => vec![Vec::new(); nodes as usize],
+    };
+    let (agents, agent_metrics) =
+        start_agents(&prepared, &store, sockets.path(), &rank_metrics, &shutdown)?;
+    if let Some(addr) = args.metrics_addr {
+        serve_metrics(addr, agent_metrics, &rank_metrics, out).await?;
+    }
+    stop_on_signals(shutdown.clone());
+
+    // === progress ===
+    let watching = CancellationToken::new();
+    let progress = tokio::spawn(show_progress(
+        run_store.clone(),
+        run.spec.training.steps,
+        args.json,
+        watching.clone(),
+    ));
+    let mut reports: Vec<AgentReport> = Vec::new();
+    let mut errors = Vec::new();
+    for agent in agents {
+        match agent.await {
+            Ok(Ok(report)) => reports.push(report),
+            Ok(Err(e)) => {
+                errors.push(e.to_string());
+                shutdown.cancel();
+            }
+            Err(e) => errors.push(format!("an agent task failed: {e}")),
+        }
+    }
+    watching.cancel();
+    let _ = progress.await;
+    let _ = std::fs::remove_file(out.join(crate::status::STORE_FILE));
+    let _ = std::fs::remove_file(out.join(endpoints::METRICS_FILE));
+    // The loss curve, restarts marked, next to the checkpoints.
+    let history = History::read(&out.join("history.jsonl")).unwrap_or_default();
+    let pictures = if history.points.is_empty() {
+        None
+    } else {
+        Some(plot::write_files(&history, name, out)?)
+    };
+
+    let summary = summarize(
+        name,
+        &reports,
+        &errors,
+        started.elapsed().as_secs_f64(),
+        resolved.checkpoint_root(),
+        nodes,
+        slots,
+        out,
+        pictures,
+    );
+    std::fs::write(
+        out.join("summary.json"),
+        serde_json::to_vec_pretty(&summary)?,
+    )?;
+    Ok(summary)
+}
+
+/// A local run ready to start: resolved, its output directory made, its model and data
+/// checked (and text tokenized into the cache).
+struct Prepared {
+    name: String,
+    resolved: ResolvedRun,
+    out: PathBuf,
+}
+
+/// Parses, validates and resolves the manifest (checkpoints under OUT unless absolute), then
+/// refuses, before anything starts, what would fail every rank the same way: starting weights
+/// that do not fit the model, missing data, data tokenized with a larger vocabulary than the
+/// model's. Text is tokenized here, once, into the cache beside the checkpoints.
+fn prepare(args: &LocalRun) -> Result<Prepared> {
     let yaml = std::fs::read_to_string(&args.file)
         .with_context(|| format!("cannot read the manifest {}", args.file.display()))?;
+    let rejected = || format!("{} is rejected", args.file.display());
     let mut overrides = args.overrides.clone();
     if let Some(n) = args.nodes {
         overrides.push(format!("parallelism.nodes={n}"));
@@ -112,8 +205,7 @@ pub async fn run_local(args: LocalRun) -> Result<LocalSummary> {
         .map(|o| o.parse())
         .collect::<Result<_, _>>()?;
     // The same rules as the CRD, before anything starts.
-    let run: TrainingRun = parse_training_run_with(&yaml, &parsed)
-        .with_context(|| format!("{} is rejected", args.file.display()))?;
+    let mut run: TrainingRun = parse_training_run_with(&yaml, &parsed).with_context(rejected)?;
     let name = run
         .metadata
         .name
@@ -131,37 +223,29 @@ pub async fn run_local(args: LocalRun) -> Result<LocalSummary> {
     std::fs::create_dir_all(out.join("logs"))
         .with_context(|| format!("cannot create the output directory {}", out.display()))?;
     // Checkpoints go to OUT unless the manifest gives an absolute path.
-    let mut run = run;
     if !Path::new(&run.spec.checkpoint.path).is_absolute() {
         run.spec.checkpoint.path = out.join("checkpoints").to_string_lossy().into_owned();
     }
     // Resolved once, here: the agents and their ranks are handed this, not the manifest.
-    let resolved = ResolvedRun::resolve(run, &base_dir)
-        .with_context(|| format!("{} is rejected", args.file.display()))?;
+    let resolved = ResolvedRun::resolve(run, &base_dir).with_context(rejected)?;
     let run = &resolved.run;
-    let checkpoint_root = resolved.checkpoint_root();
-    // Starting weights that do not fit the model fail every rank the same way: checked here
-    // from the safetensors headers, before anything starts.
-    let (family, _) = tessera_trainer::family::Family::of(run, &base_dir)
-        .with_context(|| format!("{} is rejected", args.file.display()))?;
-    family
-        .check_weights()
-        .with_context(|| format!("{} is rejected", args.file.display()))?;
-    // Data that is not there fails every rank the same way: refuse before anything starts.
-    // Text is tokenized here, once, into the cache beside the checkpoints; the ranks find it.
-    let data =
-        tessera_trainer::data::cache::resolve_run_data(&run.spec.data, &base_dir, &checkpoint_root)
-            .with_context(|| {
-                format!(
-                    "{}: spec.data names no usable data (paths are taken from {})",
-                    args.file.display(),
-                    base_dir.display()
-                )
-            })?;
-    // Data tokenized with a larger vocabulary than the model's would fail every rank.
+    // Checked from the safetensors headers.
+    let (family, _) = tessera_trainer::family::Family::of(run, &base_dir).with_context(rejected)?;
+    family.check_weights().with_context(rejected)?;
+    let data = tessera_trainer::data::cache::resolve_run_data(
+        &run.spec.data,
+        &base_dir,
+        &resolved.checkpoint_root(),
+    )
+    .with_context(|| {
+        format!(
+            "{}: spec.data names no usable data (paths are taken from {})",
+            args.file.display(),
+            base_dir.display()
+        )
+    })?;
     for shards in std::iter::once(&data.train).chain(&data.validation) {
-        tessera_trainer::run::open_for(&family, shards)
-            .with_context(|| format!("{} is rejected", args.file.display()))?;
+        tessera_trainer::run::open_for(&family, shards).with_context(rejected)?;
     }
     for entry in &data.tokenized {
         let r = &entry.record;
@@ -188,12 +272,25 @@ pub async fn run_local(args: LocalRun) -> Result<LocalSummary> {
             })?;
         }
     }
-    let nodes = run.spec.parallelism.nodes;
-    let slots = run.spec.parallelism.gpus_per_node;
+    Ok(Prepared {
+        name,
+        resolved,
+        out,
+    })
+}
 
-    // === the coordination store ===
-    let (store, _server): (Arc<dyn Store>, Option<tessera_store::ServerHandle>) = match &args.store
-    {
+/// The coordination store: `--store`, or an embedded one served on loopback. Its endpoint is
+/// recorded in OUT for `tessera status`, and what a previous run against it left is cleared.
+async fn start_store(
+    args: &LocalRun,
+    name: &str,
+    out: &Path,
+) -> Result<(
+    Arc<dyn Store>,
+    Option<tessera_store::ServerHandle>,
+    RunStore,
+)> {
+    let (store, server): (Arc<dyn Store>, Option<tessera_store::ServerHandle>) = match &args.store {
         Some(endpoint) => (
             tessera_store::connect(endpoint, Duration::from_secs(30)).await?,
             None,
@@ -205,7 +302,7 @@ pub async fn run_local(args: LocalRun) -> Result<LocalSummary> {
             (embedded, Some(server))
         }
     };
-    let endpoint = match (&args.store, &_server) {
+    let endpoint = match (&args.store, &server) {
         (Some(e), _) => e.clone(),
         (None, Some(server)) => server.endpoint(),
         (None, None) => String::new(),
@@ -213,38 +310,50 @@ pub async fn run_local(args: LocalRun) -> Result<LocalSummary> {
     let record = StoreRecord {
         endpoint,
         namespace: LOCAL_NAMESPACE.into(),
-        name: name.clone(),
+        name: name.to_string(),
     };
-    record.write(&out)?;
-    let keys = RunKeys::new(LOCAL_NAMESPACE, &name);
+    record.write(out)?;
+    let keys = RunKeys::new(LOCAL_NAMESPACE, name);
     // A previous local run against the same etcd must not leave its generation behind.
     store.delete_prefix(keys.prefix()).await?;
     let run_store = RunStore::new(store.clone(), keys);
+    Ok((store, server, run_store))
+}
 
-    // === the agents ===
-    // Unix socket paths are short-lived and must be short: a private temp dir.
-    let sockets = tempfile::Builder::new().prefix("tessera-").tempdir()?;
+type AgentTask = tokio::task::JoinHandle<Result<AgentReport, tessera_agent::node::AgentError>>;
+
+/// One in-process agent per local node, each handed the resolved run. An agent that fails
+/// stops the others: they would wait for it at the rendezvous.
+fn start_agents(
+    prepared: &Prepared,
+    store: &Arc<dyn Store>,
+    sockets: &Path,
+    rank_metrics: &[Vec<std::net::SocketAddr>],
+    shutdown: &CancellationToken,
+) -> Result<(Vec<AgentTask>, Vec<AgentMetrics>)> {
+    let Prepared {
+        name,
+        resolved,
+        out,
+        ..
+    } = prepared;
+    let parallelism = &resolved.run.spec.parallelism;
     let trainer = sibling_binary("tessera-trainer")?;
-    let shutdown = CancellationToken::new();
-    let rank_metrics = match args.metrics_addr {
-        Some(_) => endpoints::free_rank_addrs(nodes, slots)?,
-        None => vec![Vec::new(); nodes as usize],
-    };
     let mut agents = Vec::new();
     let mut agent_metrics = Vec::new();
-    for (i, metrics_addrs) in (0..nodes).zip(rank_metrics.iter().cloned()) {
+    for (i, metrics_addrs) in (0..parallelism.nodes).zip(rank_metrics.iter().cloned()) {
         let node = local_node(i);
         let config = AgentConfig {
             run: resolved.clone(),
             namespace: LOCAL_NAMESPACE.into(),
             name: name.clone(),
             node: node.clone(),
-            slots,
+            slots: parallelism.gpus_per_node,
             address: "127.0.0.1".into(),
             launch: RankLaunch {
                 trainer: trainer.clone(),
-                run_file: sockets.path().join(format!("{node}-run.json")),
-                socket: sockets.path().join(format!("{node}.sock")),
+                run_file: sockets.join(format!("{node}-run.json")),
+                socket: sockets.join(format!("{node}.sock")),
                 listen_host: tessera_agent::node::loopback(),
                 heartbeat_interval: Duration::from_millis(500),
                 gpus: Vec::new(),
@@ -259,9 +368,8 @@ pub async fn run_local(args: LocalRun) -> Result<LocalSummary> {
             stop_timeout: Duration::from_secs(300),
             gpu_health: GpuHealth::quiet(),
         };
-        let metrics = AgentMetrics::new(LOCAL_NAMESPACE, &name, &node)?;
+        let metrics = AgentMetrics::new(LOCAL_NAMESPACE, name, &node)?;
         agent_metrics.push(metrics.clone());
-        // An agent that fails stops the others: they would wait for it at the rendezvous.
         let (store, shutdown) = (store.clone(), shutdown.clone());
         agents.push(tokio::spawn(async move {
             let report = run_agent(config, store, metrics, shutdown.clone()).await;
@@ -271,10 +379,11 @@ pub async fn run_local(args: LocalRun) -> Result<LocalSummary> {
             report
         }));
     }
-    if let Some(addr) = args.metrics_addr {
-        serve_metrics(addr, agent_metrics, &rank_metrics, &out).await?;
-    }
-    let on_ctrl_c = shutdown.clone();
+    Ok((agents, agent_metrics))
+}
+
+/// Ctrl-C or SIGTERM: the ranks checkpoint, then exit; a second Ctrl-C aborts.
+fn stop_on_signals(shutdown: CancellationToken) {
     tokio::spawn(async move {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -287,62 +396,12 @@ pub async fn run_local(args: LocalRun) -> Result<LocalSummary> {
         };
         if asked {
             eprintln!("\nstopping: the ranks checkpoint, then exit (Ctrl-C again to abort)");
-            on_ctrl_c.cancel();
+            shutdown.cancel();
             if tokio::signal::ctrl_c().await.is_ok() {
                 std::process::exit(130);
             }
         }
     });
-
-    // === progress ===
-    let total = run.spec.training.steps;
-    let watching = CancellationToken::new();
-    let progress = tokio::spawn(show_progress(
-        run_store.clone(),
-        total,
-        args.json,
-        watching.clone(),
-    ));
-    let mut reports: Vec<AgentReport> = Vec::new();
-    let mut errors = Vec::new();
-    for agent in agents {
-        match agent.await {
-            Ok(Ok(report)) => reports.push(report),
-            Ok(Err(e)) => {
-                errors.push(e.to_string());
-                shutdown.cancel();
-            }
-            Err(e) => errors.push(format!("an agent task failed: {e}")),
-        }
-    }
-    watching.cancel();
-    let _ = progress.await;
-    let _ = std::fs::remove_file(out.join(crate::status::STORE_FILE));
-    let _ = std::fs::remove_file(out.join(endpoints::METRICS_FILE));
-    // The loss curve, restarts marked, next to the checkpoints.
-    let history = History::read(&out.join("history.jsonl")).unwrap_or_default();
-    let pictures = if history.points.is_empty() {
-        None
-    } else {
-        Some(plot::write_files(&history, &name, &out)?)
-    };
-
-    let summary = summarize(
-        &name,
-        &reports,
-        &errors,
-        started.elapsed().as_secs_f64(),
-        checkpoint_root,
-        nodes,
-        slots,
-        &out,
-        pictures,
-    );
-    std::fs::write(
-        out.join("summary.json"),
-        serde_json::to_vec_pretty(&summary)?,
-    )?;
-    Ok(summary)
 }
 
 /// Serves the agents' merged metrics on `addr` and writes `OUT/metrics.json` naming it and the
