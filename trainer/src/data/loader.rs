@@ -39,6 +39,8 @@ pub enum LoaderError {
     NoShards { spec: String },
     #[error("data spec {spec}: `*` is only allowed in the file name, not in directories")]
     GlobInDirectory { spec: String },
+    #[error("data spec {spec}: {message}; write a glob such as data/train-*.bin")]
+    BadPattern { spec: String, message: String },
     #[error(
         "data directory {path} holds both train-*.bin and val-*.bin shards; name one split with a glob such as {path}/train-*.bin"
     )]
@@ -138,11 +140,15 @@ pub(crate) fn matching_files(
         path: dir.to_path_buf(),
         source,
     };
+    let matcher = file_glob(pattern).map_err(|message| LoaderError::BadPattern {
+        spec: spec.to_string(),
+        message,
+    })?;
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(list_err)? {
         let entry = entry.map_err(list_err)?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if wildcard_match(pattern, &name) && entry.path().is_file() {
+        if matcher.is_match(&name) && entry.path().is_file() {
             found.push(entry.path());
         }
     }
@@ -155,25 +161,13 @@ pub(crate) fn matching_files(
     Ok(found)
 }
 
-/// Matches `name` against `pattern`, where `*` stands for any run of characters.
-fn wildcard_match(pattern: &str, name: &str) -> bool {
-    let mut pieces = pattern.split('*');
-    let first = pieces.next().unwrap_or("");
-    let Some(mut rest) = name.strip_prefix(first) else {
-        return false;
-    };
-    let pieces: Vec<&str> = pieces.collect();
-    let Some((last, middle)) = pieces.split_last() else {
-        // No `*`: the whole name must match.
-        return rest.is_empty();
-    };
-    for piece in middle {
-        match rest.find(piece) {
-            Some(at) => rest = &rest[at + piece.len()..],
-            None => return false,
-        }
-    }
-    rest.len() >= last.len() && rest.ends_with(last)
+/// A shell-style glob over file names (`*`, `?`, `[...]`; `*` never crosses a `/`).
+fn file_glob(pattern: &str) -> Result<globset::GlobMatcher, String> {
+    globset::GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .build()
+        .map(|glob| glob.compile_matcher())
+        .map_err(|e| e.to_string())
 }
 
 // === the token stream ===
@@ -539,6 +533,10 @@ mod tests {
         }
     }
 
+    fn wildcard_match(pattern: &str, name: &str) -> bool {
+        file_glob(pattern).unwrap().is_match(name)
+    }
+
     #[test]
     fn wildcards_match_like_a_shell() {
         assert!(wildcard_match("train-*.bin", "train-000001.bin"));
@@ -551,6 +549,7 @@ mod tests {
         assert!(!wildcard_match("ab*ba", "aba"));
         assert!(wildcard_match("exact.bin", "exact.bin"));
         assert!(!wildcard_match("exact.bin", "exact.bin2"));
+        assert!(file_glob("train-[.bin").is_err());
     }
 
     #[test]
