@@ -53,6 +53,8 @@ pub struct RankExit {
     pub signal: Option<i32>,
     /// What it printed on stdout (the trainer's JSON summary).
     pub stdout: String,
+    /// The trainer's own account of why it failed: its last `error: …` line on stderr.
+    pub error: Option<String>,
 }
 
 impl RankExit {
@@ -64,7 +66,13 @@ impl RankExit {
 impl std::fmt::Display for RankExit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match (self.code, self.signal) {
-            (Some(code), _) => write!(f, "local rank {} exited with code {code}", self.local_rank),
+            (Some(code), _) => {
+                write!(f, "local rank {} exited with code {code}", self.local_rank)?;
+                match (&self.error, code) {
+                    (Some(error), 1..) => write!(f, " ({error})"),
+                    _ => Ok(()),
+                }
+            }
             (None, Some(signal)) => {
                 let name = Signal::try_from(signal).map_or("?", |s| s.as_str());
                 write!(
@@ -135,8 +143,10 @@ impl Ranks {
                 .log_dir
                 .as_ref()
                 .map(|d| d.join(format!("gen-{generation}-rank-{local}.log")));
-            tokio::spawn(async move {
-                let Some(stderr) = stderr else { return };
+            // Copies the rank's stderr to its log and keeps its last `error: …` line.
+            let stderr_copy = tokio::spawn(async move {
+                let mut error = None;
+                let Some(stderr) = stderr else { return error };
                 let mut lines = BufReader::new(stderr).lines();
                 let mut file = match &log_path {
                     Some(path) => std::fs::OpenOptions::new()
@@ -147,6 +157,9 @@ impl Ranks {
                     None => None,
                 };
                 while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(text) = line.strip_prefix("error: ") {
+                        error = Some(text.to_string());
+                    }
                     match file.as_mut() {
                         Some(f) => {
                             use std::io::Write;
@@ -155,6 +168,7 @@ impl Ranks {
                         None => eprintln!("[g{generation} r{local}] {line}"),
                     }
                 }
+                error
             });
             let mut stdout = child.stdout.take();
             let tx = tx.clone();
@@ -164,6 +178,8 @@ impl Ranks {
                     let _ = s.read_to_string(&mut out).await;
                 }
                 let status = child.wait().await;
+                // The pipe closes when the rank exits: its copy ends with its last words.
+                let error = stderr_copy.await.ok().flatten();
                 use std::os::unix::process::ExitStatusExt;
                 let (code, signal) = match status {
                     Ok(s) => (s.code(), s.signal()),
@@ -174,6 +190,7 @@ impl Ranks {
                     code,
                     signal,
                     stdout: out,
+                    error,
                 });
             });
         }
@@ -225,5 +242,66 @@ impl Ranks {
             }
         }
         exits
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_rank_is_described_with_its_own_error() {
+        let exit = |code, error: Option<&str>| RankExit {
+            local_rank: 1,
+            code: Some(code),
+            signal: None,
+            stdout: String::new(),
+            error: error.map(str::to_string),
+        };
+        assert_eq!(
+            exit(1, Some("spec.data: no shards")).to_string(),
+            "local rank 1 exited with code 1 (spec.data: no shards)"
+        );
+        assert_eq!(exit(1, None).to_string(), "local rank 1 exited with code 1");
+        // A clean exit says nothing more, whatever was printed before.
+        assert_eq!(
+            exit(0, Some("old")).to_string(),
+            "local rank 1 exited with code 0"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_last_error_line_of_a_rank_reaches_its_exit() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("fails.sh");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\necho 'starting' >&2\necho 'error: spec.model.from: no config.json' >&2\nexit 1\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let launch = RankLaunch {
+            trainer: script,
+            run_file: dir.path().join("run.json"),
+            socket: dir.path().join("agent.sock"),
+            listen_host: "127.0.0.1".parse().unwrap(),
+            heartbeat_interval: Duration::from_millis(500),
+            gpus: Vec::new(),
+            metrics_addrs: Vec::new(),
+            log_dir: Some(dir.path().to_path_buf()),
+            history: None,
+        };
+        let mut ranks = Ranks::spawn(&launch, 1, 1).unwrap();
+        let exit = tokio::time::timeout(Duration::from_secs(20), ranks.next_exit())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            exit.to_string(),
+            "local rank 0 exited with code 1 (spec.model.from: no config.json)"
+        );
+        let log = std::fs::read_to_string(dir.path().join("gen-1-rank-0.log")).unwrap();
+        assert!(log.contains("starting"), "{log}");
     }
 }
