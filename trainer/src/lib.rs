@@ -15,6 +15,7 @@ pub mod export;
 pub mod family;
 pub mod hf;
 pub mod hook;
+pub mod linear;
 pub mod llama;
 pub mod lm;
 pub mod metrics;

@@ -8,8 +8,9 @@
 //!        ─▶ lnf ─▶ logits = lnf · wteᵀ (tied head) ─▶ softmax cross-entropy ─▶ loss
 //! ```
 
-use crate::backend::{AttentionShape, Backend, BackendError, MatmulShape};
+use crate::backend::{AttentionShape, Backend, BackendError};
 use crate::config::{ConfigError, ModelConfig};
+use crate::linear::Linear;
 use crate::lm::{LanguageModel, ModelState};
 use crate::rng::Rng;
 use std::ops::Range;
@@ -362,13 +363,6 @@ impl<B: Backend> LanguageModel<B> for Gpt<B> {
             channels: c,
             heads: nh,
         };
-        let lin = |n: usize, k: usize| MatmulShape {
-            m: bt,
-            n,
-            k,
-            a_transposed: false,
-            b_transposed: true,
-        };
         let per = |i: usize, n: usize| i * n..(i + 1) * n;
         use tensor::*;
 
@@ -398,13 +392,18 @@ impl<B: Backend> LanguageModel<B> for Gpt<B> {
                 bt,
                 c,
             )?;
-            be.matmul(
+            Linear {
+                weight: lay.layer(QKVW, layer),
+                bias: Some(lay.layer(QKVB, layer)),
+                n_out: 3 * c,
+                n_in: c,
+                rows: bt,
+            }
+            .forward(
+                be,
+                p,
                 be.view_mut(&mut acts.qkv, per(layer, bt * 3 * c))?,
                 be.view(&acts.ln1, per(layer, bt * c))?,
-                be.view(p, lay.layer(QKVW, layer))?,
-                Some(be.view(p, lay.layer(QKVB, layer))?),
-                lin(3 * c, c),
-                false,
             )?;
             be.attention_forward(
                 be.view_mut(&mut acts.atty, per(layer, bt * c))?,
@@ -412,13 +411,18 @@ impl<B: Backend> LanguageModel<B> for Gpt<B> {
                 be.view(&acts.qkv, per(layer, bt * 3 * c))?,
                 att,
             )?;
-            be.matmul(
+            Linear {
+                weight: lay.layer(ATTPROJW, layer),
+                bias: Some(lay.layer(ATTPROJB, layer)),
+                n_out: c,
+                n_in: c,
+                rows: bt,
+            }
+            .forward(
+                be,
+                p,
                 be.view_mut(&mut acts.proj_out, 0..bt * c)?,
                 be.view(&acts.atty, per(layer, bt * c))?,
-                be.view(p, lay.layer(ATTPROJW, layer))?,
-                Some(be.view(p, lay.layer(ATTPROJB, layer))?),
-                lin(c, c),
-                false,
             )?;
             be.residual_forward(
                 be.view_mut(&mut acts.residual2, per(layer, bt * c))?,
@@ -436,25 +440,35 @@ impl<B: Backend> LanguageModel<B> for Gpt<B> {
                 bt,
                 c,
             )?;
-            be.matmul(
+            Linear {
+                weight: lay.layer(FCW, layer),
+                bias: Some(lay.layer(FCB, layer)),
+                n_out: 4 * c,
+                n_in: c,
+                rows: bt,
+            }
+            .forward(
+                be,
+                p,
                 be.view_mut(&mut acts.fch, per(layer, bt * 4 * c))?,
                 be.view(&acts.ln2, per(layer, bt * c))?,
-                be.view(p, lay.layer(FCW, layer))?,
-                Some(be.view(p, lay.layer(FCB, layer))?),
-                lin(4 * c, c),
-                false,
             )?;
             be.gelu_forward(
                 be.view_mut(&mut acts.fch_gelu, per(layer, bt * 4 * c))?,
                 be.view(&acts.fch, per(layer, bt * 4 * c))?,
             )?;
-            be.matmul(
+            Linear {
+                weight: lay.layer(FCPROJW, layer),
+                bias: Some(lay.layer(FCPROJB, layer)),
+                n_out: c,
+                n_in: 4 * c,
+                rows: bt,
+            }
+            .forward(
+                be,
+                p,
                 be.view_mut(&mut acts.proj_out, 0..bt * c)?,
                 be.view(&acts.fch_gelu, per(layer, bt * 4 * c))?,
-                be.view(p, lay.layer(FCPROJW, layer))?,
-                Some(be.view(p, lay.layer(FCPROJB, layer))?),
-                lin(c, 4 * c),
-                false,
             )?;
             be.residual_forward(
                 be.view_mut(&mut acts.residual3, per(layer, bt * c))?,
@@ -473,13 +487,18 @@ impl<B: Backend> LanguageModel<B> for Gpt<B> {
             c,
         )?;
         // Tied output head: logits = lnf · wteᵀ over all Vp rows.
-        be.matmul(
+        Linear {
+            weight: lay.range(WTE),
+            bias: None,
+            n_out: vp,
+            n_in: c,
+            rows: bt,
+        }
+        .forward(
+            be,
+            p,
             be.view_mut(&mut st.logits, 0..bt * vp)?,
             be.view(&acts.lnf, 0..bt * c)?,
-            be.view(p, lay.range(WTE))?,
-            None,
-            lin(vp, c),
-            false,
         )?;
         Ok(())
     }
@@ -508,42 +527,26 @@ impl<B: Backend> LanguageModel<B> for Gpt<B> {
             channels: c,
             heads: nh,
         };
-        // dinp (m×k) = dout (m×n) · W (n×k)
-        let dinp_shape = |n: usize, k: usize| MatmulShape {
-            m: bt,
-            n: k,
-            k: n,
-            a_transposed: false,
-            b_transposed: false,
-        };
-        // dW (n×k) += doutᵀ (n×BT) · inp (BT×k)
-        let dw_shape = |n: usize, k: usize| MatmulShape {
-            m: n,
-            n: k,
-            k: bt,
-            a_transposed: true,
-            b_transposed: false,
-        };
         let per = |i: usize, n: usize| i * n..(i + 1) * n;
         use tensor::*;
 
         // Output head (tied): dlnf = dlogits · wte, dwte += dlogitsᵀ · lnf.
         let dlogits = be.view(&st.logits, 0..bt * vp)?;
-        be.matmul(
+        Linear {
+            weight: lay.range(WTE),
+            bias: None,
+            n_out: vp,
+            n_in: c,
+            rows: bt,
+        }
+        .backward(
+            be,
+            p,
+            g,
             be.view_mut(&mut d.dbtc, 0..bt * c)?,
             dlogits,
-            be.view(p, lay.range(WTE))?,
-            None,
-            dinp_shape(vp, c),
-            false,
-        )?;
-        be.matmul(
-            be.view_mut(g, lay.range(WTE))?,
-            dlogits,
             be.view(&acts.lnf, 0..bt * c)?,
-            None,
-            dw_shape(vp, c),
-            true,
+            false,
         )?;
         be.fill_zero(be.view_mut(&mut d.dresidual, 0..bt * c)?)?;
         let [dw, db] = be.views_mut(g, [lay.range(LNFW), lay.range(LNFB)])?;
@@ -566,54 +569,42 @@ impl<B: Backend> LanguageModel<B> for Gpt<B> {
                 be.view(&acts.residual3, per(layer - 1, bt * c))?
             };
             // MLP sub-block; dresidual is the gradient of residual3 = of fcproj's output.
-            be.matmul(
+            Linear {
+                weight: lay.layer(FCPROJW, layer),
+                bias: Some(lay.layer(FCPROJB, layer)),
+                n_out: c,
+                n_in: 4 * c,
+                rows: bt,
+            }
+            .backward(
+                be,
+                p,
+                g,
                 be.view_mut(&mut d.dfch_gelu, 0..bt * 4 * c)?,
                 be.view(&d.dresidual, 0..bt * c)?,
-                be.view(p, lay.layer(FCPROJW, layer))?,
-                None,
-                dinp_shape(c, 4 * c),
-                false,
-            )?;
-            be.matmul(
-                be.view_mut(g, lay.layer(FCPROJW, layer))?,
-                be.view(&d.dresidual, 0..bt * c)?,
                 be.view(&acts.fch_gelu, per(layer, bt * 4 * c))?,
-                None,
-                dw_shape(c, 4 * c),
-                true,
-            )?;
-            be.bias_backward(
-                be.view_mut(g, lay.layer(FCPROJB, layer))?,
-                be.view(&d.dresidual, 0..bt * c)?,
-                bt,
-                c,
+                false,
             )?;
             be.gelu_backward(
                 be.view_mut(&mut d.dfch, 0..bt * 4 * c)?,
                 be.view(&acts.fch, per(layer, bt * 4 * c))?,
                 be.view(&d.dfch_gelu, 0..bt * 4 * c)?,
             )?;
-            be.matmul(
+            Linear {
+                weight: lay.layer(FCW, layer),
+                bias: Some(lay.layer(FCB, layer)),
+                n_out: 4 * c,
+                n_in: c,
+                rows: bt,
+            }
+            .backward(
+                be,
+                p,
+                g,
                 be.view_mut(&mut d.dbtc, 0..bt * c)?,
                 be.view(&d.dfch, 0..bt * 4 * c)?,
-                be.view(p, lay.layer(FCW, layer))?,
-                None,
-                dinp_shape(4 * c, c),
-                false,
-            )?;
-            be.matmul(
-                be.view_mut(g, lay.layer(FCW, layer))?,
-                be.view(&d.dfch, 0..bt * 4 * c)?,
                 be.view(&acts.ln2, per(layer, bt * c))?,
-                None,
-                dw_shape(4 * c, c),
-                true,
-            )?;
-            be.bias_backward(
-                be.view_mut(g, lay.layer(FCB, layer))?,
-                be.view(&d.dfch, 0..bt * 4 * c)?,
-                bt,
-                4 * c,
+                false,
             )?;
             let [dw, db] = be.views_mut(g, [lay.layer(LN2W, layer), lay.layer(LN2B, layer)])?;
             be.layernorm_backward(
@@ -629,27 +620,21 @@ impl<B: Backend> LanguageModel<B> for Gpt<B> {
                 c,
             )?;
             // Attention sub-block; dresidual is now the gradient of residual2.
-            be.matmul(
+            Linear {
+                weight: lay.layer(ATTPROJW, layer),
+                bias: Some(lay.layer(ATTPROJB, layer)),
+                n_out: c,
+                n_in: c,
+                rows: bt,
+            }
+            .backward(
+                be,
+                p,
+                g,
                 be.view_mut(&mut d.dbtc, 0..bt * c)?,
                 be.view(&d.dresidual, 0..bt * c)?,
-                be.view(p, lay.layer(ATTPROJW, layer))?,
-                None,
-                dinp_shape(c, c),
-                false,
-            )?;
-            be.matmul(
-                be.view_mut(g, lay.layer(ATTPROJW, layer))?,
-                be.view(&d.dresidual, 0..bt * c)?,
                 be.view(&acts.atty, per(layer, bt * c))?,
-                None,
-                dw_shape(c, c),
-                true,
-            )?;
-            be.bias_backward(
-                be.view_mut(g, lay.layer(ATTPROJB, layer))?,
-                be.view(&d.dresidual, 0..bt * c)?,
-                bt,
-                c,
+                false,
             )?;
             be.attention_backward(
                 be.view_mut(&mut d.dqkv, 0..bt * 3 * c)?,
@@ -660,27 +645,21 @@ impl<B: Backend> LanguageModel<B> for Gpt<B> {
                 be.view(&acts.att_state, per(layer, self.att_state_len))?,
                 att,
             )?;
-            be.matmul(
+            Linear {
+                weight: lay.layer(QKVW, layer),
+                bias: Some(lay.layer(QKVB, layer)),
+                n_out: 3 * c,
+                n_in: c,
+                rows: bt,
+            }
+            .backward(
+                be,
+                p,
+                g,
                 be.view_mut(&mut d.dbtc, 0..bt * c)?,
                 be.view(&d.dqkv, 0..bt * 3 * c)?,
-                be.view(p, lay.layer(QKVW, layer))?,
-                None,
-                dinp_shape(3 * c, c),
-                false,
-            )?;
-            be.matmul(
-                be.view_mut(g, lay.layer(QKVW, layer))?,
-                be.view(&d.dqkv, 0..bt * 3 * c)?,
                 be.view(&acts.ln1, per(layer, bt * c))?,
-                None,
-                dw_shape(3 * c, c),
-                true,
-            )?;
-            be.bias_backward(
-                be.view_mut(g, lay.layer(QKVB, layer))?,
-                be.view(&d.dqkv, 0..bt * 3 * c)?,
-                bt,
-                3 * c,
+                false,
             )?;
             let [dw, db] = be.views_mut(g, [lay.layer(LN1W, layer), lay.layer(LN1B, layer)])?;
             be.layernorm_backward(

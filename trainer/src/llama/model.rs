@@ -17,7 +17,8 @@
 //! Bracketed tensors exist as the config says (biases: `attention_bias` and the model type;
 //! the head: untied).
 
-use crate::backend::{Backend, GqaShape, MatmulShape, RopeShape};
+use crate::backend::{Backend, GqaShape, RopeShape};
+use crate::linear::Linear;
 use crate::lm::{LanguageModel, ModelState, per};
 use crate::model::{GradientReady, ModelError, ParamKind, ParamLayout};
 use crate::rng::Rng;
@@ -432,20 +433,12 @@ impl<B: Backend> LanguageModel<B> for Llama<B> {
         let lay = &st.layout;
         let p = &st.params;
         let acts = &mut self.acts;
-        let lin = |n: usize, k: usize| MatmulShape {
-            m: bt,
-            n,
-            k,
-            a_transposed: false,
-            b_transposed: true,
-        };
         let rope_shape = |heads: usize| RopeShape {
             batch: b,
             seq_len: t,
             heads,
             head_dim: c.head_dim,
         };
-        let bias = |id: Option<usize>, layer: usize| id.map(|id| be.view(p, lay.layer(id, layer)));
 
         be.embedding_forward(
             be.view_mut(&mut acts.encoded, 0..bt * h)?,
@@ -476,14 +469,14 @@ impl<B: Backend> LanguageModel<B> for Llama<B> {
                 (&mut acts.k, ids.k, ids.k_bias, kv),
                 (&mut acts.v, ids.v, ids.v_bias, kv),
             ] {
-                be.matmul(
-                    be.view_mut(out, per(layer, bt * n))?,
-                    ln1,
-                    be.view(p, lay.layer(w, layer))?,
-                    bias(bias_id, layer).transpose()?,
-                    lin(n, h),
-                    false,
-                )?;
+                Linear {
+                    weight: lay.layer(w, layer),
+                    bias: bias_id.map(|id| lay.layer(id, layer)),
+                    n_out: n,
+                    n_in: h,
+                    rows: bt,
+                }
+                .forward(be, p, be.view_mut(out, per(layer, bt * n))?, ln1)?;
             }
             let (cos, sin) = (
                 be.view(&acts.cos, 0..self.rope_len)?,
@@ -511,13 +504,18 @@ impl<B: Backend> LanguageModel<B> for Llama<B> {
                 be.view(&acts.v, per(layer, bt * kv))?,
                 self.gqa,
             )?;
-            be.matmul(
+            Linear {
+                weight: lay.layer(ids.o, layer),
+                bias: ids.o_bias.map(|id| lay.layer(id, layer)),
+                n_out: h,
+                n_in: q,
+                rows: bt,
+            }
+            .forward(
+                be,
+                p,
                 be.view_mut(&mut acts.proj_out, 0..bt * h)?,
                 be.view(&acts.att, per(layer, bt * q))?,
-                be.view(p, lay.layer(ids.o, layer))?,
-                bias(ids.o_bias, layer).transpose()?,
-                lin(h, q),
-                false,
             )?;
             be.residual_forward(
                 be.view_mut(&mut acts.res1, per(layer, bt * h))?,
@@ -536,27 +534,32 @@ impl<B: Backend> LanguageModel<B> for Llama<B> {
             )?;
             let ln2 = be.view(&acts.ln2, per(layer, bt * h))?;
             for (out, w) in [(&mut acts.gate, ids.gate), (&mut acts.up, ids.up)] {
-                be.matmul(
-                    be.view_mut(out, per(layer, bt * f))?,
-                    ln2,
-                    be.view(p, lay.layer(w, layer))?,
-                    None,
-                    lin(f, h),
-                    false,
-                )?;
+                Linear {
+                    weight: lay.layer(w, layer),
+                    bias: None,
+                    n_out: f,
+                    n_in: h,
+                    rows: bt,
+                }
+                .forward(be, p, be.view_mut(out, per(layer, bt * f))?, ln2)?;
             }
             be.swiglu_forward(
                 be.view_mut(&mut acts.act, per(layer, bt * f))?,
                 be.view(&acts.gate, per(layer, bt * f))?,
                 be.view(&acts.up, per(layer, bt * f))?,
             )?;
-            be.matmul(
+            Linear {
+                weight: lay.layer(ids.down, layer),
+                bias: None,
+                n_out: h,
+                n_in: f,
+                rows: bt,
+            }
+            .forward(
+                be,
+                p,
                 be.view_mut(&mut acts.proj_out, 0..bt * h)?,
                 be.view(&acts.act, per(layer, bt * f))?,
-                be.view(p, lay.layer(ids.down, layer))?,
-                None,
-                lin(h, f),
-                false,
             )?;
             be.residual_forward(
                 be.view_mut(&mut acts.res2, per(layer, bt * h))?,
@@ -573,13 +576,18 @@ impl<B: Backend> LanguageModel<B> for Llama<B> {
             h,
             eps,
         )?;
-        be.matmul(
+        Linear {
+            weight: lay.range(head),
+            bias: None,
+            n_out: v,
+            n_in: h,
+            rows: bt,
+        }
+        .forward(
+            be,
+            p,
             be.view_mut(&mut st.logits, 0..bt * v)?,
             be.view(&acts.lnf, 0..bt * h)?,
-            be.view(p, lay.range(head))?,
-            None,
-            lin(v, h),
-            false,
         )?;
         Ok(())
     }
@@ -607,22 +615,6 @@ impl<B: Backend> LanguageModel<B> for Llama<B> {
         let g = &mut st.grads;
         let acts = &self.acts;
         let d = &mut self.grads;
-        // dinp (m×k) = dout (m×n) · W (n×k)
-        let dinp_shape = |n: usize, k: usize| MatmulShape {
-            m: bt,
-            n: k,
-            k: n,
-            a_transposed: false,
-            b_transposed: false,
-        };
-        // dW (n×k) += doutᵀ (n×BT) · inp (BT×k)
-        let dw_shape = |n: usize, k: usize| MatmulShape {
-            m: n,
-            n: k,
-            k: bt,
-            a_transposed: true,
-            b_transposed: false,
-        };
         let rope_shape = |heads: usize| RopeShape {
             batch: b,
             seq_len: t,
@@ -650,21 +642,21 @@ impl<B: Backend> LanguageModel<B> for Llama<B> {
 
         // Output head: dlnf = dlogits · head, dhead += dlogitsᵀ · lnf.
         let dlogits = be.view(&st.logits, 0..bt * v)?;
-        be.matmul(
+        Linear {
+            weight: lay.range(head),
+            bias: None,
+            n_out: v,
+            n_in: h,
+            rows: bt,
+        }
+        .backward(
+            be,
+            p,
+            g,
             be.view_mut(&mut d.dbtc, 0..bt * h)?,
             dlogits,
-            be.view(p, lay.range(head))?,
-            None,
-            dinp_shape(v, h),
-            false,
-        )?;
-        be.matmul(
-            be.view_mut(g, lay.range(head))?,
-            dlogits,
             be.view(&acts.lnf, 0..bt * h)?,
-            None,
-            dw_shape(v, h),
-            true,
+            false,
         )?;
         be.fill_zero(be.view_mut(&mut d.dresidual, 0..bt * h)?)?;
         be.rmsnorm_backward(
@@ -685,21 +677,21 @@ impl<B: Backend> LanguageModel<B> for Llama<B> {
                 be.view(&acts.res2, per(layer - 1, bt * h))?
             };
             // MLP sub-block; dresidual is the gradient of res2 = of down's output.
-            be.matmul(
+            Linear {
+                weight: lay.layer(ids.down, layer),
+                bias: None,
+                n_out: h,
+                n_in: f,
+                rows: bt,
+            }
+            .backward(
+                be,
+                p,
+                g,
                 be.view_mut(&mut d.dact, 0..bt * f)?,
                 be.view(&d.dresidual, 0..bt * h)?,
-                be.view(p, lay.layer(ids.down, layer))?,
-                None,
-                dinp_shape(h, f),
-                false,
-            )?;
-            be.matmul(
-                be.view_mut(g, lay.layer(ids.down, layer))?,
-                be.view(&d.dresidual, 0..bt * h)?,
                 be.view(&acts.act, per(layer, bt * f))?,
-                None,
-                dw_shape(h, f),
-                true,
+                false,
             )?;
             be.swiglu_backward(
                 be.view_mut(&mut d.dgate, 0..bt * f)?,
@@ -713,21 +705,21 @@ impl<B: Backend> LanguageModel<B> for Llama<B> {
                 .into_iter()
                 .enumerate()
             {
-                be.matmul(
+                Linear {
+                    weight: lay.layer(w, layer),
+                    bias: None,
+                    n_out: f,
+                    n_in: h,
+                    rows: bt,
+                }
+                .backward(
+                    be,
+                    p,
+                    g,
                     be.view_mut(&mut d.dbtc, 0..bt * h)?,
                     be.view(dout, 0..bt * f)?,
-                    be.view(p, lay.layer(w, layer))?,
-                    None,
-                    dinp_shape(f, h),
-                    i > 0,
-                )?;
-                be.matmul(
-                    be.view_mut(g, lay.layer(w, layer))?,
-                    be.view(dout, 0..bt * f)?,
                     ln2,
-                    None,
-                    dw_shape(f, h),
-                    true,
+                    i > 0,
                 )?;
             }
             be.rmsnorm_backward(
@@ -741,30 +733,22 @@ impl<B: Backend> LanguageModel<B> for Llama<B> {
                 h,
             )?;
             // Attention sub-block; dresidual is now the gradient of res1.
-            be.matmul(
+            Linear {
+                weight: lay.layer(ids.o, layer),
+                bias: ids.o_bias.map(|id| lay.layer(id, layer)),
+                n_out: h,
+                n_in: q,
+                rows: bt,
+            }
+            .backward(
+                be,
+                p,
+                g,
                 be.view_mut(&mut d.datt, 0..bt * q)?,
                 be.view(&d.dresidual, 0..bt * h)?,
-                be.view(p, lay.layer(ids.o, layer))?,
-                None,
-                dinp_shape(h, q),
+                be.view(&acts.att, per(layer, bt * q))?,
                 false,
             )?;
-            be.matmul(
-                be.view_mut(g, lay.layer(ids.o, layer))?,
-                be.view(&d.dresidual, 0..bt * h)?,
-                be.view(&acts.att, per(layer, bt * q))?,
-                None,
-                dw_shape(h, q),
-                true,
-            )?;
-            if let Some(id) = ids.o_bias {
-                be.bias_backward(
-                    be.view_mut(g, lay.layer(id, layer))?,
-                    be.view(&d.dresidual, 0..bt * h)?,
-                    bt,
-                    h,
-                )?;
-            }
             be.gqa_attention_backward(
                 be.view_mut(&mut d.dq, 0..bt * q)?,
                 be.view_mut(&mut d.dk, 0..bt * kv)?,
@@ -804,30 +788,22 @@ impl<B: Backend> LanguageModel<B> for Llama<B> {
             .into_iter()
             .enumerate()
             {
-                be.matmul(
+                Linear {
+                    weight: lay.layer(w, layer),
+                    bias: bias_id.map(|id| lay.layer(id, layer)),
+                    n_out: n,
+                    n_in: h,
+                    rows: bt,
+                }
+                .backward(
+                    be,
+                    p,
+                    g,
                     be.view_mut(&mut d.dbtc, 0..bt * h)?,
                     be.view(dout, 0..bt * n)?,
-                    be.view(p, lay.layer(w, layer))?,
-                    None,
-                    dinp_shape(n, h),
+                    ln1,
                     i > 0,
                 )?;
-                be.matmul(
-                    be.view_mut(g, lay.layer(w, layer))?,
-                    be.view(dout, 0..bt * n)?,
-                    ln1,
-                    None,
-                    dw_shape(n, h),
-                    true,
-                )?;
-                if let Some(id) = bias_id {
-                    be.bias_backward(
-                        be.view_mut(g, lay.layer(id, layer))?,
-                        be.view(dout, 0..bt * n)?,
-                        bt,
-                        n,
-                    )?;
-                }
             }
             be.rmsnorm_backward(
                 be.view_mut(&mut d.dresidual, 0..bt * h)?,
