@@ -18,6 +18,23 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// The layer whose weight (`n_out × n_in`) and bias lie at these ranges, over `rows` rows.
+    pub fn new(
+        weight: Range<usize>,
+        bias: Option<Range<usize>>,
+        n_out: usize,
+        n_in: usize,
+        rows: usize,
+    ) -> Linear {
+        Linear {
+            weight,
+            bias,
+            n_out,
+            n_in,
+            rows,
+        }
+    }
+
     /// `out = inp · Wᵀ (+ b)`.
     pub fn forward<B: Backend>(
         &self,

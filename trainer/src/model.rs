@@ -392,13 +392,13 @@ impl<B: Backend> LanguageModel<B> for Gpt<B> {
                 bt,
                 c,
             )?;
-            Linear {
-                weight: lay.layer(QKVW, layer),
-                bias: Some(lay.layer(QKVB, layer)),
-                n_out: 3 * c,
-                n_in: c,
-                rows: bt,
-            }
+            Linear::new(
+                lay.layer(QKVW, layer),
+                Some(lay.layer(QKVB, layer)),
+                3 * c,
+                c,
+                bt,
+            )
             .forward(
                 be,
                 p,
@@ -411,13 +411,13 @@ impl<B: Backend> LanguageModel<B> for Gpt<B> {
                 be.view(&acts.qkv, per(layer, bt * 3 * c))?,
                 att,
             )?;
-            Linear {
-                weight: lay.layer(ATTPROJW, layer),
-                bias: Some(lay.layer(ATTPROJB, layer)),
-                n_out: c,
-                n_in: c,
-                rows: bt,
-            }
+            Linear::new(
+                lay.layer(ATTPROJW, layer),
+                Some(lay.layer(ATTPROJB, layer)),
+                c,
+                c,
+                bt,
+            )
             .forward(
                 be,
                 p,
@@ -440,13 +440,13 @@ impl<B: Backend> LanguageModel<B> for Gpt<B> {
                 bt,
                 c,
             )?;
-            Linear {
-                weight: lay.layer(FCW, layer),
-                bias: Some(lay.layer(FCB, layer)),
-                n_out: 4 * c,
-                n_in: c,
-                rows: bt,
-            }
+            Linear::new(
+                lay.layer(FCW, layer),
+                Some(lay.layer(FCB, layer)),
+                4 * c,
+                c,
+                bt,
+            )
             .forward(
                 be,
                 p,
@@ -457,13 +457,13 @@ impl<B: Backend> LanguageModel<B> for Gpt<B> {
                 be.view_mut(&mut acts.fch_gelu, per(layer, bt * 4 * c))?,
                 be.view(&acts.fch, per(layer, bt * 4 * c))?,
             )?;
-            Linear {
-                weight: lay.layer(FCPROJW, layer),
-                bias: Some(lay.layer(FCPROJB, layer)),
-                n_out: c,
-                n_in: 4 * c,
-                rows: bt,
-            }
+            Linear::new(
+                lay.layer(FCPROJW, layer),
+                Some(lay.layer(FCPROJB, layer)),
+                c,
+                4 * c,
+                bt,
+            )
             .forward(
                 be,
                 p,
@@ -487,14 +487,7 @@ impl<B: Backend> LanguageModel<B> for Gpt<B> {
             c,
         )?;
         // Tied output head: logits = lnf · wteᵀ over all Vp rows.
-        Linear {
-            weight: lay.range(WTE),
-            bias: None,
-            n_out: vp,
-            n_in: c,
-            rows: bt,
-        }
-        .forward(
+        Linear::new(lay.range(WTE), None, vp, c, bt).forward(
             be,
             p,
             be.view_mut(&mut st.logits, 0..bt * vp)?,
@@ -532,14 +525,7 @@ impl<B: Backend> LanguageModel<B> for Gpt<B> {
 
         // Output head (tied): dlnf = dlogits · wte, dwte += dlogitsᵀ · lnf.
         let dlogits = be.view(&st.logits, 0..bt * vp)?;
-        Linear {
-            weight: lay.range(WTE),
-            bias: None,
-            n_out: vp,
-            n_in: c,
-            rows: bt,
-        }
-        .backward(
+        Linear::new(lay.range(WTE), None, vp, c, bt).backward(
             be,
             p,
             g,
@@ -569,13 +555,13 @@ impl<B: Backend> LanguageModel<B> for Gpt<B> {
                 be.view(&acts.residual3, per(layer - 1, bt * c))?
             };
             // MLP sub-block; dresidual is the gradient of residual3 = of fcproj's output.
-            Linear {
-                weight: lay.layer(FCPROJW, layer),
-                bias: Some(lay.layer(FCPROJB, layer)),
-                n_out: c,
-                n_in: 4 * c,
-                rows: bt,
-            }
+            Linear::new(
+                lay.layer(FCPROJW, layer),
+                Some(lay.layer(FCPROJB, layer)),
+                c,
+                4 * c,
+                bt,
+            )
             .backward(
                 be,
                 p,
@@ -590,13 +576,13 @@ impl<B: Backend> LanguageModel<B> for Gpt<B> {
                 be.view(&acts.fch, per(layer, bt * 4 * c))?,
                 be.view(&d.dfch_gelu, 0..bt * 4 * c)?,
             )?;
-            Linear {
-                weight: lay.layer(FCW, layer),
-                bias: Some(lay.layer(FCB, layer)),
-                n_out: 4 * c,
-                n_in: c,
-                rows: bt,
-            }
+            Linear::new(
+                lay.layer(FCW, layer),
+                Some(lay.layer(FCB, layer)),
+                4 * c,
+                c,
+                bt,
+            )
             .backward(
                 be,
                 p,
@@ -620,13 +606,13 @@ impl<B: Backend> LanguageModel<B> for Gpt<B> {
                 c,
             )?;
             // Attention sub-block; dresidual is now the gradient of residual2.
-            Linear {
-                weight: lay.layer(ATTPROJW, layer),
-                bias: Some(lay.layer(ATTPROJB, layer)),
-                n_out: c,
-                n_in: c,
-                rows: bt,
-            }
+            Linear::new(
+                lay.layer(ATTPROJW, layer),
+                Some(lay.layer(ATTPROJB, layer)),
+                c,
+                c,
+                bt,
+            )
             .backward(
                 be,
                 p,
@@ -645,13 +631,13 @@ impl<B: Backend> LanguageModel<B> for Gpt<B> {
                 be.view(&acts.att_state, per(layer, self.att_state_len))?,
                 att,
             )?;
-            Linear {
-                weight: lay.layer(QKVW, layer),
-                bias: Some(lay.layer(QKVB, layer)),
-                n_out: 3 * c,
-                n_in: c,
-                rows: bt,
-            }
+            Linear::new(
+                lay.layer(QKVW, layer),
+                Some(lay.layer(QKVB, layer)),
+                3 * c,
+                c,
+                bt,
+            )
             .backward(
                 be,
                 p,

@@ -469,13 +469,13 @@ impl<B: Backend> LanguageModel<B> for Llama<B> {
                 (&mut acts.k, ids.k, ids.k_bias, kv),
                 (&mut acts.v, ids.v, ids.v_bias, kv),
             ] {
-                Linear {
-                    weight: lay.layer(w, layer),
-                    bias: bias_id.map(|id| lay.layer(id, layer)),
-                    n_out: n,
-                    n_in: h,
-                    rows: bt,
-                }
+                Linear::new(
+                    lay.layer(w, layer),
+                    bias_id.map(|id| lay.layer(id, layer)),
+                    n,
+                    h,
+                    bt,
+                )
                 .forward(be, p, be.view_mut(out, per(layer, bt * n))?, ln1)?;
             }
             let (cos, sin) = (
@@ -504,13 +504,13 @@ impl<B: Backend> LanguageModel<B> for Llama<B> {
                 be.view(&acts.v, per(layer, bt * kv))?,
                 self.gqa,
             )?;
-            Linear {
-                weight: lay.layer(ids.o, layer),
-                bias: ids.o_bias.map(|id| lay.layer(id, layer)),
-                n_out: h,
-                n_in: q,
-                rows: bt,
-            }
+            Linear::new(
+                lay.layer(ids.o, layer),
+                ids.o_bias.map(|id| lay.layer(id, layer)),
+                h,
+                q,
+                bt,
+            )
             .forward(
                 be,
                 p,
@@ -534,28 +534,19 @@ impl<B: Backend> LanguageModel<B> for Llama<B> {
             )?;
             let ln2 = be.view(&acts.ln2, per(layer, bt * h))?;
             for (out, w) in [(&mut acts.gate, ids.gate), (&mut acts.up, ids.up)] {
-                Linear {
-                    weight: lay.layer(w, layer),
-                    bias: None,
-                    n_out: f,
-                    n_in: h,
-                    rows: bt,
-                }
-                .forward(be, p, be.view_mut(out, per(layer, bt * f))?, ln2)?;
+                Linear::new(lay.layer(w, layer), None, f, h, bt).forward(
+                    be,
+                    p,
+                    be.view_mut(out, per(layer, bt * f))?,
+                    ln2,
+                )?;
             }
             be.swiglu_forward(
                 be.view_mut(&mut acts.act, per(layer, bt * f))?,
                 be.view(&acts.gate, per(layer, bt * f))?,
                 be.view(&acts.up, per(layer, bt * f))?,
             )?;
-            Linear {
-                weight: lay.layer(ids.down, layer),
-                bias: None,
-                n_out: h,
-                n_in: f,
-                rows: bt,
-            }
-            .forward(
+            Linear::new(lay.layer(ids.down, layer), None, h, f, bt).forward(
                 be,
                 p,
                 be.view_mut(&mut acts.proj_out, 0..bt * h)?,
@@ -576,14 +567,7 @@ impl<B: Backend> LanguageModel<B> for Llama<B> {
             h,
             eps,
         )?;
-        Linear {
-            weight: lay.range(head),
-            bias: None,
-            n_out: v,
-            n_in: h,
-            rows: bt,
-        }
-        .forward(
+        Linear::new(lay.range(head), None, v, h, bt).forward(
             be,
             p,
             be.view_mut(&mut st.logits, 0..bt * v)?,
@@ -642,14 +626,7 @@ impl<B: Backend> LanguageModel<B> for Llama<B> {
 
         // Output head: dlnf = dlogits · head, dhead += dlogitsᵀ · lnf.
         let dlogits = be.view(&st.logits, 0..bt * v)?;
-        Linear {
-            weight: lay.range(head),
-            bias: None,
-            n_out: v,
-            n_in: h,
-            rows: bt,
-        }
-        .backward(
+        Linear::new(lay.range(head), None, v, h, bt).backward(
             be,
             p,
             g,
@@ -677,14 +654,7 @@ impl<B: Backend> LanguageModel<B> for Llama<B> {
                 be.view(&acts.res2, per(layer - 1, bt * h))?
             };
             // MLP sub-block; dresidual is the gradient of res2 = of down's output.
-            Linear {
-                weight: lay.layer(ids.down, layer),
-                bias: None,
-                n_out: h,
-                n_in: f,
-                rows: bt,
-            }
-            .backward(
+            Linear::new(lay.layer(ids.down, layer), None, h, f, bt).backward(
                 be,
                 p,
                 g,
@@ -705,14 +675,7 @@ impl<B: Backend> LanguageModel<B> for Llama<B> {
                 .into_iter()
                 .enumerate()
             {
-                Linear {
-                    weight: lay.layer(w, layer),
-                    bias: None,
-                    n_out: f,
-                    n_in: h,
-                    rows: bt,
-                }
-                .backward(
+                Linear::new(lay.layer(w, layer), None, f, h, bt).backward(
                     be,
                     p,
                     g,
@@ -733,13 +696,13 @@ impl<B: Backend> LanguageModel<B> for Llama<B> {
                 h,
             )?;
             // Attention sub-block; dresidual is now the gradient of res1.
-            Linear {
-                weight: lay.layer(ids.o, layer),
-                bias: ids.o_bias.map(|id| lay.layer(id, layer)),
-                n_out: h,
-                n_in: q,
-                rows: bt,
-            }
+            Linear::new(
+                lay.layer(ids.o, layer),
+                ids.o_bias.map(|id| lay.layer(id, layer)),
+                h,
+                q,
+                bt,
+            )
             .backward(
                 be,
                 p,
@@ -788,13 +751,13 @@ impl<B: Backend> LanguageModel<B> for Llama<B> {
             .into_iter()
             .enumerate()
             {
-                Linear {
-                    weight: lay.layer(w, layer),
-                    bias: bias_id.map(|id| lay.layer(id, layer)),
-                    n_out: n,
-                    n_in: h,
-                    rows: bt,
-                }
+                Linear::new(
+                    lay.layer(w, layer),
+                    bias_id.map(|id| lay.layer(id, layer)),
+                    n,
+                    h,
+                    bt,
+                )
                 .backward(
                     be,
                     p,
