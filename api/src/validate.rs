@@ -14,9 +14,7 @@
 
 use std::fmt;
 
-use crate::spec::{
-    Architecture, DataFormat, ModelPreset, Tokenizer, TrainingRunSpec, bounds::*,
-};
+use crate::spec::{Architecture, DataFormat, ModelPreset, Tokenizer, TrainingRunSpec, bounds::*};
 
 /// One broken rule: the field it concerns (`spec.model.heads`) and what is wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]
