@@ -195,9 +195,9 @@ pub fn common_format(
 
 // === reading ===
 
-/// The records of a JSON Lines file of `format` (`jsonl`, `instruction` or `chat`), in order;
-/// blank lines are skipped.
-pub fn read_records(path: &Path, format: DataFormat) -> Result<Vec<Record>, RecordError> {
+/// The records of a JSON Lines file of `format` (`jsonl`, `instruction` or `chat`) with their
+/// line numbers (from 1), in order; blank lines are skipped.
+pub fn read_records(path: &Path, format: DataFormat) -> Result<Vec<(usize, Record)>, RecordError> {
     let bytes = std::fs::read(path).map_err(|source| RecordError::Read {
         path: path.to_path_buf(),
         source,
@@ -211,7 +211,7 @@ pub fn read_records(path: &Path, format: DataFormat) -> Result<Vec<Record>, Reco
         if line.trim().is_empty() {
             continue;
         }
-        records.push(parse_record(path, index + 1, line, format)?);
+        records.push((index + 1, parse_record(path, index + 1, line, format)?));
     }
     if records.is_empty() {
         return Err(RecordError::NoRecords {
@@ -392,8 +392,9 @@ mod tests {
         );
         let records = read_records(&chat, DataFormat::Chat).unwrap();
         assert_eq!(records.len(), 2);
+        assert_eq!(records[1].0, 3);
         assert_eq!(
-            records[1],
+            records[1].1,
             Record::Chat(vec![
                 Message {
                     role: Role::User,
