@@ -68,7 +68,7 @@ pub enum CacheError {
     #[error(transparent)]
     Prepare(#[from] PrepareError),
     #[error(transparent)]
-    Record(#[from] RecordError),
+    Record(Box<RecordError>),
     #[error(
         "{field}: {spec} mixes token shards ({shard}) and text ({text}); name one kind of data per field"
     )]
@@ -100,6 +100,12 @@ pub enum CacheError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<RecordError> for CacheError {
+    fn from(e: RecordError) -> CacheError {
+        CacheError::Record(Box::new(e))
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {

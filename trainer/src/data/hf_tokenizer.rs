@@ -75,6 +75,9 @@ pub enum HfTokenizerError {
     Encode { path: PathBuf, detail: String },
 }
 
+/// Token ids and each token's byte range in the text.
+pub type TokensWithOffsets = (Vec<u32>, Vec<(usize, usize)>);
+
 /// A loaded Hugging Face tokenizer with its BOS and EOS.
 pub struct HfTokenizer {
     /// As the manifest or command line named it.
@@ -209,10 +212,7 @@ impl HfTokenizer {
     /// Hugging Face's `tokenizer(text, add_special_tokens=False)` with each token's byte
     /// range in `text`: special-token spellings are the special tokens (rendered chat
     /// templates are tokenized this way).
-    pub fn encode_with_offsets(
-        &self,
-        text: &str,
-    ) -> Result<(Vec<u32>, Vec<(usize, usize)>), HfTokenizerError> {
+    pub fn encode_with_offsets(&self, text: &str) -> Result<TokensWithOffsets, HfTokenizerError> {
         let encoding =
             self.tokenizer
                 .encode(text, false)

@@ -504,11 +504,11 @@ impl TrainBatches {
     /// (over every row start, for packed data).
     pub fn window_offset(&self, step: u64, row: u64) -> u64 {
         let row_len = u64::from(self.stream.row_len());
-        let starts = if row_len > 0 {
-            self.stream.len() / row_len
-        } else {
-            self.stream.len() - u64::from(self.layout.context)
-        };
+        let starts = self
+            .stream
+            .len()
+            .checked_div(row_len)
+            .unwrap_or_else(|| self.stream.len() - u64::from(self.layout.context));
         let key = splitmix64(splitmix64(splitmix64(self.seed ^ DATA_DOMAIN) ^ step) ^ row);
         // Multiply-shift maps 64 random bits onto [0, starts); its bias is below starts/2^64.
         let start = ((u128::from(key) * u128::from(starts)) >> 64) as u64;
@@ -602,10 +602,9 @@ impl EvalBatches {
     fn window_offset(&self, i: u64) -> u64 {
         let windows = u64::from(self.batches) * u64::from(self.rows);
         let row_len = u64::from(self.stream.row_len());
-        let last_start = if row_len > 0 {
-            self.stream.len() / row_len - 1
-        } else {
-            self.stream.len() - u64::from(self.context) - 1
+        let last_start = match self.stream.len().checked_div(row_len) {
+            Some(rows) => rows - 1,
+            None => self.stream.len() - u64::from(self.context) - 1,
         };
         if windows == 1 {
             return 0;

@@ -128,7 +128,7 @@ pub enum PrepareError {
     #[error(transparent)]
     Shard(#[from] ShardError),
     #[error(transparent)]
-    Record(#[from] RecordError),
+    Record(Box<RecordError>),
     #[error(transparent)]
     Chat(#[from] ChatError),
     #[error("{path}:{line}: {detail}")]
@@ -158,6 +158,12 @@ pub enum PrepareError {
     NoExamples { dropped: u64, context: u32 },
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
+}
+
+impl From<RecordError> for PrepareError {
+    fn from(e: RecordError) -> PrepareError {
+        PrepareError::Record(Box::new(e))
+    }
 }
 
 /// `dataset.json`: what was tokenized, how, and where the tokens went.
