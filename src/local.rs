@@ -84,6 +84,9 @@ pub struct LocalSummary {
     pub final_loss: Option<f64>,
     pub final_val_loss: Option<f64>,
     pub tokens_per_second: Option<f64>,
+    /// Targets the loss counted over the run (rank 0's summary).
+    #[serde(default)]
+    pub trained_tokens: Option<u64>,
     pub mfu: Option<f64>,
     pub wall_seconds: f64,
     pub restarts: usize,
@@ -236,6 +239,7 @@ fn prepare(args: &LocalRun) -> Result<Prepared> {
         &run.spec.data,
         &base_dir,
         &resolved.checkpoint_root(),
+        resolved.model.context,
     )
     .with_context(|| {
         format!(
@@ -261,6 +265,19 @@ fn prepare(args: &LocalRun) -> Result<Prepared> {
             r.val_tokens,
             entry.dir.display()
         );
+        if let Some(x) = &r.examples {
+            eprintln!(
+                "data: {} examples packed into {} + {} rows of {} tokens ({} truncated, {} dropped as longer than the context); the loss counts {} training + {} validation targets",
+                x.examples,
+                x.train_rows,
+                x.val_rows,
+                x.row_len,
+                x.truncated,
+                x.dropped,
+                x.train_counted,
+                x.val_counted
+            );
+        }
     }
     for (field, spec) in [
         ("spec.data.train", Some(&data.train)),
@@ -486,6 +503,7 @@ fn summarize(
         final_loss: rank0.and_then(|s| s.final_loss),
         final_val_loss: rank0.and_then(|s| s.final_val_loss),
         tokens_per_second: rank0.and_then(|s| finite(s.tokens_per_second)),
+        trained_tokens: rank0.map(|s| s.trained_tokens),
         mfu: rank0.and_then(|s| finite(s.mfu)),
         wall_seconds,
         restarts: reports

@@ -9,7 +9,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use tessera::local;
-use tessera_api::spec::Tokenizer;
+use tessera_api::spec::{DataFormat, Overlong, Tokenizer, TrainOn};
 use tessera_trainer::{
     backend::cpu::CpuBackend,
     checkpoint::verify_checkpoint,
@@ -106,7 +106,7 @@ enum Command {
 
 #[derive(Subcommand)]
 enum DataCommand {
-    /// Tokenize text files into train and validation token shards.
+    /// Tokenize text, JSONL, instruction or chat files into train and validation token shards.
     Prepare {
         /// gpt2 (GPT-2 BPE, 50257 tokens), bytes (256 tokens), or a Hugging Face tokenizer: a
         /// model directory holding tokenizer.json, or the file (a path has a '/' or ends in
@@ -119,10 +119,42 @@ enum DataCommand {
         /// Fraction of each input (its end) kept for validation, in [0, 1).
         #[arg(long, default_value_t = 0.1)]
         val_fraction: f64,
-        /// Text files or directories (read recursively).
+        /// text, jsonl (a `text` field), instruction (`prompt` + `completion`) or chat
+        /// (`messages`); detected from the files when not given.
+        #[arg(long, value_parser = parse_format)]
+        format: Option<DataFormat>,
+        /// Instruction and chat data: the training context the examples are packed for
+        /// (rows of context + 1 tokens).
+        #[arg(long)]
+        context: Option<u32>,
+        /// Chat data: a Jinja chat template file, in place of the tokenizer directory's.
+        #[arg(long)]
+        chat_template: Option<PathBuf>,
+        /// Instruction and chat data: the loss counts `completions` (default) or `all` tokens.
+        #[arg(long, value_parser = parse_train_on, default_value = "completions")]
+        train_on: TrainOn,
+        /// Instruction and chat data: an example longer than the context is `truncate`d
+        /// (default) or `drop`ped.
+        #[arg(long, value_parser = parse_overlong, default_value = "truncate")]
+        overlong: Overlong,
+        /// Text or JSONL files, or directories (read recursively).
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
     },
+}
+
+/// A manifest enum spelt as in YAML (`chat`, `completions`, `drop`).
+fn parse_named<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|e| e.to_string())
+}
+fn parse_format(s: &str) -> Result<DataFormat, String> {
+    parse_named(s)
+}
+fn parse_train_on(s: &str) -> Result<TrainOn, String> {
+    parse_named(s)
+}
+fn parse_overlong(s: &str) -> Result<Overlong, String> {
+    parse_named(s)
 }
 
 #[derive(Subcommand)]
@@ -180,6 +212,9 @@ fn print_summary(s: &local::LocalSummary) {
         num(s.mfu, 3),
         s.wall_seconds
     );
+    if let Some(trained) = s.trained_tokens {
+        println!("  trained on {trained} tokens (targets the loss counted)");
+    }
     println!("  restarts {}", s.restarts);
     for f in &s.failures {
         let recovered = f
@@ -243,11 +278,21 @@ fn run(cli: Cli) -> Result<()> {
                     tokenizer,
                     out,
                     val_fraction,
+                    format,
+                    context,
+                    chat_template,
+                    train_on,
+                    overlong,
                     inputs,
                 },
         } => {
             let mut options = PrepareOptions::new(tokenizer.clone(), out, inputs);
             options.val_fraction = val_fraction;
+            options.format = format;
+            options.context = context;
+            options.chat_template = chat_template;
+            options.train_on = train_on;
+            options.overlong = overlong;
             let report = prepare(&options)?;
             let d = &report.description;
             println!(
@@ -259,6 +304,12 @@ fn run(cli: Cli) -> Result<()> {
                 report.val_shards.len(),
                 tokenizer.name()
             );
+            if let Some(p) = &d.packing {
+                println!(
+                    "  {} examples in rows of {} tokens ({} truncated, {} dropped); the loss counts {} train + {} validation targets",
+                    p.examples, p.row_len, p.truncated, p.dropped, p.train_counted, p.val_counted
+                );
+            }
             Ok(())
         }
         Command::Ckpt { command } => ckpt(command),

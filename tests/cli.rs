@@ -42,6 +42,7 @@ fn the_examples_are_valid() {
         "examples/tiny.yaml",
         "examples/gpt2-124m.yaml",
         "examples/local.yaml",
+        "examples/chat-finetune.yaml",
     ] {
         let out = tessera(&["validate", example]);
         assert!(out.status.success(), "{example}: {}", text(&out.stderr));

@@ -159,6 +159,10 @@ pub struct RankSummary {
     /// What carried the gradients and parameters ("nccl 2.32.3", "host ring (tcp)").
     #[serde(default)]
     pub collectives: String,
+    /// Targets the loss counted over all the run's steps: every token of text data, the
+    /// completion / assistant tokens of instruction and chat data.
+    #[serde(default)]
+    pub trained_tokens: u64,
 }
 
 impl_record!(RankSummary, 1, "a rank summary");
@@ -450,6 +454,7 @@ mod tests {
             backend: "cpu-f32".into(),
             peak_device_memory_bytes: None,
             collectives: "host ring (tcp)".into(),
+            trained_tokens: 1000,
         }
     }
 

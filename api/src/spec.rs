@@ -332,6 +332,81 @@ pub struct DataSpec {
     /// A volume holding the shards, mounted read-only on every worker (Kubernetes only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume: Option<DataVolume>,
+    /// What `train` and `validation` hold; detected from the files when unset (`.jsonl` files
+    /// by their first record's fields, `*.bin` and shard files as `shards`, anything else as
+    /// `text`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<DataFormat>,
+    /// For chat data: a Jinja chat template file, in place of the tokenizer directory's
+    /// (`chat_template` in tokenizer_config.json, or `chat_template.jinja`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = MAX_PATH_LEN))]
+    pub chat_template: Option<String>,
+    /// For instruction and chat data: which tokens the loss counts, `completions` (the
+    /// completion / assistant tokens; the default) or `all`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_on: Option<TrainOn>,
+    /// For instruction and chat data: what happens to an example longer than the context,
+    /// `truncate` (its end is cut; the default) or `drop`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlong: Option<Overlong>,
+}
+
+/// What a data field holds.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DataFormat {
+    /// UTF-8 text files; each file is a document.
+    Text,
+    /// JSON Lines with a `text` field; each record is a document.
+    Jsonl,
+    /// JSON Lines with `prompt` and `completion` fields.
+    Instruction,
+    /// JSON Lines with `messages`: a list of `{role, content}` (system, user, assistant),
+    /// rendered with the chat template.
+    Chat,
+    /// Token shards made by `tessera data prepare`.
+    Shards,
+}
+
+impl DataFormat {
+    /// The name a manifest spells it with.
+    pub fn name(self) -> &'static str {
+        match self {
+            DataFormat::Text => "text",
+            DataFormat::Jsonl => "jsonl",
+            DataFormat::Instruction => "instruction",
+            DataFormat::Chat => "chat",
+            DataFormat::Shards => "shards",
+        }
+    }
+
+    /// Instruction and chat data are examples packed into rows, with a loss mask.
+    pub fn is_examples(self) -> bool {
+        matches!(self, DataFormat::Instruction | DataFormat::Chat)
+    }
+}
+
+/// Which tokens of instruction and chat examples the loss counts.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainOn {
+    /// Only completion / assistant tokens (and the end-of-sequence after a completion).
+    #[default]
+    Completions,
+    /// Every token.
+    All,
+}
+
+/// What happens to an example longer than the context.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Overlong {
+    /// Keep its first context + 1 tokens.
+    #[default]
+    Truncate,
+    /// Leave it out (counted in the run's data report).
+    Drop,
 }
 
 /// A PersistentVolumeClaim with the token shards, mounted read-only at `mountPath`.

@@ -14,10 +14,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::Tokenizer;
+use crate::spec::{DataFormat, Tokenizer};
 
 /// The record's format; bumped when a field changes meaning.
-pub const TOKEN_CACHE_VERSION: u32 = 1;
+pub const TOKEN_CACHE_VERSION: u32 = 2;
 /// The directory below the checkpoint path that holds the cache's entries.
 pub const TOKEN_CACHE_DIR: &str = "tokens";
 /// The record's file name inside an entry.
@@ -42,6 +42,29 @@ pub struct TokenCacheRecord {
     pub inputs: Vec<TokenCacheInput>,
     /// When the entry was made (RFC 3339, UTC).
     pub created: String,
+    /// The inputs' format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<DataFormat>,
+    /// Instruction and chat data: the examples and the rows they were packed into.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub examples: Option<TokenCacheExamples>,
+}
+
+/// How a cache entry's instruction or chat examples were packed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenCacheExamples {
+    /// Tokens per row: the context + 1.
+    pub row_len: u32,
+    pub examples: u64,
+    /// Examples longer than a row, cut (`overlong: truncate`) or left out (`drop`).
+    pub truncated: u64,
+    pub dropped: u64,
+    pub train_rows: u64,
+    pub val_rows: u64,
+    /// Targets the loss counts (completion / assistant tokens, or all with `trainOn: all`).
+    pub train_counted: u64,
+    pub val_counted: u64,
 }
 
 /// One input file of a cache entry.
@@ -108,6 +131,8 @@ mod tests {
                 sha256: "ab".into(),
             }],
             created: "2026-12-03T10:00:00Z".into(),
+            format: None,
+            examples: None,
         };
         let json = serde_json::to_string(&record).unwrap();
         assert!(json.contains("\"valFraction\":0.1"), "{json}");

@@ -14,7 +14,7 @@
 
 use std::fmt;
 
-use crate::spec::{Architecture, ModelPreset, Tokenizer, TrainingRunSpec, bounds::*};
+use crate::spec::{Architecture, DataFormat, ModelPreset, Tokenizer, TrainingRunSpec, bounds::*};
 
 /// One broken rule: the field it concerns (`spec.model.heads`) and what is wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -287,6 +287,29 @@ pub fn cross_field_rules() -> Vec<CrossFieldRule> {
             holds: |s| s.data.validation.is_none() || s.data.validation_fraction.is_none(),
         },
         CrossFieldRule {
+            scope: &["data"],
+            field_path: ".chatTemplate",
+            cel: "!has(self.chatTemplate) || !has(self.format) || self.format == 'chat'".into(),
+            message: "data.chatTemplate renders chat data: remove it, or set data.format to chat",
+            holds: |s| {
+                s.data.chat_template.is_none()
+                    || s.data.format.is_none_or(|f| f == DataFormat::Chat)
+            },
+        },
+        CrossFieldRule {
+            scope: &["data"],
+            field_path: ".format",
+            cel: "!has(self.format) || self.format in ['instruction', 'chat'] || \
+                  (!has(self.trainOn) && !has(self.overlong))"
+                .into(),
+            message: "data.trainOn and data.overlong apply to instruction and chat data only: \
+                      remove them, or set data.format to instruction or chat",
+            holds: |s| {
+                s.data.format.is_none_or(DataFormat::is_examples)
+                    || (s.data.train_on.is_none() && s.data.overlong.is_none())
+            },
+        },
+        CrossFieldRule {
             scope: &["optimizer"],
             field_path: ".lr",
             cel: "self.lr > 0.0".into(),
@@ -429,6 +452,15 @@ fn check_bounds(spec: &TrainingRunSpec) -> Vec<Violation> {
     }
     if let Some(v) = spec.data.validation_fraction {
         b.within("spec.data.validationFraction", v, 0.0, 0.5);
+    }
+    if let Some(template) = &spec.data.chat_template {
+        b.not_empty("spec.data.chatTemplate", template);
+        if template.chars().count() > MAX_PATH_LEN as usize {
+            b.report(
+                "spec.data.chatTemplate",
+                format!("may not be longer than {MAX_PATH_LEN} chars"),
+            );
+        }
     }
     if let Some(volume) = &spec.data.volume {
         b.not_empty("spec.data.volume.claimName", &volume.claim_name);

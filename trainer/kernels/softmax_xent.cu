@@ -2,6 +2,8 @@
 // softmax_xent.rs), one block per row of logits (rows, Vp) of which the first V columns count:
 //   losses[r] = logsumexp(z[..V]) - z[target]                           (fp32)
 //   z[c]      = dloss·(softmax(z[..V])[c] - [c == target]) for c < V,   0 for V ≤ c < Vp
+// A row whose target is IGNORE_TARGET (0xFFFFFFFF: a prompt or padding token, see the loader)
+// has loss 0 and a zero gradient row.
 // One read pass (an online max/sum per thread over a strided slice of the row, then a fixed
 // shuffle tree and warp-ordered combine) and one write pass that replaces the logits.
 //   grid (rows), block (512), shared memory 2·(512 / 32) floats (static).
@@ -9,6 +11,7 @@
 
 #define XENT_BLOCK 512
 #define XENT_WARPS (XENT_BLOCK / WARP_SIZE)
+#define IGNORE_TARGET 0xFFFFFFFFu
 
 // Merges two (max, sum of exp(x - max)) pairs.
 __device__ __forceinline__ void softmax_merge(float& m, float& s, float m2, float s2) {
@@ -27,6 +30,13 @@ extern "C" __global__ void __launch_bounds__(XENT_BLOCK) softmax_cross_entropy(
     const long long row = blockIdx.x;
     bf16* z = logits + row * Vp;
     const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+
+    // An ignored row: the whole block leaves together, before any barrier.
+    if (targets[row] == IGNORE_TARGET) {
+        if (threadIdx.x == 0) losses[row] = 0.0f;
+        for (int c = threadIdx.x; c < Vp; c += blockDim.x) z[c] = to_bf16(0.0f);
+        return;
+    }
 
     // Read pass: online softmax statistics over this thread's columns.
     float m = NEG_INF, s = 0.0f;

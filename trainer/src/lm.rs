@@ -13,6 +13,7 @@
 use std::ops::Range;
 
 use crate::backend::Backend;
+use crate::data::loader::IGNORE_TARGET;
 use crate::model::{GradientReady, ModelError, ParamLayout};
 use crate::rng::RngState;
 
@@ -209,8 +210,30 @@ pub trait LanguageModel<B: Backend>: Send {
         targets: &[u32],
         grad_scale: f64,
     ) -> Result<f64, ModelError> {
+        let bt = self.batch() * self.seq_len();
+        Ok(self.forward_sum(inputs, targets, grad_scale / bt as f64)? / bt as f64)
+    }
+    /// [`LanguageModel::forward_sum`] on the staged micro-batch.
+    fn forward_staged_sum(&mut self, dloss: f64) -> Result<f64, ModelError> {
+        let inputs = std::mem::take(&mut self.state_mut().staged_inputs);
+        let targets = std::mem::take(&mut self.state_mut().staged_targets);
+        let result = self.forward_sum(&inputs, &targets, dloss);
+        let s = self.state_mut();
+        s.staged_inputs = inputs;
+        s.staged_targets = targets;
+        result
+    }
+    /// The SUM of the per-position losses; a target of [`IGNORE_TARGET`] adds 0 and no
+    /// gradient. The gradient the next backward() accumulates is that of `dloss × sum` (a
+    /// masked step passes 1 / the counted targets of its global batch).
+    fn forward_sum(
+        &mut self,
+        inputs: &[u32],
+        targets: &[u32],
+        dloss: f64,
+    ) -> Result<f64, ModelError> {
         let (bt, vocab) = (self.batch() * self.seq_len(), self.vocab());
-        check_tokens("targets", targets, bt, vocab)?;
+        check_targets(targets, bt, vocab)?;
         self.forward_logits(inputs)?;
         let s = self.state_mut();
         let be = &s.backend;
@@ -222,11 +245,11 @@ pub trait LanguageModel<B: Backend>: Send {
             bt,
             s.vocab,
             s.padded_vocab,
-            grad_scale / bt as f64,
+            dloss,
         )?;
-        let loss = be.sum(be.view(&s.losses, 0..bt)?)? / bt as f64;
+        let sum = be.sum(be.view(&s.losses, 0..bt)?)?;
         s.forward_done = true;
-        Ok(loss)
+        Ok(sum)
     }
     /// Runs the network up to the logits without a loss (inference); read them with
     /// [`LanguageModel::logits_at`]. A following backward() is refused.
@@ -270,6 +293,30 @@ pub trait LanguageModel<B: Backend>: Send {
         }
         self.backward_network(ready)
     }
+}
+
+/// [`check_tokens`] for targets, which may also be [`IGNORE_TARGET`].
+pub fn check_targets(targets: &[u32], want: usize, vocab: usize) -> Result<(), ModelError> {
+    if targets.len() != want {
+        return Err(ModelError::BatchShape {
+            what: "targets",
+            want,
+            got: targets.len(),
+        });
+    }
+    if let Some((position, &token)) = targets
+        .iter()
+        .enumerate()
+        .find(|&(_, &t)| t as usize >= vocab && t != IGNORE_TARGET)
+    {
+        return Err(ModelError::TokenOutOfRange {
+            what: "targets",
+            token,
+            position,
+            vocab,
+        });
+    }
+    Ok(())
 }
 
 /// Refuses a token batch of the wrong length or with an id outside the vocabulary.

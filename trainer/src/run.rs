@@ -49,7 +49,7 @@ use crate::{
     model::ModelError,
     optimizer::{AdamW, AdamWConfig, LrSchedule, OptimizerError, OptimizerState},
     parallel::{DataParallel, ParallelError},
-    train::{TrainError, train_step_parallel},
+    train::{TrainError, train_step_parallel, train_step_parallel_counted},
 };
 
 /// How this process runs the spec.
@@ -178,6 +178,9 @@ pub struct RunSummary {
     pub peak_device_memory_bytes: Option<u64>,
     /// What carried the gradients and parameters ("nccl 2.32.3", "host ring (tcp)").
     pub collectives: String,
+    /// Targets the loss counted over all the run's steps (every token of text data; the
+    /// completion / assistant tokens of instruction and chat data).
+    pub trained_tokens: u64,
 }
 
 impl RunSummary {
@@ -203,6 +206,7 @@ impl RunSummary {
             backend: self.backend.clone(),
             peak_device_memory_bytes: self.peak_device_memory_bytes,
             collectives: self.collectives.clone(),
+            trained_tokens: self.trained_tokens,
         }
     }
 }
@@ -551,19 +555,34 @@ impl<'h, B: Backend> Trainer<'h, B> {
     fn step(&mut self, step: u64) -> Result<StepReport, RunError> {
         let t0 = Instant::now();
         let batches = &self.batches;
-        let stats = train_step_parallel(
-            self.model.as_mut(),
-            &mut self.optimizer,
-            &mut self.dp,
-            step,
-            self.grad_accum as usize,
-            &mut |s, micro, inputs, targets| {
-                let batch = batches.batch(s, micro as u32)?;
-                inputs.copy_from_slice(&batch.inputs);
-                targets.copy_from_slice(&batch.targets);
-                Ok(())
-            },
-        )?;
+        let mut fill = |s: u64, micro: usize, inputs: &mut [u32], targets: &mut [u32]| {
+            let batch = batches.batch(s, micro as u32)?;
+            inputs.copy_from_slice(&batch.inputs);
+            targets.copy_from_slice(&batch.targets);
+            Ok(())
+        };
+        let (model, accum) = (self.model.as_mut(), self.grad_accum as usize);
+        let stats = if batches.stream().is_masked() {
+            let counted = batches.counted_targets(step);
+            train_step_parallel_counted(
+                model,
+                &mut self.optimizer,
+                &mut self.dp,
+                step,
+                accum,
+                counted,
+                &mut fill,
+            )?
+        } else {
+            train_step_parallel(
+                model,
+                &mut self.optimizer,
+                &mut self.dp,
+                step,
+                accum,
+                &mut fill,
+            )?
+        };
         let seconds = t0.elapsed().as_secs_f64();
         let comm_seconds = self.dp.take_comm_wait().as_secs_f64();
         let world = f64::from(self.dp.world_size());
@@ -785,6 +804,7 @@ impl<'h, B: Backend> Trainer<'h, B> {
             backend: self.model.backend().name().to_string(),
             peak_device_memory_bytes: self.model.backend().peak_memory_bytes(),
             collectives: self.dp.transport(),
+            trained_tokens: (0..steps).map(|s| self.batches.counted_targets(s)).sum(),
         })
     }
 }
@@ -817,7 +837,12 @@ fn open_data(
     rank: u32,
     world: u32,
 ) -> Result<(TrainBatches, Option<EvalBatches>, u32), RunError> {
-    let data = resolve_run_data(&spec.data, &options.base_dir, checkpoint_root)?;
+    let data = resolve_run_data(
+        &spec.data,
+        &options.base_dir,
+        checkpoint_root,
+        resolved.context,
+    )?;
     let open = |path: &String| open_for(family, path);
     let train_stream = open(&data.train)?;
     let micro_batch = spec.optimizer.micro_batch;
@@ -941,8 +966,20 @@ pub fn evaluate_ranked<B: Backend>(
     eval: &EvalBatches,
     comm: &mut dyn Collective,
 ) -> Result<f64, RunError> {
+    let ranks = (comm.rank()..eval.len()).step_by(comm.world_size() as usize);
+    if eval.stream().is_masked() {
+        // The mean over the counted targets of the whole validation set.
+        let (mut sum, mut counted) = (0.0, 0.0);
+        for i in ranks {
+            let batch = eval.batch(i)?;
+            sum += model.forward_sum(&batch.inputs, &batch.targets, 0.0)?;
+            counted += batch.counted as f64;
+        }
+        let totals = comm.sum_f64(&[sum, counted]).map_err(ParallelError::from)?;
+        return Ok(totals[0] / totals[1].max(1.0));
+    }
     let mut total = 0.0;
-    for i in (comm.rank()..eval.len()).step_by(comm.world_size() as usize) {
+    for i in ranks {
         let batch = eval.batch(i)?;
         total += model.forward(&batch.inputs, &batch.targets)?;
     }

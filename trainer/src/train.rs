@@ -80,11 +80,56 @@ where
     B: Backend,
     S: FnMut(u64, usize, &mut [u32], &mut [u32]) -> Result<(), BatchError>,
 {
+    step_with(model, optimizer, dp, step, accum, None, batches)
+}
+
+/// [`train_step_parallel`] for batches whose targets may be
+/// [`crate::data::loader::IGNORE_TARGET`]: the loss is the sum over the counted targets of
+/// the whole global batch divided by `counted_targets` (their number, which every rank
+/// knows), so gradient accumulation and data parallelism give the gradient of one big batch.
+pub fn train_step_parallel_counted<B, S>(
+    model: &mut dyn LanguageModel<B>,
+    optimizer: &mut AdamW<B>,
+    dp: &mut DataParallel<B>,
+    step: u64,
+    accum: usize,
+    counted_targets: u64,
+    batches: &mut S,
+) -> Result<StepStats, TrainError>
+where
+    B: Backend,
+    S: FnMut(u64, usize, &mut [u32], &mut [u32]) -> Result<(), BatchError>,
+{
+    step_with(
+        model,
+        optimizer,
+        dp,
+        step,
+        accum,
+        Some(counted_targets),
+        batches,
+    )
+}
+
+fn step_with<B, S>(
+    model: &mut dyn LanguageModel<B>,
+    optimizer: &mut AdamW<B>,
+    dp: &mut DataParallel<B>,
+    step: u64,
+    accum: usize,
+    counted_targets: Option<u64>,
+    batches: &mut S,
+) -> Result<StepStats, TrainError>
+where
+    B: Backend,
+    S: FnMut(u64, usize, &mut [u32], &mut [u32]) -> Result<(), BatchError>,
+{
     if accum == 0 {
         return Err(TrainError::ZeroAccumulation);
     }
     model.zero_grad()?;
-    let grad_scale = 1.0 / (accum as f64 * f64::from(dp.world_size()));
+    let world = f64::from(dp.world_size());
+    let grad_scale = 1.0 / (accum as f64 * world);
     let loss_scale = 1.0 / accum as f64;
     let mut loss = 0.0;
     for micro in 0..accum {
@@ -94,7 +139,15 @@ where
             micro,
             source,
         })?;
-        loss += model.forward_staged(grad_scale)? * loss_scale;
+        loss += match counted_targets {
+            None => model.forward_staged(grad_scale)? * loss_scale,
+            // A step with nothing counted has loss 0 and no gradient.
+            Some(counted) => {
+                let per_target = 1.0 / counted.max(1) as f64;
+                // ×world: finish_step averages the ranks' losses, the global loss is a sum.
+                model.forward_staged_sum(per_target)? * per_target * world
+            }
+        };
         if micro + 1 == accum {
             dp.backward_last(model)?;
         } else {

@@ -327,6 +327,30 @@ pub fn invalid_cases() -> Vec<Case> {
             Schema,
         ),
         case(
+            "chat template on instruction data",
+            vec![
+                ("spec.data.format", Some(json!("instruction"))),
+                ("spec.data.chatTemplate", Some(json!("chat.jinja"))),
+            ],
+            "spec.data.chatTemplate",
+            Cel,
+        ),
+        case(
+            "loss mask on plain text",
+            vec![
+                ("spec.data.format", Some(json!("text"))),
+                ("spec.data.trainOn", Some(json!("all"))),
+            ],
+            "spec.data.format",
+            Cel,
+        ),
+        case(
+            "unknown data format",
+            vec![("spec.data.format", Some(json!("parquet")))],
+            "spec.data.format",
+            Schema,
+        ),
+        case(
             "checkpoint every zero steps",
             vec![("spec.checkpoint.everySteps", Some(json!(0)))],
             "spec.checkpoint.everySteps",

@@ -18,19 +18,45 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 use tessera_api::{
-    spec::{DataSpec, Tokenizer},
+    spec::{DataFormat, DataSpec, Overlong, Tokenizer, TrainOn},
     token_cache::{
-        TOKEN_CACHE_DIR, TOKEN_CACHE_RECORD, TOKEN_CACHE_VERSION, TokenCacheInput,
-        TokenCacheRecord, cache_key,
+        TOKEN_CACHE_DIR, TOKEN_CACHE_RECORD, TOKEN_CACHE_VERSION, TokenCacheExamples,
+        TokenCacheInput, TokenCacheRecord, cache_key,
     },
 };
 
 use super::{
     loader::{LoaderError, matching_files, resolve_shard_spec},
-    prepare::{PrepareError, PrepareOptions, collect_inputs, prepare},
+    prepare::{PrepareError, PrepareOptions, collect_inputs, load_template, prepare},
+    records::{RecordError, common_format},
     shard::SHARD_MAGIC,
     tokenizer::TextTokenizer,
 };
+
+/// How the run turns its data into tokens, beyond the tokenizer: the manifest's
+/// `data.format`, `chatTemplate`, `trainOn`, `overlong`, and the training context.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenizeOptions {
+    pub format: Option<DataFormat>,
+    /// Resolved against the manifest's directory.
+    pub chat_template: Option<PathBuf>,
+    pub train_on: TrainOn,
+    pub overlong: Overlong,
+    pub context: u32,
+}
+
+impl TokenizeOptions {
+    /// Text-only defaults (no format given, a context that only packed data uses).
+    pub fn text(context: u32) -> TokenizeOptions {
+        TokenizeOptions {
+            format: None,
+            chat_template: None,
+            train_on: TrainOn::default(),
+            overlong: Overlong::default(),
+            context,
+        }
+    }
+}
 
 /// The manifest field a run's tokenizer comes from, for its errors.
 const TOKENIZER_FIELD: &str = "spec.data.tokenizer";
@@ -41,6 +67,8 @@ pub enum CacheError {
     Loader(#[from] LoaderError),
     #[error(transparent)]
     Prepare(#[from] PrepareError),
+    #[error(transparent)]
+    Record(Box<RecordError>),
     #[error(
         "{field}: {spec} mixes token shards ({shard}) and text ({text}); name one kind of data per field"
     )]
@@ -72,6 +100,12 @@ pub enum CacheError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<RecordError> for CacheError {
+    fn from(e: RecordError) -> CacheError {
+        CacheError::Record(Box::new(e))
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
@@ -192,9 +226,11 @@ impl CachedTokens {
 /// out: found under `cache_root`, or made there.
 pub fn materialize(
     cache_root: &Path,
+    (field, spec): (&'static str, &str),
     files: &[PathBuf],
     tokenizer: &Tokenizer,
     val_fraction: f64,
+    how: &TokenizeOptions,
 ) -> Result<CachedTokens, CacheError> {
     // Loaded for its identity: a Hugging Face tokenizer enters the key by its file's hash.
     let text_tokenizer = TextTokenizer::load(tokenizer, TOKENIZER_FIELD)
@@ -212,7 +248,38 @@ pub fn materialize(
         });
     }
     let shas: Vec<String> = inputs.iter().map(|i| i.sha256.clone()).collect();
-    let key = cache_key(&text_tokenizer.cache_id(), val_fraction, &shas);
+    let format = common_format(field, spec, files, how.format)?;
+    let mut options = PrepareOptions::new(text_tokenizer.kind(), PathBuf::new(), files.to_vec());
+    options.tokenizer_field = TOKENIZER_FIELD;
+    options.inputs_field = field;
+    options.val_fraction = val_fraction;
+    options.format = Some(format);
+    options.chat_template = how.chat_template.clone();
+    options.train_on = how.train_on;
+    options.overlong = how.overlong;
+    options.context = Some(how.context);
+    // Everything the tokens depend on enters the key: for packed examples the row length,
+    // the mask rule and the template too (text keeps its entry across contexts).
+    let identity = match format {
+        DataFormat::Instruction | DataFormat::Chat => {
+            let template = match format {
+                DataFormat::Chat => load_template(&text_tokenizer, &options)?
+                    .sha256()
+                    .to_string(),
+                _ => String::new(),
+            };
+            format!(
+                "{} format={} rows={} trainOn={:?} overlong={:?} template={template}",
+                text_tokenizer.cache_id(),
+                format.name(),
+                how.context + 1,
+                how.train_on,
+                how.overlong
+            )
+        }
+        other => format!("{} format={}", text_tokenizer.cache_id(), other.name()),
+    };
+    let key = cache_key(&identity, val_fraction, &shas);
     let dir = cache_root.join(&key);
     if dir.exists() {
         return read_entry(&dir, &key);
@@ -223,14 +290,8 @@ pub fn materialize(
     static WRITERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = WRITERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let partial = cache_root.join(format!(".{key}.partial-{}-{n}", std::process::id()));
-    let made = write_entry(
-        &partial,
-        files,
-        &text_tokenizer,
-        val_fraction,
-        key.clone(),
-        inputs,
-    );
+    options.out_dir = partial.clone();
+    let made = write_entry(&options, &text_tokenizer, key.clone(), inputs);
     let record = match made {
         Ok(record) => record,
         Err(e) => {
@@ -260,17 +321,28 @@ pub fn materialize(
 }
 
 fn write_entry(
-    partial: &Path,
-    files: &[PathBuf],
+    options: &PrepareOptions,
     tokenizer: &TextTokenizer,
-    val_fraction: f64,
     key: String,
     inputs: Vec<TokenCacheInput>,
 ) -> Result<TokenCacheRecord, CacheError> {
-    let mut options = PrepareOptions::new(tokenizer.kind(), partial, files.to_vec());
-    options.tokenizer_field = TOKENIZER_FIELD;
-    options.val_fraction = val_fraction;
-    let report = prepare(&options)?;
+    let partial = options.out_dir.as_path();
+    let val_fraction = options.val_fraction;
+    let report = prepare(options)?;
+    let examples = report
+        .description
+        .packing
+        .as_ref()
+        .map(|p| TokenCacheExamples {
+            row_len: p.row_len,
+            examples: p.examples,
+            truncated: p.truncated,
+            dropped: p.dropped,
+            train_rows: p.train_rows,
+            val_rows: p.val_rows,
+            train_counted: p.train_counted,
+            val_counted: p.val_counted,
+        });
     let record = TokenCacheRecord {
         version: TOKEN_CACHE_VERSION,
         key,
@@ -281,6 +353,8 @@ fn write_entry(
         val_tokens: report.description.val_tokens,
         inputs,
         created: tessera_api::clock::rfc3339_now(),
+        format: report.description.format,
+        examples,
     };
     let json = serde_json::to_vec_pretty(&record).expect("plain data serializes");
     std::fs::write(partial.join(TOKEN_CACHE_RECORD), json).map_err(io_err(partial))?;
@@ -339,6 +413,7 @@ pub fn resolve_run_data(
     data: &DataSpec,
     base_dir: &Path,
     checkpoint_root: &Path,
+    context: u32,
 ) -> Result<RunData, CacheError> {
     let cache_root = checkpoint_root.join(TOKEN_CACHE_DIR);
     let resolve = |spec: &str| {
@@ -355,6 +430,16 @@ pub fn resolve_run_data(
         Tokenizer::HuggingFace(path) => Tokenizer::HuggingFace(resolve(path)),
         builtin => builtin.clone(),
     };
+    let how = TokenizeOptions {
+        format: data.format,
+        chat_template: data
+            .chat_template
+            .as_deref()
+            .map(|t| PathBuf::from(resolve(t))),
+        train_on: data.train_on.unwrap_or_default(),
+        overlong: data.overlong.unwrap_or_default(),
+        context,
+    };
     let train_spec = resolve(&data.train);
     let (train, held_out) = match classify("spec.data.train", &train_spec)? {
         DataForm::Shards => {
@@ -365,7 +450,8 @@ pub fn resolve_run_data(
         }
         DataForm::Text(files) => {
             let fraction = data.validation_fraction.unwrap_or(0.0);
-            let entry = materialize(&cache_root, &files, &tokenizer, fraction)?;
+            let field = ("spec.data.train", train_spec.as_str());
+            let entry = materialize(&cache_root, field, &files, &tokenizer, fraction, &how)?;
             let specs = (entry.train_spec(), entry.val_spec());
             tokenized.push(entry);
             specs
@@ -378,7 +464,8 @@ pub fn resolve_run_data(
             match classify("spec.data.validation", &val_spec)? {
                 DataForm::Shards => Some(val_spec),
                 DataForm::Text(files) => {
-                    let entry = materialize(&cache_root, &files, &tokenizer, 0.0)?;
+                    let field = ("spec.data.validation", val_spec.as_str());
+                    let entry = materialize(&cache_root, field, &files, &tokenizer, 0.0, &how)?;
                     let spec = entry.train_spec();
                     tokenized.push(entry);
                     Some(spec)
@@ -425,7 +512,7 @@ mod tests {
         let ckpt = tempfile::tempdir().unwrap();
         let mut spec = data(&src.path().display().to_string());
         spec.validation_fraction = Some(0.1);
-        let first = resolve_run_data(&spec, Path::new("/"), ckpt.path()).unwrap();
+        let first = resolve_run_data(&spec, Path::new("/"), ckpt.path(), 64).unwrap();
         assert_eq!(first.tokenized.len(), 1);
         let entry = &first.tokenized[0];
         assert!(!entry.reused);
@@ -440,7 +527,7 @@ mod tests {
         let val = TokenStream::open(first.validation.as_ref().unwrap()).unwrap();
         assert_eq!(val.len(), 50);
 
-        let second = resolve_run_data(&spec, Path::new("/"), ckpt.path()).unwrap();
+        let second = resolve_run_data(&spec, Path::new("/"), ckpt.path(), 64).unwrap();
         assert!(second.tokenized[0].reused);
         assert_eq!(second.train, first.train);
         assert_eq!(second.tokenized[0].record, entry.record);
@@ -473,7 +560,7 @@ mod tests {
             tokenizer: Tokenizer::from("./model"),
             ..DataSpec::default()
         };
-        let first = resolve_run_data(&spec, base.path(), ckpt.path()).unwrap();
+        let first = resolve_run_data(&spec, base.path(), ckpt.path(), 64).unwrap();
         let entry = &first.tokenized[0];
         assert!(!entry.reused);
         let sha = hex::encode(Sha256::digest(
@@ -495,7 +582,7 @@ mod tests {
 
         // Found again; a changed tokenizer.json (one merge fewer) makes a new entry.
         assert!(
-            resolve_run_data(&spec, base.path(), ckpt.path())
+            resolve_run_data(&spec, base.path(), ckpt.path(), 64)
                 .unwrap()
                 .tokenized[0]
                 .reused
@@ -505,7 +592,7 @@ mod tests {
             serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         json["model"]["merges"].as_array_mut().unwrap().pop();
         std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
-        let changed = resolve_run_data(&spec, base.path(), ckpt.path()).unwrap();
+        let changed = resolve_run_data(&spec, base.path(), ckpt.path(), 64).unwrap();
         assert!(!changed.tokenized[0].reused);
         assert_ne!(changed.tokenized[0].record.key, entry.record.key);
 
@@ -514,7 +601,7 @@ mod tests {
             tokenizer: Tokenizer::from("./nowhere"),
             ..spec.clone()
         };
-        let err = resolve_run_data(&bad, base.path(), ckpt.path())
+        let err = resolve_run_data(&bad, base.path(), ckpt.path(), 64)
             .unwrap_err()
             .to_string();
         assert!(
@@ -528,9 +615,9 @@ mod tests {
         let src = text_dir(&[("a.txt", &"alpha ".repeat(50))]);
         let ckpt = tempfile::tempdir().unwrap();
         let spec = data(&src.path().join("a.txt").display().to_string());
-        let first = resolve_run_data(&spec, Path::new("/"), ckpt.path()).unwrap();
+        let first = resolve_run_data(&spec, Path::new("/"), ckpt.path(), 64).unwrap();
         std::fs::write(src.path().join("a.txt"), "gamma ".repeat(50)).unwrap();
-        let second = resolve_run_data(&spec, Path::new("/"), ckpt.path()).unwrap();
+        let second = resolve_run_data(&spec, Path::new("/"), ckpt.path(), 64).unwrap();
         assert!(!second.tokenized[0].reused);
         assert_ne!(
             first.tokenized[0].record.key,
@@ -546,7 +633,7 @@ mod tests {
         let spec = data(&src.path().display().to_string());
         let results: Vec<RunData> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..4)
-                .map(|_| s.spawn(|| resolve_run_data(&spec, Path::new("/"), ckpt.path())))
+                .map(|_| s.spawn(|| resolve_run_data(&spec, Path::new("/"), ckpt.path(), 64)))
                 .collect();
             handles
                 .into_iter()
@@ -566,14 +653,14 @@ mod tests {
         write_shard(&dir.path().join("train-000000.bin"), &[1, 2, 3, 4], 256).unwrap();
         let spec = data(&format!("{}/train-*.bin", dir.path().display()));
         let ckpt = tempfile::tempdir().unwrap();
-        let got = resolve_run_data(&spec, Path::new("/"), ckpt.path()).unwrap();
+        let got = resolve_run_data(&spec, Path::new("/"), ckpt.path(), 64).unwrap();
         assert_eq!(got.train, spec.train);
         assert!(got.tokenized.is_empty());
         assert!(!ckpt.path().join(TOKEN_CACHE_DIR).exists());
 
         let mut with_fraction = spec.clone();
         with_fraction.validation_fraction = Some(0.1);
-        let err = resolve_run_data(&with_fraction, Path::new("/"), ckpt.path()).unwrap_err();
+        let err = resolve_run_data(&with_fraction, Path::new("/"), ckpt.path(), 64).unwrap_err();
         assert!(
             err.to_string().contains("spec.data.validationFraction"),
             "{err}"
@@ -600,10 +687,10 @@ mod tests {
         let src = text_dir(&[("a.txt", &"alpha ".repeat(50))]);
         let ckpt = tempfile::tempdir().unwrap();
         let spec = data(&src.path().display().to_string());
-        let first = resolve_run_data(&spec, Path::new("/"), ckpt.path()).unwrap();
+        let first = resolve_run_data(&spec, Path::new("/"), ckpt.path(), 64).unwrap();
         let entry = &first.tokenized[0].dir;
         std::fs::write(entry.join(TOKEN_CACHE_RECORD), "{ truncated").unwrap();
-        let err = resolve_run_data(&spec, Path::new("/"), ckpt.path())
+        let err = resolve_run_data(&spec, Path::new("/"), ckpt.path(), 64)
             .unwrap_err()
             .to_string();
         assert!(err.contains("remove that directory"), "{err}");
@@ -613,9 +700,14 @@ mod tests {
     #[test]
     fn missing_data_names_the_path() {
         let ckpt = tempfile::tempdir().unwrap();
-        let err = resolve_run_data(&data("/nonexistent/corpus"), Path::new("/"), ckpt.path())
-            .unwrap_err()
-            .to_string();
+        let err = resolve_run_data(
+            &data("/nonexistent/corpus"),
+            Path::new("/"),
+            ckpt.path(),
+            64,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("/nonexistent/corpus"), "{err}");
         assert!(err.contains("spec.data.train"), "{err}");
     }

@@ -75,6 +75,9 @@ pub enum HfTokenizerError {
     Encode { path: PathBuf, detail: String },
 }
 
+/// Token ids and each token's byte range in the text.
+pub type TokensWithOffsets = (Vec<u32>, Vec<(usize, usize)>);
+
 /// A loaded Hugging Face tokenizer with its BOS and EOS.
 pub struct HfTokenizer {
     /// As the manifest or command line named it.
@@ -204,6 +207,30 @@ impl HfTokenizer {
         add_special_tokens: bool,
     ) -> Result<Vec<u32>, HfTokenizerError> {
         Self::ids(&self.tokenizer, &self.file, text, add_special_tokens)
+    }
+
+    /// Hugging Face's `tokenizer(text, add_special_tokens=False)` with each token's byte
+    /// range in `text`: special-token spellings are the special tokens (rendered chat
+    /// templates are tokenized this way).
+    pub fn encode_with_offsets(&self, text: &str) -> Result<TokensWithOffsets, HfTokenizerError> {
+        let encoding =
+            self.tokenizer
+                .encode(text, false)
+                .map_err(|e| HfTokenizerError::Encode {
+                    path: self.file.clone(),
+                    detail: e.to_string(),
+                })?;
+        Ok((encoding.get_ids().to_vec(), encoding.get_offsets().to_vec()))
+    }
+
+    /// The spelling of token `id` (`<|eot_id|>`), if the vocabulary has it.
+    pub fn token_text(&self, id: u32) -> Option<String> {
+        self.tokenizer.id_to_token(id)
+    }
+
+    /// The directory `tokenizer.json` sits in (where a chat template is looked for).
+    pub fn dir(&self) -> &Path {
+        self.file.parent().unwrap_or(Path::new("."))
     }
 
     /// The text's tokens with special-token spellings as ordinary text and nothing added.

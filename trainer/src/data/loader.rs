@@ -17,11 +17,21 @@
 //! windows depends only on (seed, step, R), so a run resumed on a different number of ranks
 //! with the same global batch sees the same data. Validation windows sit at evenly spaced
 //! offsets and are the same at every evaluation.
+//!
+//! Packed shards (instruction and chat examples, [`super::examples`]) hold rows of T+1 tokens:
+//! a window is then a whole row, `offset = row · (T+1)` with the row drawn the same way. A
+//! shard's loss mask turns every target the loss does not count into [`IGNORE_TARGET`]; a
+//! step's count of counted targets over the whole global batch ([`TrainBatches::counted_targets`])
+//! is what its loss is normalised by, on every rank alike.
 
 use std::path::{Path, PathBuf};
 
 use super::shard::{Shard, ShardError, read_shard};
 use crate::rng::splitmix64;
+
+/// A target the loss ignores (a prompt, a padding or a user token): its row of the loss is 0
+/// and so is its gradient.
+pub const IGNORE_TARGET: u32 = u32::MAX;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoaderError {
@@ -69,6 +79,24 @@ pub enum LoaderError {
         tokens: u64,
         context: u32,
         needed: u64,
+    },
+    #[error(
+        "data {spec} is packed in rows of {row_len} tokens (for a context of {packed_context}), but the run's context is {context}; tokenize it again for this context (a run does this itself when it names the JSONL) or set model.context to {packed_context}"
+    )]
+    RowMismatch {
+        spec: String,
+        row_len: u32,
+        packed_context: u32,
+        context: u32,
+    },
+    #[error(
+        "shards disagree on their rows: {first} is packed in rows of {first_rows} tokens, {path} in rows of {rows} (0: not packed); name shards of one preparation"
+    )]
+    RowsDiffer {
+        first: PathBuf,
+        first_rows: u32,
+        path: PathBuf,
+        rows: u32,
     },
     #[error("batch layout: {0}")]
     Layout(String),
@@ -181,6 +209,10 @@ pub struct TokenStream {
     starts: Vec<u64>,
     vocab_size: u32,
     max_token: u32,
+    /// Tokens per packed row, 0 for a plain stream.
+    row_len: u32,
+    /// Some shard has a loss mask.
+    masked: bool,
 }
 
 impl TokenStream {
@@ -200,6 +232,16 @@ impl TokenStream {
                     vocab: shard.vocab_size,
                 });
             }
+            if let Some(first) = shards.first()
+                && first.row_len != shard.row_len
+            {
+                return Err(LoaderError::RowsDiffer {
+                    first: first.path.clone(),
+                    first_rows: first.row_len,
+                    path: shard.path.clone(),
+                    rows: shard.row_len,
+                });
+            }
             shards.push(shard);
         }
         let mut starts = Vec::with_capacity(shards.len() + 1);
@@ -212,6 +254,8 @@ impl TokenStream {
         Ok(TokenStream {
             spec: spec.to_string(),
             vocab_size: shards[0].vocab_size,
+            row_len: shards[0].row_len,
+            masked: shards.iter().any(|s| s.mask.is_some()),
             max_token: shards.iter().map(|s| s.max_token).max().unwrap_or(0),
             shards,
             starts,
@@ -241,6 +285,35 @@ impl TokenStream {
 
     pub fn spec(&self) -> &str {
         &self.spec
+    }
+
+    /// Tokens per packed row, 0 for a plain stream.
+    pub fn row_len(&self) -> u32 {
+        self.row_len
+    }
+
+    /// Whether some target is not counted by the loss.
+    pub fn is_masked(&self) -> bool {
+        self.masked
+    }
+
+    /// Whether the loss counts the token at stream position `pos` as a target.
+    pub fn counted(&self, pos: u64) -> bool {
+        if !self.masked {
+            return true;
+        }
+        let shard = self.starts.partition_point(|&s| s <= pos) - 1;
+        self.shards[shard].counted((pos - self.starts[shard]) as usize)
+    }
+
+    /// Counted targets of the window at `offset`: positions offset+1 ..= offset+context.
+    pub fn counted_in_window(&self, offset: u64, context: u32) -> u64 {
+        if !self.masked {
+            return u64::from(context);
+        }
+        (offset + 1..=offset + u64::from(context))
+            .filter(|&p| self.counted(p))
+            .count() as u64
     }
 
     pub fn shard_paths(&self) -> Vec<&Path> {
@@ -274,6 +347,14 @@ impl TokenStream {
     }
 
     fn require_window(&self, context: u32) -> Result<(), LoaderError> {
+        if self.row_len > 0 && self.row_len != context + 1 {
+            return Err(LoaderError::RowMismatch {
+                spec: self.spec.clone(),
+                row_len: self.row_len,
+                packed_context: self.row_len - 1,
+                context,
+            });
+        }
         let needed = u64::from(context) + 1;
         if context == 0 || self.len() < needed {
             return Err(LoaderError::TooShort {
@@ -302,9 +383,12 @@ pub struct Batch {
     pub rows: usize,
     pub context: usize,
     pub inputs: Vec<u32>,
+    /// The next tokens, or [`IGNORE_TARGET`] where the loss does not count them.
     pub targets: Vec<u32>,
     /// The stream offset of each row's window, for tests and diagnostics.
     pub offsets: Vec<u64>,
+    /// Targets that are not [`IGNORE_TARGET`].
+    pub counted: u64,
 }
 
 impl Batch {
@@ -316,14 +400,24 @@ impl Batch {
         for (row, &offset) in offsets.iter().enumerate() {
             stream.copy_range(offset, &mut window);
             inputs[row * context..(row + 1) * context].copy_from_slice(&window[..context]);
-            targets[row * context..(row + 1) * context].copy_from_slice(&window[1..]);
+            let out = &mut targets[row * context..(row + 1) * context];
+            out.copy_from_slice(&window[1..]);
+            if stream.is_masked() {
+                for (t, target) in out.iter_mut().enumerate() {
+                    if !stream.counted(offset + 1 + t as u64) {
+                        *target = IGNORE_TARGET;
+                    }
+                }
+            }
         }
+        let counted = targets.iter().filter(|&&t| t != IGNORE_TARGET).count() as u64;
         Batch {
             rows,
             context,
             inputs,
             targets,
             offsets,
+            counted,
         }
     }
 }
@@ -400,12 +494,34 @@ impl TrainBatches {
         self.layout
     }
 
-    /// The stream offset of global row `row` of step `step`: uniform over every window start.
+    /// The stream offset of global row `row` of step `step`: uniform over every window start
+    /// (over every row start, for packed data).
     pub fn window_offset(&self, step: u64, row: u64) -> u64 {
-        let starts = self.stream.len() - u64::from(self.layout.context);
+        let row_len = u64::from(self.stream.row_len());
+        let starts = self
+            .stream
+            .len()
+            .checked_div(row_len)
+            .unwrap_or_else(|| self.stream.len() - u64::from(self.layout.context));
         let key = splitmix64(splitmix64(splitmix64(self.seed ^ DATA_DOMAIN) ^ step) ^ row);
         // Multiply-shift maps 64 random bits onto [0, starts); its bias is below starts/2^64.
-        ((u128::from(key) * u128::from(starts)) >> 64) as u64
+        let start = ((u128::from(key) * u128::from(starts)) >> 64) as u64;
+        if row_len > 0 { start * row_len } else { start }
+    }
+
+    /// Targets the loss counts in step `step`'s whole global batch (every rank, every
+    /// micro-step): the same number on every rank, as the data order is known to all.
+    pub fn counted_targets(&self, step: u64) -> u64 {
+        let context = self.layout.context;
+        if !self.stream.is_masked() {
+            return self.layout.rows_per_step() * u64::from(context);
+        }
+        (0..self.layout.rows_per_step())
+            .map(|row| {
+                self.stream
+                    .counted_in_window(self.window_offset(step, row), context)
+            })
+            .sum()
     }
 
     /// This rank's micro-batch `micro_step` of optimizer step `step`.
@@ -475,14 +591,20 @@ impl EvalBatches {
         self.batches == 0
     }
 
-    /// Offset of window `i` of `batches * rows`: first at 0, last at the final window start.
+    /// Offset of window `i` of `batches * rows`: first at 0, last at the final window start
+    /// (for packed data: the final row).
     fn window_offset(&self, i: u64) -> u64 {
         let windows = u64::from(self.batches) * u64::from(self.rows);
-        let last_start = self.stream.len() - u64::from(self.context) - 1;
+        let row_len = u64::from(self.stream.row_len());
+        let last_start = match self.stream.len().checked_div(row_len) {
+            Some(rows) => rows - 1,
+            None => self.stream.len() - u64::from(self.context) - 1,
+        };
         if windows == 1 {
             return 0;
         }
-        ((u128::from(i) * u128::from(last_start)) / u128::from(windows - 1)) as u64
+        let start = ((u128::from(i) * u128::from(last_start)) / u128::from(windows - 1)) as u64;
+        if row_len > 0 { start * row_len } else { start }
     }
 
     /// Validation batch `index`.

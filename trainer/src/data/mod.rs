@@ -13,8 +13,11 @@
 #![forbid(unsafe_code)]
 
 pub mod cache;
+pub mod chat;
+pub mod examples;
 pub mod hf_tokenizer;
 pub mod loader;
 pub mod prepare;
+pub mod records;
 pub mod shard;
 pub mod tokenizer;

@@ -13,13 +13,24 @@
 //! Shards hold at most `shard_tokens` tokens each (100M by default). The output is a pure
 //! function of the inputs' contents, their order and the options. Shards and the description
 //! left in DIR by an earlier run are replaced.
+//!
+//! The inputs are one format ([`super::records`]): text files and `jsonl` records (each a
+//! document, as above), or `instruction` and `chat` records, which become masked examples
+//! packed into rows of `context + 1` tokens ([`super::examples`]); their shards carry the loss
+//! mask and the row length, and the last F of the rows (not of each file) are the validation
+//! split. Tokenizing runs on every core (rayon), records in order; large inputs log progress.
 
 use std::path::{Path, PathBuf};
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use tessera_api::spec::Tokenizer;
+use tessera_api::spec::{DataFormat, Overlong, Tokenizer, TrainOn};
+use tracing::info;
 
-use super::shard::{ShardError, write_shard};
+use super::chat::{ChatError, ChatTemplate};
+use super::examples::{ExampleEncoder, MaskedTokens, PackCounts, Packed, pack};
+use super::records::{Record, RecordError, common_format, read_records};
+use super::shard::{ShardError, ShardLayout, write_shard_with};
 use super::tokenizer::{TextTokenizer, TokenizerError};
 
 /// Default fraction of every input held out for validation.
@@ -40,6 +51,16 @@ pub struct PrepareOptions {
     /// Most tokens in one shard file; at least 1.
     pub shard_tokens: u64,
     pub inputs: Vec<PathBuf>,
+    /// The inputs' format; detected from the files when `None`.
+    pub format: Option<DataFormat>,
+    /// The option or manifest field that named the inputs, for a mixed-format error.
+    pub inputs_field: &'static str,
+    /// Chat data: a template file in place of the tokenizer directory's.
+    pub chat_template: Option<PathBuf>,
+    pub train_on: TrainOn,
+    pub overlong: Overlong,
+    /// Instruction and chat data: the training context; rows are `context + 1` tokens.
+    pub context: Option<u32>,
 }
 
 impl PrepareOptions {
@@ -52,6 +73,12 @@ impl PrepareOptions {
             val_fraction: DEFAULT_VAL_FRACTION,
             shard_tokens: DEFAULT_SHARD_TOKENS,
             inputs,
+            format: None,
+            inputs_field: "INPUT",
+            chat_template: None,
+            train_on: TrainOn::default(),
+            overlong: Overlong::default(),
+            context: None,
         }
     }
 }
@@ -101,7 +128,42 @@ pub enum PrepareError {
     #[error(transparent)]
     Shard(#[from] ShardError),
     #[error(transparent)]
+    Record(Box<RecordError>),
+    #[error(transparent)]
+    Chat(#[from] ChatError),
+    #[error("{path}:{line}: {detail}")]
+    Example {
+        path: PathBuf,
+        line: usize,
+        detail: String,
+    },
+    #[error(
+        "{format} data is packed into rows of the training context: give the context (--context, or model.context in a manifest)"
+    )]
+    NeedsContext { format: &'static str },
+    #[error(
+        "{format} data ends every example with an end-of-sequence token, and the {tokenizer} tokenizer has none; use gpt2 or a Hugging Face tokenizer"
+    )]
+    NoEndOfSequence {
+        format: &'static str,
+        tokenizer: String,
+    },
+    #[error(
+        "{path} is already token shards; name text or JSONL to tokenize, or use the shards as they are"
+    )]
+    AlreadyShards { path: PathBuf },
+    #[error(
+        "no example fits: all {dropped} are longer than the context of {context} tokens and spec.data.overlong is drop; use truncate or a longer context"
+    )]
+    NoExamples { dropped: u64, context: u32 },
+    #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
+}
+
+impl From<RecordError> for PrepareError {
+    fn from(e: RecordError) -> PrepareError {
+        PrepareError::Record(Box::new(e))
+    }
 }
 
 /// `dataset.json`: what was tokenized, how, and where the tokens went.
@@ -121,6 +183,33 @@ pub struct DatasetDescription {
     pub train_shards: Vec<ShardEntry>,
     pub val_shards: Vec<ShardEntry>,
     pub inputs: Vec<InputEntry>,
+    /// The inputs' format (absent in descriptions from before formats: text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<DataFormat>,
+    /// Instruction and chat data: how the examples were packed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packing: Option<PackingDescription>,
+}
+
+/// How instruction or chat examples were packed into rows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PackingDescription {
+    /// Tokens per row: the context + 1.
+    pub row_len: u32,
+    pub train_on: TrainOn,
+    pub overlong: Overlong,
+    /// SHA-256 of the chat template's source (chat data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template_sha256: Option<String>,
+    pub examples: u64,
+    pub truncated: u64,
+    pub dropped: u64,
+    pub train_rows: u64,
+    pub val_rows: u64,
+    /// Targets the loss counts in the training and validation rows.
+    pub train_counted: u64,
+    pub val_counted: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,20 +261,105 @@ pub fn prepare(options: &PrepareOptions) -> Result<PrepareReport, PrepareError> 
     std::fs::create_dir_all(out_dir).map_err(output_err)?;
     remove_previous_output(out_dir).map_err(output_err)?;
 
+    let spec = options
+        .inputs
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let format = common_format(options.inputs_field, &spec, &files, options.format)?;
     let mut train = ShardSink::new(out_dir, "train", options.shard_tokens, vocab_size);
     let mut val = ShardSink::new(out_dir, "val", options.shard_tokens, vocab_size);
     let mut inputs = Vec::with_capacity(files.len());
-    for path in &files {
-        let tokens = tokenize_file(&tokenizer, path)?;
-        let val_tokens = (tokens.len() as f64 * val_fraction).floor() as usize;
-        let split = tokens.len() - val_tokens;
-        train.push(&tokens[..split])?;
-        val.push(&tokens[split..])?;
-        inputs.push(InputEntry {
-            path: path.display().to_string(),
-            train_tokens: split as u64,
-            val_tokens: val_tokens as u64,
-        });
+    let mut packing = None;
+    match format {
+        DataFormat::Shards => {
+            return Err(PrepareError::AlreadyShards {
+                path: files[0].clone(),
+            });
+        }
+        DataFormat::Text | DataFormat::Jsonl => {
+            // Files are tokenized on every core; their tokens are written in order.
+            let progress = Progress::new(files.len() as u64, "files");
+            let per_file: Vec<Result<Vec<u32>, PrepareError>> = files
+                .par_iter()
+                .map(|path| {
+                    let tokens = if format == DataFormat::Text {
+                        tokenize_file(&tokenizer, path)
+                    } else {
+                        tokenize_jsonl(&tokenizer, path)
+                    };
+                    progress.advance(1);
+                    tokens
+                })
+                .collect();
+            for (path, tokens) in files.iter().zip(per_file) {
+                let tokens = tokens?;
+                let val_tokens = (tokens.len() as f64 * val_fraction).floor() as usize;
+                let split = tokens.len() - val_tokens;
+                train.push(&tokens[..split], None)?;
+                val.push(&tokens[split..], None)?;
+                inputs.push(InputEntry {
+                    path: path.display().to_string(),
+                    train_tokens: split as u64,
+                    val_tokens: val_tokens as u64,
+                });
+            }
+        }
+        DataFormat::Instruction | DataFormat::Chat => {
+            let context = options.context.ok_or(PrepareError::NeedsContext {
+                format: format.name(),
+            })?;
+            let row_len = context as usize + 1;
+            let eos = tokenizer
+                .end_of_text()
+                .ok_or_else(|| PrepareError::NoEndOfSequence {
+                    format: format.name(),
+                    tokenizer: tokenizer.name().to_string(),
+                })?;
+            let template = match format {
+                DataFormat::Chat => Some(load_template(&tokenizer, options)?),
+                _ => None,
+            };
+            let encoder = ExampleEncoder {
+                tokenizer: &tokenizer,
+                template: template.as_ref(),
+                train_on: options.train_on,
+                eos,
+            };
+            let mut examples = Vec::new();
+            for path in &files {
+                let encoded = encode_file(&encoder, path, format)?;
+                let tokens: u64 = encoded.iter().map(|e| e.len() as u64).sum();
+                inputs.push(InputEntry {
+                    path: path.display().to_string(),
+                    train_tokens: tokens,
+                    val_tokens: 0,
+                });
+                examples.extend(encoded);
+            }
+            let packed = pack(examples, row_len, eos, options.overlong);
+            if packed.counts.rows == 0 {
+                return Err(PrepareError::NoExamples {
+                    dropped: packed.counts.dropped,
+                    context,
+                });
+            }
+            let counts = packed.counts;
+            let val_rows = (packed.counts.rows as f64 * val_fraction).floor() as usize;
+            let (train_rows, val_part) = packed.split_rows(counts.rows as usize - val_rows);
+            train.rows(row_len);
+            val.rows(row_len);
+            train.push(&train_rows.tokens, Some(&train_rows.mask))?;
+            val.push(&val_part.tokens, Some(&val_part.mask))?;
+            packing = Some(packing_description(
+                row_len,
+                options,
+                template.as_ref(),
+                counts,
+                (&train_rows, &val_part),
+            ));
+        }
     }
     train.finish()?;
     val.finish()?;
@@ -207,6 +381,8 @@ pub fn prepare(options: &PrepareOptions) -> Result<PrepareReport, PrepareError> 
         train_shards: train.entries,
         val_shards: val.entries,
         inputs,
+        format: Some(format),
+        packing,
     };
     let description_path = out_dir.join(DATASET_FILE);
     let json = serde_json::to_vec_pretty(&description).expect("plain data serializes");
@@ -284,6 +460,143 @@ fn walk(dir: &Path, found: &mut Vec<PathBuf>) -> Result<(), PrepareError> {
     Ok(())
 }
 
+fn packing_description(
+    row_len: usize,
+    options: &PrepareOptions,
+    template: Option<&ChatTemplate>,
+    counts: PackCounts,
+    (train, val): (&Packed, &Packed),
+) -> PackingDescription {
+    PackingDescription {
+        row_len: row_len as u32,
+        train_on: options.train_on,
+        overlong: options.overlong,
+        chat_template_sha256: template.map(|t| t.sha256().to_string()),
+        examples: counts.examples,
+        truncated: counts.truncated,
+        dropped: counts.dropped,
+        train_rows: train.counts.rows,
+        val_rows: val.counts.rows,
+        train_counted: train.counts.counted,
+        val_counted: val.counts.counted,
+    }
+}
+
+/// The chat template: the file the options name, else the tokenizer directory's.
+pub fn load_template(
+    tokenizer: &TextTokenizer,
+    options: &PrepareOptions,
+) -> Result<ChatTemplate, PrepareError> {
+    let TextTokenizer::HuggingFace(hf) = tokenizer else {
+        return Err(PrepareError::Example {
+            path: options.inputs.first().cloned().unwrap_or_default(),
+            line: 1,
+            detail: format!(
+                "chat data needs a Hugging Face tokenizer (model.from, or a tokenizer.json path in spec.data.tokenizer), not {}",
+                tokenizer.name()
+            ),
+        });
+    };
+    let (source, origin) = match &options.chat_template {
+        Some(file) => (ChatTemplate::read_file(file)?, file.clone()),
+        None => ChatTemplate::find_in(hf.dir())?.ok_or_else(|| ChatError::NoTemplate {
+            dir: hf.dir().to_path_buf(),
+        })?,
+    };
+    let spelling = |id: Option<u32>| id.and_then(|id| hf.token_text(id));
+    Ok(ChatTemplate::new(
+        &source,
+        origin.display().to_string(),
+        spelling(hf.bos()),
+        spelling(hf.eos()),
+    )?)
+}
+
+/// Logs how far tokenizing is, every tenth of the work, when there is a lot of it.
+struct Progress {
+    total: u64,
+    what: &'static str,
+    done: std::sync::atomic::AtomicU64,
+}
+
+impl Progress {
+    /// Below this many items nothing is logged.
+    const LARGE: u64 = 10_000;
+
+    fn new(total: u64, what: &'static str) -> Progress {
+        Progress {
+            total,
+            what,
+            done: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn advance(&self, n: u64) {
+        let before = self.done.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        let after = before + n;
+        let tenth = (self.total / 10).max(1);
+        if self.total >= Self::LARGE && before / tenth != after / tenth {
+            info!(
+                done = after,
+                total = self.total,
+                "tokenizing: {after}/{} {}",
+                self.total,
+                self.what
+            );
+        }
+    }
+}
+
+/// A JSONL file's documents, each preceded by the end-of-text token as text files are.
+fn tokenize_jsonl(tokenizer: &TextTokenizer, path: &Path) -> Result<Vec<u32>, PrepareError> {
+    let records = read_records(path, DataFormat::Jsonl)?;
+    let progress = Progress::new(records.len() as u64, "records");
+    let docs: Vec<Result<Vec<u32>, PrepareError>> = records
+        .par_iter()
+        .map(|(_, record)| {
+            // read_records(Jsonl) yields text records only.
+            let text = match record {
+                Record::Text(text) => text.as_str(),
+                _ => "",
+            };
+            let mut tokens = Vec::with_capacity(text.len() / 3 + 1);
+            tokens.extend(tokenizer.end_of_text());
+            tokens.extend(tokenizer.encode(text)?);
+            progress.advance(1);
+            Ok(tokens)
+        })
+        .collect();
+    let mut all = Vec::new();
+    for doc in docs {
+        all.extend(doc?);
+    }
+    Ok(all)
+}
+
+/// A file's instruction or chat records as masked examples, in order (on every core).
+fn encode_file(
+    encoder: &ExampleEncoder<'_>,
+    path: &Path,
+    format: DataFormat,
+) -> Result<Vec<MaskedTokens>, PrepareError> {
+    let records = read_records(path, format)?;
+    let progress = Progress::new(records.len() as u64, "examples");
+    records
+        .par_iter()
+        .map(|(line, record)| {
+            let encoded = encoder
+                .encode(record)
+                .map_err(|detail| PrepareError::Example {
+                    path: path.to_path_buf(),
+                    line: *line,
+                    detail,
+                });
+            progress.advance(1);
+            encoded
+        })
+        .collect()
+}
+
 fn tokenize_file(tokenizer: &TextTokenizer, path: &Path) -> Result<Vec<u32>, PrepareError> {
     let bytes = std::fs::read(path).map_err(|source| PrepareError::ReadInput {
         path: path.to_path_buf(),
@@ -346,6 +659,10 @@ struct ShardSink<'a> {
     shard_tokens: usize,
     vocab_size: u32,
     buffer: Vec<u32>,
+    /// The loss mask of `buffer`, when the data has one.
+    mask: Option<Vec<bool>>,
+    /// Tokens per packed row (0: a stream); a shard holds whole rows.
+    row_len: usize,
     total: u64,
     max_token: u32,
     entries: Vec<ShardEntry>,
@@ -360,6 +677,8 @@ impl<'a> ShardSink<'a> {
             shard_tokens: usize::try_from(shard_tokens).unwrap_or(usize::MAX),
             vocab_size,
             buffer: Vec::new(),
+            mask: None,
+            row_len: 0,
             total: 0,
             max_token: 0,
             entries: Vec::new(),
@@ -367,12 +686,24 @@ impl<'a> ShardSink<'a> {
         }
     }
 
-    fn push(&mut self, mut tokens: &[u32]) -> Result<(), ShardError> {
+    /// Packed rows of `row_len` tokens: every shard holds whole rows.
+    fn rows(&mut self, row_len: usize) {
+        self.row_len = row_len;
+        self.shard_tokens = (self.shard_tokens / row_len).max(1) * row_len;
+    }
+
+    fn push(&mut self, mut tokens: &[u32], mut mask: Option<&[bool]>) -> Result<(), ShardError> {
         while !tokens.is_empty() {
             let room = self.shard_tokens - self.buffer.len();
             let take = room.min(tokens.len());
             self.buffer.extend_from_slice(&tokens[..take]);
             tokens = &tokens[take..];
+            if let Some(m) = mask {
+                self.mask
+                    .get_or_insert_with(Vec::new)
+                    .extend_from_slice(&m[..take]);
+                mask = Some(&m[take..]);
+            }
             if self.buffer.len() == self.shard_tokens {
                 self.flush()?;
             }
@@ -390,7 +721,11 @@ impl<'a> ShardSink<'a> {
     fn flush(&mut self) -> Result<(), ShardError> {
         let file = format!("{}-{:06}.bin", self.split, self.entries.len());
         let path = self.dir.join(&file);
-        let summary = write_shard(&path, &self.buffer, self.vocab_size)?;
+        let layout = ShardLayout {
+            mask: self.mask.as_deref(),
+            row_len: self.row_len as u32,
+        };
+        let summary = write_shard_with(&path, &self.buffer, self.vocab_size, layout)?;
         self.max_token = self
             .max_token
             .max(self.buffer.iter().copied().max().unwrap_or(0));
@@ -401,6 +736,9 @@ impl<'a> ShardSink<'a> {
         });
         self.paths.push(path);
         self.buffer.clear();
+        if let Some(mask) = &mut self.mask {
+            mask.clear();
+        }
         Ok(())
     }
 }
@@ -607,13 +945,22 @@ mod tests {
             with(vec![short], 0.1),
             Err(PrepareError::EmptyValidation { .. })
         ));
-        let binary = dir.path().join("b.bin");
+        let binary = dir.path().join("b.dat");
         std::fs::write(&binary, [0xFFu8, 0xFE, 0x00]).unwrap();
         let mut o = PrepareOptions::new(Tokenizer::Gpt2, &out, vec![binary]);
         o.val_fraction = 0.0;
         assert!(matches!(
             prepare(&o),
             Err(PrepareError::NotUtf8 { offset: 0, .. })
+        ));
+        // A `.bin` input is token shards, not text to tokenize.
+        let shard = dir.path().join("c.bin");
+        std::fs::write(&shard, [1u8, 2, 3]).unwrap();
+        let mut o = PrepareOptions::new(Tokenizer::Gpt2, &out, vec![shard]);
+        o.val_fraction = 0.0;
+        assert!(matches!(
+            prepare(&o),
+            Err(PrepareError::AlreadyShards { .. })
         ));
     }
 }

@@ -3,13 +3,21 @@
 //! ```text
 //! offset  bytes  field
 //! 0       8      magic b"TSRSHARD"
-//! 8       4      format version (u32 LE), currently 1
+//! 8       4      format version (u32 LE): 1, or 2 when a mask or rows follow
 //! 12      4      token width in bytes (u32 LE): 2 = u16 tokens, 4 = u32 tokens
 //! 16      8      token count (u64 LE), at least 1
 //! 24      4      vocabulary size of the tokenizer (u32 LE); every token is below it
-//! 28      36     reserved, zero
+//! 28      4      v2: flags (u32 LE), bit 0 = a loss mask follows the tokens; v1: zero
+//! 32      4      v2: row length (u32 LE): the shard is packed rows of this many tokens
+//!                (0 = a plain token stream); v1: zero
+//! 36      28     reserved, zero
 //! 64      n*w    the tokens, little-endian, w = token width
+//! 64+n*w  ⌈n/8⌉  v2 with bit 0: the loss mask, one bit per token (LSB first): 1 = the
+//!                loss counts the token when it is a target
 //! ```
+//!
+//! A shard without a mask and rows is written as version 1, byte for byte what earlier builds
+//! wrote; version 1 shards load with every token counted.
 //!
 //! Tokens are stored as u16 when every token is below 65,536 (GPT-2's are), else as u32. A shard
 //! is read whole with plain reads (no mmap); every way a file can be wrong has its own error
@@ -21,8 +29,10 @@ use std::path::{Path, PathBuf};
 
 /// The first eight bytes of every shard.
 pub const SHARD_MAGIC: [u8; 8] = *b"TSRSHARD";
-/// The shard layout version this code reads and writes.
-pub const SHARD_VERSION: u32 = 1;
+/// The newest shard layout version this code reads and writes (version 1 is read too).
+pub const SHARD_VERSION: u32 = 2;
+/// Header flag: a loss mask follows the tokens.
+const FLAG_MASK: u32 = 1;
 /// Bytes before the first token.
 pub const SHARD_HEADER_BYTES: usize = 64;
 
@@ -73,7 +83,7 @@ pub enum ShardError {
     )]
     BadMagic { path: PathBuf, found: Vec<u8> },
     #[error(
-        "token shard {path} has format version {version}, this build reads version {SHARD_VERSION}; re-run `tessera data prepare` with this build"
+        "token shard {path} has format version {version}, this build reads versions 1 to {SHARD_VERSION}; re-run `tessera data prepare` with this build"
     )]
     UnsupportedVersion { path: PathBuf, version: u32 },
     #[error(
@@ -96,6 +106,22 @@ pub enum ShardError {
         path: PathBuf,
         actual_bytes: u64,
         expected_bytes: u64,
+    },
+    #[error(
+        "token shard {path} holds {tokens} tokens, not a whole number of its rows of {row_len}; the file is corrupt, re-run `tessera data prepare`"
+    )]
+    PartialRow {
+        path: PathBuf,
+        tokens: u64,
+        row_len: u32,
+    },
+    #[error(
+        "token shard {path}: the loss mask has {mask} entries for {tokens} tokens; this is a bug in the writer"
+    )]
+    MaskLength {
+        path: PathBuf,
+        mask: usize,
+        tokens: usize,
     },
     #[error(
         "token shard {path} holds no tokens; drop it from the data set or re-run `tessera data prepare` on non-empty input"
@@ -198,6 +224,29 @@ pub struct Shard {
     pub tokens: ShardTokens,
     /// The largest token id in the shard.
     pub max_token: u32,
+    /// The loss mask, one bit per token (LSB first), when the shard has one; without one
+    /// every token counts.
+    pub mask: Option<Vec<u8>>,
+    /// Tokens per packed row, or 0 for a plain token stream.
+    pub row_len: u32,
+}
+
+impl Shard {
+    /// Whether the loss counts token `index` as a target.
+    pub fn counted(&self, index: usize) -> bool {
+        self.mask
+            .as_ref()
+            .is_none_or(|bits| bits[index / 8] >> (index % 8) & 1 == 1)
+    }
+}
+
+/// How a shard's tokens are laid out beyond the tokens themselves (version 2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShardLayout<'a> {
+    /// One entry per token: whether the loss counts it as a target.
+    pub mask: Option<&'a [bool]>,
+    /// Tokens per packed row, 0 for a stream.
+    pub row_len: u32,
 }
 
 /// What [`write_shard`] wrote.
@@ -216,6 +265,33 @@ pub fn write_shard(
     tokens: &[u32],
     vocab_size: u32,
 ) -> Result<ShardSummary, ShardError> {
+    write_shard_with(path, tokens, vocab_size, ShardLayout::default())
+}
+
+/// [`write_shard`] with a loss mask and/or packed rows (a version 2 shard when either is
+/// there).
+pub fn write_shard_with(
+    path: &Path,
+    tokens: &[u32],
+    vocab_size: u32,
+    layout: ShardLayout<'_>,
+) -> Result<ShardSummary, ShardError> {
+    if let Some(mask) = layout.mask
+        && mask.len() != tokens.len()
+    {
+        return Err(ShardError::MaskLength {
+            path: path.to_path_buf(),
+            mask: mask.len(),
+            tokens: tokens.len(),
+        });
+    }
+    if layout.row_len > 0 && !(tokens.len() as u64).is_multiple_of(u64::from(layout.row_len)) {
+        return Err(ShardError::PartialRow {
+            path: path.to_path_buf(),
+            tokens: tokens.len() as u64,
+            row_len: layout.row_len,
+        });
+    }
     if tokens.is_empty() {
         return Err(ShardError::Empty {
             path: path.to_path_buf(),
@@ -237,10 +313,16 @@ pub fn write_shard(
     let dtype = TokenDtype::for_max_token(tokens.iter().copied().max().unwrap_or(0));
     let mut header = [0u8; SHARD_HEADER_BYTES];
     header[0..8].copy_from_slice(&SHARD_MAGIC);
-    header[8..12].copy_from_slice(&SHARD_VERSION.to_le_bytes());
+    let v2 = layout.mask.is_some() || layout.row_len > 0;
+    let version: u32 = if v2 { SHARD_VERSION } else { 1 };
+    header[8..12].copy_from_slice(&version.to_le_bytes());
     header[12..16].copy_from_slice(&(dtype.width() as u32).to_le_bytes());
     header[16..24].copy_from_slice(&(tokens.len() as u64).to_le_bytes());
     header[24..28].copy_from_slice(&vocab_size.to_le_bytes());
+    let flags = if layout.mask.is_some() { FLAG_MASK } else { 0 };
+    header[28..32].copy_from_slice(&flags.to_le_bytes());
+    header[32..36].copy_from_slice(&layout.row_len.to_le_bytes());
+    let mask_bytes = layout.mask.map(pack_bits);
 
     let staging = staging_path(path);
     let write = || -> std::io::Result<()> {
@@ -257,6 +339,9 @@ pub fn write_shard(
             }
             out.write_all(&bytes)?;
         }
+        if let Some(bits) = &mask_bytes {
+            out.write_all(bits)?;
+        }
         out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         std::fs::rename(&staging, path)
     };
@@ -268,8 +353,19 @@ pub fn write_shard(
         path: path.to_path_buf(),
         tokens: tokens.len() as u64,
         dtype,
-        bytes: (SHARD_HEADER_BYTES + tokens.len() * dtype.width()) as u64,
+        bytes: (SHARD_HEADER_BYTES
+            + tokens.len() * dtype.width()
+            + mask_bytes.as_ref().map_or(0, Vec::len)) as u64,
     })
+}
+
+/// One bit per entry, LSB first.
+fn pack_bits(mask: &[bool]) -> Vec<u8> {
+    let mut bits = vec![0u8; mask.len().div_ceil(8)];
+    for (i, _) in mask.iter().enumerate().filter(|(_, m)| **m) {
+        bits[i / 8] |= 1 << (i % 8);
+    }
+    bits
 }
 
 fn staging_path(path: &Path) -> PathBuf {
@@ -302,7 +398,7 @@ pub fn read_shard(path: &Path) -> Result<Shard, ShardError> {
     }
     let word = |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().expect("4 bytes"));
     let version = word(8);
-    if version != SHARD_VERSION {
+    if !(1..=SHARD_VERSION).contains(&version) {
         return Err(ShardError::UnsupportedVersion {
             path: path.to_path_buf(),
             version,
@@ -315,6 +411,11 @@ pub fn read_shard(path: &Path) -> Result<Shard, ShardError> {
     })?;
     let tokens = u64::from_le_bytes(header[16..24].try_into().expect("8 bytes"));
     let vocab_size = word(24);
+    let (has_mask, row_len) = if version >= 2 {
+        (word(28) & FLAG_MASK != 0, word(32))
+    } else {
+        (false, 0)
+    };
     if tokens == 0 {
         return Err(ShardError::Empty {
             path: path.to_path_buf(),
@@ -325,9 +426,18 @@ pub fn read_shard(path: &Path) -> Result<Shard, ShardError> {
             path: path.to_path_buf(),
         });
     }
+    if row_len > 0 && !tokens.is_multiple_of(u64::from(row_len)) {
+        return Err(ShardError::PartialRow {
+            path: path.to_path_buf(),
+            tokens,
+            row_len,
+        });
+    }
+    let mask_len = if has_mask { tokens.div_ceil(8) } else { 0 };
     let expected_bytes = tokens
         .checked_mul(dtype.width() as u64)
         .and_then(|b| b.checked_add(SHARD_HEADER_BYTES as u64))
+        .and_then(|b| b.checked_add(mask_len))
         .unwrap_or(u64::MAX);
     if actual_bytes < expected_bytes {
         return Err(ShardError::Truncated {
@@ -355,6 +465,7 @@ pub fn read_shard(path: &Path) -> Result<Shard, ShardError> {
             tokens,
         });
     }
+    let mask = has_mask.then(|| body.split_off(body.len() - mask_len as usize));
     let tokens = match dtype {
         TokenDtype::U16 => ShardTokens::U16(
             body.chunks_exact(2)
@@ -381,6 +492,8 @@ pub fn read_shard(path: &Path) -> Result<Shard, ShardError> {
         vocab_size,
         tokens,
         max_token,
+        mask,
+        row_len,
     })
 }
 
@@ -421,6 +534,43 @@ mod tests {
         assert_eq!(shard.vocab_size, 50_257);
         assert_eq!(shard.max_token, *tokens.iter().max().unwrap());
         assert!(!dir.path().join("a.bin.tmp").exists());
+    }
+
+    #[test]
+    fn a_masked_packed_shard_is_version_2_and_round_trips_its_mask() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.bin");
+        let tokens: Vec<u32> = (0..12).collect();
+        let mask: Vec<bool> = (0..12).map(|i| i % 3 != 0).collect();
+        let layout = ShardLayout {
+            mask: Some(&mask),
+            row_len: 4,
+        };
+        let summary = write_shard_with(&path, &tokens, 256, layout).unwrap();
+        assert_eq!(summary.bytes, 64 + 24 + 2);
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes[8..12], 2u32.to_le_bytes());
+        let shard = read_shard(&path).unwrap();
+        assert_eq!(shard.row_len, 4);
+        assert_eq!(shard.tokens.to_u32(), tokens);
+        let back: Vec<bool> = (0..12).map(|i| shard.counted(i)).collect();
+        assert_eq!(back, mask);
+        // A plain shard stays version 1 and counts every token.
+        write_shard(&path, &tokens, 256).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap()[8..12], 1u32.to_le_bytes());
+        let plain = read_shard(&path).unwrap();
+        assert!(plain.mask.is_none() && (0..12).all(|i| plain.counted(i)));
+        // Rows must divide the tokens.
+        let err = write_shard_with(
+            &path,
+            &tokens,
+            256,
+            ShardLayout {
+                mask: None,
+                row_len: 5,
+            },
+        );
+        assert!(matches!(err, Err(ShardError::PartialRow { .. })));
     }
 
     #[test]

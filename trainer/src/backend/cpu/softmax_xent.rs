@@ -2,10 +2,12 @@
 
 use super::{Float, check_len};
 use crate::backend::BackendError;
+use crate::data::loader::IGNORE_TARGET;
 use rayon::prelude::*;
 
 /// Per row: `losses[r] = logsumexp(z[..V]) - z[target]`, and `z` replaced by
-/// `dloss·(softmax(z[..V]) - onehot(target))`, columns V..Vp set to zero.
+/// `dloss·(softmax(z[..V]) - onehot(target))`, columns V..Vp set to zero. A row whose target
+/// is [`IGNORE_TARGET`] has loss 0 and gradient 0.
 pub fn softmax_cross_entropy<F: Float>(
     logits: &mut [F],
     losses: &mut [F],
@@ -28,7 +30,7 @@ pub fn softmax_cross_entropy<F: Float>(
     if let Some((position, &token)) = targets
         .iter()
         .enumerate()
-        .find(|&(_, &t)| t as usize >= vocab)
+        .find(|&(_, &t)| t as usize >= vocab && t != IGNORE_TARGET)
     {
         return Err(BackendError::TokenOutOfRange {
             op: OP,
@@ -42,6 +44,11 @@ pub fn softmax_cross_entropy<F: Float>(
         .zip(losses.par_iter_mut())
         .zip(targets.par_iter())
         .for_each(|((z, loss), &target)| {
+            if target == IGNORE_TARGET {
+                *loss = F::ZERO;
+                z.fill(F::ZERO);
+                return;
+            }
             let target = target as usize;
             let (live, pad) = z.split_at_mut(vocab);
             let max = live

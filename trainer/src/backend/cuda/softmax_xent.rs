@@ -3,6 +3,7 @@
 
 use super::{CudaBackend, CudaMut, CudaTokens, DType, int, launch, memory};
 use crate::backend::BackendError;
+use crate::data::loader::IGNORE_TARGET;
 
 /// Threads per row (the kernel's XENT_BLOCK).
 const XENT_BLOCK: u32 = 512;
@@ -38,7 +39,7 @@ impl CudaBackend {
         if let Some((position, &token)) = targets.host[..rows]
             .iter()
             .enumerate()
-            .find(|(_, t)| **t as usize >= vocab)
+            .find(|(_, t)| **t as usize >= vocab && **t != IGNORE_TARGET)
         {
             return Err(BackendError::TokenOutOfRange {
                 op: OP,
