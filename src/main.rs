@@ -86,6 +86,10 @@ enum Command {
         /// Print the prompt's and the continuation's token ids and text as JSON.
         #[arg(long)]
         json: bool,
+        /// Treat the prompt as a user's message: render it with the model's chat template and
+        /// its generation prompt, and stop at the end of the assistant's turn.
+        #[arg(long)]
+        chat: bool,
     },
     /// Score a checkpoint or a Hugging Face model directory on token shards: the mean
     /// next-token loss and perplexity over consecutive non-overlapping windows.
@@ -321,6 +325,7 @@ fn run(cli: Cli) -> Result<()> {
             top_k,
             seed,
             json,
+            chat,
         } => {
             let loaded = load_model(&model)?;
             let sampled = sample(
@@ -332,6 +337,7 @@ fn run(cli: Cli) -> Result<()> {
                     temperature,
                     top_k,
                     seed,
+                    chat,
                 },
             )?;
             if json {

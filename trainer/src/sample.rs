@@ -49,6 +49,8 @@ pub enum SampleError {
     TooLittleData { data: String, tokens: u64 },
     #[error("--data: {0}")]
     Data(#[from] crate::data::loader::LoaderError),
+    #[error("--chat: {0}")]
+    Chat(String),
 }
 
 #[derive(Clone, Debug)]
@@ -60,6 +62,9 @@ pub struct SampleOptions {
     /// Keep only the k most likely tokens; 0 keeps all.
     pub top_k: usize,
     pub seed: u64,
+    /// The prompt is a user's message: rendered with the model's chat template and its
+    /// generation prompt, and generation stops at an end-of-turn token.
+    pub chat: bool,
 }
 
 /// A checkpoint directory, or a checkpoint root whose newest valid checkpoint is taken.
@@ -203,7 +208,11 @@ pub fn sample<B: Backend>(
     let mut model = loaded.family.build(backend, 1, t, 0)?;
     model.load_params_from_host(&loaded.params)?;
 
-    let mut tokens = tokenizer.encode(&options.prompt)?;
+    let (mut tokens, stop) = if options.chat {
+        chat_prompt(&tokenizer, loaded, &options.prompt)?
+    } else {
+        (tokenizer.encode(&options.prompt)?, Vec::new())
+    };
     if tokens.is_empty() {
         // Start from end-of-text where the tokenizer has one, else a newline.
         tokens.push(tokenizer.end_of_text().unwrap_or(u32::from(b'\n')));
@@ -221,7 +230,11 @@ pub fn sample<B: Backend>(
         window[context.len()..].fill(0);
         model.forward_logits(&window)?;
         let logits = model.logits_at(0, context.len() - 1)?;
-        tokens.push(pick(&logits, options, &mut rng));
+        let next = pick(&logits, options, &mut rng);
+        if stop.contains(&next) {
+            break;
+        }
+        tokens.push(next);
     }
     let continuation_ids = tokens.split_off(prompt_len);
     Ok(Sampled {
@@ -230,6 +243,60 @@ pub fn sample<B: Backend>(
         prompt_ids: tokens,
         continuation_ids,
     })
+}
+
+/// A user's message rendered with the model's chat template (the tokenizer directory's
+/// `chat_template.jinja` or tokenizer_config.json's) and its generation prompt, as token ids
+/// (special-token spellings are the special tokens), and the tokens that end the assistant's
+/// turn: the tokenizer's end of sequence and the model's `eos_token_id`s.
+fn chat_prompt(
+    tokenizer: &TextTokenizer,
+    loaded: &LoadedModel,
+    prompt: &str,
+) -> Result<(Vec<u32>, Vec<u32>), SampleError> {
+    use crate::data::{
+        chat::{ChatError, ChatTemplate},
+        records::{Message, Role},
+    };
+    let TextTokenizer::HuggingFace(hf) = tokenizer else {
+        return Err(SampleError::Chat(format!(
+            "--chat needs a model with a Hugging Face tokenizer and chat template, not {}",
+            tokenizer.name()
+        )));
+    };
+    let (source, origin) = ChatTemplate::find_in(hf.dir())
+        .map_err(|e| SampleError::Chat(e.to_string()))?
+        .ok_or_else(|| {
+            SampleError::Chat(
+                ChatError::NoTemplate {
+                    dir: hf.dir().to_path_buf(),
+                }
+                .to_string(),
+            )
+        })?;
+    let spelling = |id: Option<u32>| id.and_then(|id| hf.token_text(id));
+    let template = ChatTemplate::new(
+        &source,
+        origin.display().to_string(),
+        spelling(hf.bos()),
+        spelling(hf.eos()),
+    )
+    .map_err(|e| SampleError::Chat(e.to_string()))?;
+    let messages = [Message {
+        role: Role::User,
+        content: prompt.to_string(),
+    }];
+    let text = template
+        .render(&messages, true)
+        .map_err(|e| SampleError::Chat(e.to_string()))?;
+    let (ids, _) = hf
+        .encode_with_offsets(&text)
+        .map_err(|e| SampleError::Chat(e.to_string()))?;
+    let mut stop: Vec<u32> = hf.eos().into_iter().collect();
+    if let Family::Llama { config, .. } = &loaded.family {
+        stop.extend(&config.tokens.eos);
+    }
+    Ok((ids, stop))
 }
 
 /// What [`evaluate`] measured.
@@ -341,6 +408,7 @@ mod tests {
             temperature,
             top_k,
             seed: 1,
+            chat: false,
         }
     }
 
