@@ -20,12 +20,12 @@ use tessera_trainer::{
         cache::resolve_run_data,
         loader::{EvalBatches, IGNORE_TARGET, TokenStream},
     },
-    hook::{Directive, RunHook},
     llama::{LlamaConfig, model::Llama},
     lm::LanguageModel,
-    metrics::StepReport,
     run::{RunOptions, RunSummary, train_ranked},
 };
+
+mod common;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -183,18 +183,6 @@ spec:
     )
 }
 
-struct StopAfter(u64);
-
-impl RunHook for StopAfter {
-    fn step_done(&mut self, report: &StepReport, _val_loss: Option<f64>) -> Directive {
-        if report.step >= self.0 {
-            Directive::Stop
-        } else {
-            Directive::Continue
-        }
-    }
-}
-
 fn run(dir: &Path, stop_after: u64) -> RunSummary {
     let yaml = std::fs::read_to_string(dir.join("run.yaml")).unwrap();
     let run = parse_training_run_with(&yaml, &[]).unwrap();
@@ -204,7 +192,7 @@ fn run(dir: &Path, stop_after: u64) -> RunSummary {
         &run,
         &options,
         Box::new(Solo),
-        &mut StopAfter(stop_after),
+        &mut common::StopAfter(stop_after),
     )
     .unwrap()
 }
@@ -317,4 +305,49 @@ fn a_chat_jsonl_run_killed_mid_run_resumes_to_the_uninterrupted_weights() {
     );
     // The second start reused the cache entry the first one wrote, untouched.
     assert_eq!(cache_entry(dir.path()), (entries, record));
+}
+
+#[test]
+fn a_masked_chat_run_on_two_ranks_is_the_one_rank_run_with_the_whole_batch() {
+    // 4 rows a step: 1 rank accumulates 2 micro-batches of 2, 2 ranks take 2 each. The loss
+    // is normalised by the counted targets of the whole global batch on both layouts.
+    let one = run_dir(4);
+    let single = common::gang(one.path(), 1, &[], u64::MAX);
+    let two = run_dir(4);
+    let pair = common::gang(two.path(), 2, &[], u64::MAX);
+    assert_eq!(pair[0].trained_tokens, single[0].trained_tokens);
+    let loss = |root: &Path, step: u64| {
+        let dir = root
+            .join("checkpoints")
+            .join(tessera_api::checkpoint::checkpoint_dir_name(step));
+        tessera_trainer::checkpoint::load_checkpoint(&dir)
+            .unwrap()
+            .manifest
+            .loss
+            .unwrap()
+    };
+    // The first checkpointed step sees the same weights and batch: the same loss to rounding.
+    let (a, b) = (loss(one.path(), 2), loss(two.path(), 2));
+    assert!(
+        (a - b).abs() < 1e-5 * a.abs(),
+        "step 2 loss {a} on 1 rank, {b} on 2"
+    );
+    let weights = |root: &Path| {
+        let dir = root
+            .join("checkpoints")
+            .join(tessera_api::checkpoint::checkpoint_dir_name(4));
+        let loaded = tessera_trainer::checkpoint::load_checkpoint(&dir).unwrap();
+        loaded
+            .model
+            .iter()
+            .flat_map(|t| t.values.clone())
+            .collect::<Vec<f32>>()
+    };
+    let (x, y) = (weights(one.path()), weights(two.path()));
+    let scale = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let diff = x
+        .iter()
+        .zip(&y)
+        .fold(0.0f32, |m, (p, q)| m.max((p - q).abs()));
+    assert!(diff <= 1e-4 * scale, "weights differ by {diff} of {scale}");
 }

@@ -9,23 +9,18 @@
 
 use std::{
     collections::BTreeMap,
-    net::TcpListener,
     path::{Path, PathBuf},
-    time::Duration,
 };
 
 use serde_json::Value as Json;
-use tessera_api::manifest::parse_training_run_with;
 use tessera_trainer::{
-    backend::cpu::CpuBackend,
     checkpoint::load_checkpoint,
-    collective::rendezvous::{StaticRendezvous, rendezvous},
     export::{ExportOptions, export_hf},
-    hook::{Directive, RunHook},
     llama::{LlamaConfig, LlamaWeights},
-    metrics::StepReport,
-    run::{RunOptions, RunSummary, train_ranked},
+    run::RunSummary,
 };
+
+mod common;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -78,64 +73,14 @@ fn run_dir(steps: u64) -> tempfile::TempDir {
     dir
 }
 
-fn free_addr() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
-}
-
-/// Stops the run (after a checkpoint) once step `0` is done, as a supervisor would.
-struct StopAfter(u64);
-
-impl RunHook for StopAfter {
-    fn step_done(&mut self, report: &StepReport, _val_loss: Option<f64>) -> Directive {
-        // `report.step` is the number of steps completed.
-        if report.step >= self.0 {
-            Directive::Stop
-        } else {
-            Directive::Continue
-        }
-    }
-}
-
 /// Trains the run in `dir` on `world` ranks (threads on a loopback ring).
 fn gang(dir: &Path, world: u32, overrides: &[&str]) -> Vec<RunSummary> {
-    gang_until(dir, world, overrides, u64::MAX)
+    common::gang(dir, world, overrides, u64::MAX)
 }
 
 /// [`gang`], stopped by the supervisor after step `stop_after`.
 fn gang_until(dir: &Path, world: u32, overrides: &[&str], stop_after: u64) -> Vec<RunSummary> {
-    let yaml = std::fs::read_to_string(dir.join("run.yaml")).unwrap();
-    let overrides: Vec<_> = overrides.iter().map(|o| o.parse().unwrap()).collect();
-    let run = parse_training_run_with(&yaml, &overrides).unwrap();
-    let master = free_addr();
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..world)
-            .map(|rank| {
-                let (run, master) = (&run, &master);
-                s.spawn(move || {
-                    let comm = rendezvous(&StaticRendezvous {
-                        master_addr: master.clone(),
-                        rank,
-                        world_size: world,
-                        generation: 0,
-                        timeout: Duration::from_secs(30),
-                        collective_timeout: Duration::from_secs(60),
-                    })
-                    .unwrap();
-                    let options = RunOptions::new(dir, "llama-test");
-                    train_ranked(
-                        CpuBackend::<f32>::new(),
-                        run,
-                        &options,
-                        comm,
-                        &mut StopAfter(stop_after),
-                    )
-                    .unwrap_or_else(|e| panic!("rank {rank}: {e}"))
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    })
+    common::gang(dir, world, overrides, stop_after)
 }
 
 fn step_dir(root: &Path, step: u64) -> PathBuf {

@@ -128,3 +128,70 @@ pub fn run_dir_with(manifest: &str) -> tempfile::TempDir {
     std::fs::write(dir.path().join("run.yaml"), manifest).unwrap();
     dir
 }
+
+/// Stops the run (after a checkpoint) once `0` steps are done, as a supervisor would.
+pub struct StopAfter(pub u64);
+
+impl tessera_trainer::hook::RunHook for StopAfter {
+    fn step_done(
+        &mut self,
+        report: &tessera_trainer::metrics::StepReport,
+        _val_loss: Option<f64>,
+    ) -> tessera_trainer::hook::Directive {
+        // `report.step` is the number of steps completed.
+        if report.step >= self.0 {
+            tessera_trainer::hook::Directive::Stop
+        } else {
+            tessera_trainer::hook::Directive::Continue
+        }
+    }
+}
+
+/// Trains `dir/run.yaml` (with `overrides`) on `world` ranks as threads of this test, each
+/// with its own model and a TCP ring on loopback, stopped by the supervisor after
+/// `stop_after` steps; returns each rank's summary in rank order.
+pub fn gang(
+    dir: &std::path::Path,
+    world: u32,
+    overrides: &[&str],
+    stop_after: u64,
+) -> Vec<tessera_trainer::run::RunSummary> {
+    use tessera_trainer::collective::rendezvous::{StaticRendezvous, rendezvous};
+    let yaml = std::fs::read_to_string(dir.join("run.yaml")).unwrap();
+    let overrides: Vec<tessera_api::manifest::Override> =
+        overrides.iter().map(|o| o.parse().unwrap()).collect();
+    let run = tessera_api::manifest::parse_training_run_with(&yaml, &overrides).unwrap();
+    let master = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..world)
+            .map(|rank| {
+                let (run, master) = (&run, &master);
+                s.spawn(move || {
+                    let comm = rendezvous(&StaticRendezvous {
+                        master_addr: master.clone(),
+                        rank,
+                        world_size: world,
+                        generation: 0,
+                        timeout: std::time::Duration::from_secs(30),
+                        collective_timeout: std::time::Duration::from_secs(60),
+                    })
+                    .unwrap();
+                    let options = tessera_trainer::run::RunOptions::new(dir, "gang-test");
+                    tessera_trainer::run::train_ranked(
+                        tessera_trainer::backend::cpu::CpuBackend::<f32>::new(),
+                        run,
+                        &options,
+                        comm,
+                        &mut StopAfter(stop_after),
+                    )
+                    .unwrap_or_else(|e| panic!("rank {rank}: {e}"))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
