@@ -9,16 +9,11 @@ use std::{
     net::TcpListener,
     path::{Path, PathBuf},
     process::Command,
-    time::Duration,
 };
 
-use tessera_api::manifest::{Override, parse_training_run_with};
 use tessera_trainer::{
-    backend::cpu::CpuBackend,
     checkpoint::{load_checkpoint, verify_checkpoint},
-    collective::rendezvous::{StaticRendezvous, rendezvous},
-    hook::Unsupervised,
-    run::{RunOptions, RunSummary, train_ranked},
+    run::RunSummary,
 };
 
 mod common;
@@ -44,38 +39,7 @@ fn free_addr() -> String {
 /// Runs the manifest in `dir` with `overrides` on `world` ranks (threads); returns each rank's
 /// summary in rank order.
 fn gang(dir: &Path, world: u32, overrides: &[&str]) -> Vec<RunSummary> {
-    let yaml = std::fs::read_to_string(dir.join("run.yaml")).unwrap();
-    let overrides: Vec<Override> = overrides.iter().map(|o| o.parse().unwrap()).collect();
-    let run = parse_training_run_with(&yaml, &overrides).unwrap();
-    let master = free_addr();
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..world)
-            .map(|rank| {
-                let (run, master) = (&run, &master);
-                s.spawn(move || {
-                    let comm = rendezvous(&StaticRendezvous {
-                        master_addr: master.clone(),
-                        rank,
-                        world_size: world,
-                        generation: 0,
-                        timeout: Duration::from_secs(30),
-                        collective_timeout: Duration::from_secs(60),
-                    })
-                    .unwrap();
-                    let options = RunOptions::new(dir, "dp-test");
-                    train_ranked(
-                        CpuBackend::<f32>::new(),
-                        run,
-                        &options,
-                        comm,
-                        &mut Unsupervised,
-                    )
-                    .unwrap_or_else(|e| panic!("rank {rank}: {e}"))
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    })
+    common::gang(dir, world, overrides, u64::MAX)
 }
 
 /// The parameters of the committed checkpoint of `step` under `root`, by tensor name.
