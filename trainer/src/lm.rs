@@ -297,26 +297,7 @@ pub trait LanguageModel<B: Backend>: Send {
 
 /// [`check_tokens`] for targets, which may also be [`IGNORE_TARGET`].
 pub fn check_targets(targets: &[u32], want: usize, vocab: usize) -> Result<(), ModelError> {
-    if targets.len() != want {
-        return Err(ModelError::BatchShape {
-            what: "targets",
-            want,
-            got: targets.len(),
-        });
-    }
-    if let Some((position, &token)) = targets
-        .iter()
-        .enumerate()
-        .find(|&(_, &t)| t as usize >= vocab && t != IGNORE_TARGET)
-    {
-        return Err(ModelError::TokenOutOfRange {
-            what: "targets",
-            token,
-            position,
-            vocab,
-        });
-    }
-    Ok(())
+    check_ids("targets", targets, want, vocab, Some(IGNORE_TARGET))
 }
 
 /// Refuses a token batch of the wrong length or with an id outside the vocabulary.
@@ -325,6 +306,17 @@ pub fn check_tokens(
     tokens: &[u32],
     want: usize,
     vocab: usize,
+) -> Result<(), ModelError> {
+    check_ids(what, tokens, want, vocab, None)
+}
+
+/// `want` ids, each below `vocab` or equal to `allowed`.
+fn check_ids(
+    what: &'static str,
+    tokens: &[u32],
+    want: usize,
+    vocab: usize,
+    allowed: Option<u32>,
 ) -> Result<(), ModelError> {
     if tokens.len() != want {
         return Err(ModelError::BatchShape {
@@ -336,7 +328,7 @@ pub fn check_tokens(
     if let Some((position, &token)) = tokens
         .iter()
         .enumerate()
-        .find(|&(_, &t)| t as usize >= vocab)
+        .find(|&(_, &t)| t as usize >= vocab && Some(t) != allowed)
     {
         return Err(ModelError::TokenOutOfRange {
             what,
