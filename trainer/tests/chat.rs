@@ -260,7 +260,7 @@ fn trainer(dir: &Path) -> std::process::Command {
 #[test]
 fn a_chat_jsonl_run_killed_mid_run_resumes_to_the_uninterrupted_weights() {
     use std::io::{BufRead, BufReader};
-    let straight = run_dir(8);
+    let straight = run_dir(40);
     let out = trainer(straight.path()).output().unwrap();
     assert!(
         out.status.success(),
@@ -269,7 +269,7 @@ fn a_chat_jsonl_run_killed_mid_run_resumes_to_the_uninterrupted_weights() {
     );
     let uninterrupted: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
 
-    let dir = run_dir(8);
+    let dir = run_dir(40);
     let mut child = trainer(dir.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -298,7 +298,8 @@ fn a_chat_jsonl_run_killed_mid_run_resumes_to_the_uninterrupted_weights() {
     let from = resumed["resumedFrom"]
         .as_u64()
         .expect("the second start resumed");
-    assert!((4..8).contains(&from), "resumed from {from}");
+    // Killed well before its last step (40): the resume is from a checkpoint in between.
+    assert!((4..40).contains(&from), "resumed from {from}");
     assert_eq!(
         resumed["weightsSha256"], uninterrupted["weightsSha256"],
         "a killed and resumed JSONL run must end bit-identical"
