@@ -205,18 +205,19 @@ fn undisturbed_weights(manifest_text: &str) -> String {
     weights(&reports)
 }
 
-#[test]
-fn a_killed_rank_resumes_from_the_checkpoint_with_identical_weights() {
-    let text = manifest("heartbeatTimeoutSeconds: 10");
-    let clean = undisturbed_weights(&text);
+/// Runs `text` undisturbed, then again with rank `victim` SIGKILLed after step 15: one
+/// rank-exit failure, one restart (generation 2), and the undisturbed run's weights. Returns
+/// the disturbed gang (its logs) for further checks.
+fn killed_rank_resumes_with_identical_weights(text: &str, victim: usize) -> Gang {
+    let clean = undisturbed_weights(text);
 
-    let mut gang = Gang::new(&text);
+    let mut gang = Gang::new(text);
     gang.start_agent("n0", &[]);
     gang.start_agent("n1", &[]);
     common::wait_for_step(&gang.path("history.jsonl"), 15, Duration::from_secs(120));
     let ranks = common::trainers_of(gang.dir.path());
     assert_eq!(ranks.len(), 4);
-    kill(Pid::from_raw(ranks[2]), Signal::SIGKILL).unwrap();
+    kill(Pid::from_raw(ranks[victim]), Signal::SIGKILL).unwrap();
     let reports = gang.finish(Duration::from_secs(180));
     assert_succeeded(&gang, &reports);
     let failures = all_failures(&reports);
@@ -224,27 +225,20 @@ fn a_killed_rank_resumes_from_the_checkpoint_with_identical_weights() {
     assert_eq!(failures[0]["kind"], "rank-exit");
     assert!(reports.iter().all(|(_, _, r)| r["generation"] == 2));
     assert_eq!(weights(&reports), clean);
+    gang
+}
+
+#[test]
+fn a_killed_rank_resumes_from_the_checkpoint_with_identical_weights() {
+    killed_rank_resumes_with_identical_weights(&manifest("heartbeatTimeoutSeconds: 10"), 2);
 }
 
 #[test]
 fn a_killed_rank_of_a_llama_model_resumes_with_identical_weights() {
-    let text = llama_manifest("heartbeatTimeoutSeconds: 10");
-    let clean = undisturbed_weights(&text);
-
-    let mut gang = Gang::new(&text);
-    gang.start_agent("n0", &[]);
-    gang.start_agent("n1", &[]);
-    common::wait_for_step(&gang.path("history.jsonl"), 15, Duration::from_secs(120));
-    let ranks = common::trainers_of(gang.dir.path());
-    assert_eq!(ranks.len(), 4);
-    kill(Pid::from_raw(ranks[1]), Signal::SIGKILL).unwrap();
-    let reports = gang.finish(Duration::from_secs(180));
-    assert_succeeded(&gang, &reports);
-    let failures = all_failures(&reports);
-    assert_eq!(failures.len(), 1, "{failures:?}");
-    assert_eq!(failures[0]["kind"], "rank-exit");
-    assert!(reports.iter().all(|(_, _, r)| r["generation"] == 2));
-    assert_eq!(weights(&reports), clean);
+    let gang = killed_rank_resumes_with_identical_weights(
+        &llama_manifest("heartbeatTimeoutSeconds: 10"),
+        1,
+    );
     assert!(
         gang.log("n0")
             .contains("initialised from Hugging Face weights")

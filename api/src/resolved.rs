@@ -104,7 +104,7 @@ impl ResolvedRun {
         let spec = &mut run.spec;
         let model = match spec.model.from.as_deref().map(absolute) {
             Some(dir) => {
-                let model = model_from_dir(Path::new(&dir), spec.model.context)?;
+                let (_, model) = model_from_dir(Path::new(&dir), spec.model.context)?;
                 spec.model.from = Some(dir);
                 spec.data.tokenizer = spec.run_tokenizer(base_dir);
                 model
@@ -178,9 +178,13 @@ impl ResolvedRun {
     }
 }
 
-/// The dimensions of the Llama-family model in `dir` (its config.json), trained with
-/// sequences of `context` tokens (required by `validate()`; at most the model's positions).
-pub fn model_from_dir(dir: &Path, context: Option<u32>) -> Result<ResolvedModel, ResolveError> {
+/// The Llama-family model in `dir` (its config.json, read once) and its dimensions trained
+/// with sequences of `context` tokens (required by `validate()`; at most the model's
+/// positions).
+pub fn model_from_dir(
+    dir: &Path,
+    context: Option<u32>,
+) -> Result<(crate::llama_config::LlamaConfig, ResolvedModel), ResolveError> {
     let config = crate::llama_config::LlamaConfig::from_dir(dir)?;
     let context = context.ok_or(ResolveError::UnresolvedModel)?;
     if context as usize > config.max_position_embeddings {
@@ -190,7 +194,8 @@ pub fn model_from_dir(dir: &Path, context: Option<u32>) -> Result<ResolvedModel,
             config: dir.join(crate::llama_config::CONFIG_FILE),
         });
     }
-    Ok(config.resolved_model(context))
+    let model = config.resolved_model(context);
+    Ok((config, model))
 }
 
 #[cfg(test)]

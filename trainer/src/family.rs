@@ -82,8 +82,7 @@ impl Family {
         let spec = &run.spec;
         if let Some(from) = &spec.model.from {
             let dir = resolve_path(base_dir, from);
-            let resolved = model_from_dir(&dir, spec.model.context)?;
-            let config = LlamaConfig::from_dir(&dir).map_err(ResolveError::from)?;
+            let (config, resolved) = model_from_dir(&dir, spec.model.context)?;
             return Ok((
                 Family::Llama {
                     config,
@@ -134,11 +133,11 @@ impl Family {
                 source,
             })
         })?;
-        let model_type = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v.get("model_type")?.as_str().map(str::to_string));
-        if model_type.as_deref() == Some("gpt2") {
-            let config = hf::gpt2_config_from_file(&path)?;
+        // Parsed once: the model type picks the reader.
+        let value: Option<serde_json::Value> = serde_json::from_str(&text).ok();
+        let model_type = value.as_ref().and_then(|v| v.get("model_type")?.as_str());
+        if let (Some(value), Some("gpt2")) = (&value, model_type) {
+            let config = hf::gpt2_config_from_json(value, &path)?;
             return Ok((
                 Family::Gpt2 {
                     config,
@@ -147,7 +146,12 @@ impl Family {
                 config.context,
             ));
         }
-        let config = LlamaConfig::from_dir(dir).map_err(ResolveError::from)?;
+        let config = match &value {
+            Some(value) => LlamaConfig::from_json(value, &path),
+            // Not JSON: the reader names the problem.
+            None => LlamaConfig::from_json_str(&text, &path),
+        }
+        .map_err(ResolveError::from)?;
         // Attention is computed in full, which is sliding-window attention up to the window.
         let context = config
             .sliding_window

@@ -78,16 +78,11 @@ pub enum HfError {
 
 /// A GPT-2 `config.json` (as [`gpt2_config_json`] writes it and `transformers` does): the
 /// dimensions from `n_layer`, `n_head`, `n_embd`, `n_positions` and `vocab_size`.
-pub fn gpt2_config_from_file(path: &Path) -> Result<ModelConfig, HfError> {
-    let text = std::fs::read_to_string(path).map_err(|source| HfError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| HfError::Config {
-        path: path.to_path_buf(),
-        field: "(the file)",
-        problem: format!("is not JSON: {e}"),
-    })?;
+/// `value` is the parsed file at `path` (named in errors).
+pub fn gpt2_config_from_json(
+    value: &serde_json::Value,
+    path: &Path,
+) -> Result<ModelConfig, HfError> {
     let field = |name: &'static str| -> Result<usize, HfError> {
         value
             .get(name)
