@@ -87,6 +87,8 @@ pub struct LocalSummary {
     /// Targets the loss counted over the run (rank 0's summary).
     #[serde(default)]
     pub trained_tokens: Option<u64>,
+    /// Rank 0's trainable and total parameters and optimizer-state bytes.
+    pub memory: Option<(u64, u64, u64)>,
     pub mfu: Option<f64>,
     pub wall_seconds: f64,
     pub restarts: usize,
@@ -504,6 +506,13 @@ fn summarize(
         final_val_loss: rank0.and_then(|s| s.final_val_loss),
         tokens_per_second: rank0.and_then(|s| finite(s.tokens_per_second)),
         trained_tokens: rank0.map(|s| s.trained_tokens),
+        memory: rank0.map(|s| {
+            (
+                s.trainable_parameters,
+                s.total_parameters,
+                s.optimizer_state_bytes,
+            )
+        }),
         mfu: rank0.and_then(|s| finite(s.mfu)),
         wall_seconds,
         restarts: reports

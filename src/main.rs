@@ -172,9 +172,17 @@ enum CkptCommand {
         /// A checkpoint directory, or a root (its newest valid checkpoint).
         checkpoint: PathBuf,
         /// Write a Hugging Face model directory (config.json, safetensors, tokenizer files,
-        /// generation_config.json) that transformers loads (the only format so far).
-        #[arg(long, required = true)]
+        /// generation_config.json) that transformers and vLLM load.
+        #[arg(long, required_unless_present = "peft", conflicts_with = "peft")]
         hf: bool,
+        /// With --hf, for a LoRA checkpoint: the base model with the adapters merged in.
+        #[arg(long, requires = "hf")]
+        merged: bool,
+        /// Write a LoRA checkpoint's adapters as a PEFT adapter directory
+        /// (adapter_config.json, adapter_model.safetensors) that
+        /// `PeftModel.from_pretrained(base, DIR)` loads.
+        #[arg(long)]
+        peft: bool,
         /// The output directory (created if missing).
         #[arg(long)]
         out: PathBuf,
@@ -218,6 +226,13 @@ fn print_summary(s: &local::LocalSummary) {
     );
     if let Some(trained) = s.trained_tokens {
         println!("  trained on {trained} tokens (targets the loss counted)");
+    }
+    if let Some((trainable, total, optimizer)) = s.memory {
+        println!(
+            "  parameters {trainable} trained of {total} ({:.2}%)  optimizer state {:.1} MiB on rank 0",
+            100.0 * trainable as f64 / total.max(1) as f64,
+            optimizer as f64 / (1024.0 * 1024.0)
+        );
     }
     println!("  restarts {}", s.restarts);
     for f in &s.failures {
@@ -405,15 +420,19 @@ fn ckpt(command: CkptCommand) -> Result<()> {
         CkptCommand::Export {
             checkpoint,
             hf: _,
+            merged,
+            peft,
             out,
             dtype,
             max_shard_bytes,
-        } => export_hf(
+        } => export(
             &checkpoint,
             &out,
+            peft,
             tessera_trainer::export::ExportOptions {
                 dtype,
                 max_shard_bytes,
+                merged,
             },
         ),
     }
@@ -428,15 +447,21 @@ fn parse_dtype(s: &str) -> Result<tessera_api::llama_config::WeightDtype, String
     }
 }
 
-fn export_hf(
+fn export(
     checkpoint: &Path,
     out: &Path,
+    peft: bool,
     options: tessera_trainer::export::ExportOptions,
 ) -> Result<()> {
     let loaded = open_checkpoint(checkpoint)?;
-    let exported = tessera_trainer::export::export_hf(&loaded, out, options)?;
+    let (exported, kind) = if peft {
+        (tessera_trainer::export::export_peft(&loaded, out)?, "")
+    } else {
+        let exported = tessera_trainer::export::export_hf(&loaded, out, options)?;
+        (exported, "Hugging Face ")
+    };
     println!(
-        "{}: step {} exported as Hugging Face {} to {} ({})",
+        "{}: step {} exported as {kind}{} to {} ({})",
         loaded.dir.display(),
         loaded.manifest.step,
         exported.architecture,

@@ -43,6 +43,8 @@ fn the_examples_are_valid() {
         "examples/gpt2-124m.yaml",
         "examples/local.yaml",
         "examples/chat-finetune.yaml",
+        "examples/llama-finetune.yaml",
+        "examples/lora-finetune.yaml",
     ] {
         let out = tessera(&["validate", example]);
         assert!(out.status.success(), "{example}: {}", text(&out.stderr));

@@ -62,6 +62,21 @@ pub struct CheckpointManifest {
     pub val_loss: Option<f64>,
     /// Milliseconds since the Unix epoch.
     pub created_unix_ms: u64,
+    /// The frozen base model a LoRA checkpoint's adapters were trained on (the checkpoint
+    /// holds the adapters only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<BaseModelRef>,
+}
+
+/// A base model by place and content: a LoRA checkpoint refuses to resume on (or be merged
+/// into) weights other than those it was trained on.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BaseModelRef {
+    /// The Hugging Face directory or safetensors file, as the run resolved it.
+    pub path: String,
+    /// SHA-256 over the weight files' bytes, in file-name order (hex).
+    pub sha256: String,
 }
 
 /// Where the data stream stands: the batch of step s is a pure function of (seed, s), so the

@@ -163,6 +163,11 @@ pub struct RankSummary {
     /// completion / assistant tokens of instruction and chat data.
     #[serde(default)]
     pub trained_tokens: u64,
+    /// Parameters the optimizer trained (LoRA: the adapters), and all the model's.
+    #[serde(default)]
+    pub trainable_parameters: u64,
+    #[serde(default)]
+    pub total_parameters: u64,
 }
 
 impl_record!(RankSummary, 1, "a rank summary");
@@ -455,6 +460,8 @@ mod tests {
             peak_device_memory_bytes: None,
             collectives: "host ring (tcp)".into(),
             trained_tokens: 1000,
+            trainable_parameters: 40,
+            total_parameters: 100,
         }
     }
 

@@ -34,6 +34,8 @@ pub mod bounds {
     pub const MAX_HEARTBEAT_TIMEOUT_SECONDS: u32 = 86_400;
     pub const MAX_KEEP: u32 = 10_000;
     pub const MAX_PATH_LEN: u32 = 4_096;
+    pub const MAX_LORA_RANK: u32 = 4_096;
+    pub const MAX_LORA_ALPHA: f64 = 1_048_576.0;
 }
 use bounds::*;
 
@@ -269,6 +271,16 @@ pub struct ResolvedModel {
 }
 
 impl ModelSpec {
+    /// The family the spec trains: the Llama family for a model directory, otherwise the
+    /// `architecture` (GPT-2 by default).
+    pub fn family(&self) -> Architecture {
+        if self.from.is_some() {
+            Architecture::Llama
+        } else {
+            self.architecture.unwrap_or_default()
+        }
+    }
+
     /// The context length this spec trains with, if it can be known.
     pub fn effective_context(&self) -> Option<u32> {
         self.context.or(self.preset.map(|p| p.shape().context))
@@ -645,6 +657,120 @@ pub struct TrainingSpec {
     /// Initialise from a Hugging Face GPT-2 safetensors file instead of at random.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_from: Option<String>,
+    /// Train low-rank adapters on a frozen base (`model.from`, or `initFrom` for GPT-2)
+    /// instead of every weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraSpec>,
+}
+
+/// LoRA as PEFT defines it: each targeted projection `y = x·Wᵀ` becomes
+/// `y = x·Wᵀ + (alpha/rank)·(x·Aᵀ)·Bᵀ` with A (rank × in) drawn as PEFT draws it and B
+/// (out × rank) zero, and only A and B (and norms or embeddings where asked) train.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoraSpec {
+    /// The adapters' rank r; at most the smaller side of every targeted projection.
+    #[schemars(range(min = 1, max = MAX_LORA_RANK))]
+    pub rank: u32,
+    /// The adapters' output is scaled by alpha / rank. Defaults to 2 × rank.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = MAX_LORA_ALPHA))]
+    pub alpha: Option<f64>,
+    /// Dropout on the adapters' input. Only 0 is supported so far.
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub dropout: f64,
+    /// The projections that get adapters, in the family's own names: q_proj, k_proj,
+    /// v_proj, o_proj, gate_proj, up_proj, down_proj (Llama family); c_attn, c_proj, c_fc
+    /// (GPT-2; c_proj is both the attention's and the MLP's output projection, as in PEFT).
+    /// Defaults to PEFT's: q_proj and v_proj, or c_attn.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 7))]
+    pub targets: Vec<LoraTarget>,
+    /// Train the RMSNorm/LayerNorm weights too.
+    #[serde(default)]
+    pub train_norms: bool,
+    /// Train the token embedding (and an untied output head) too.
+    #[serde(default)]
+    pub train_embeddings: bool,
+}
+
+impl LoraSpec {
+    /// alpha, or its default 2 × rank.
+    pub fn alpha(&self) -> f64 {
+        self.alpha.unwrap_or(2.0 * f64::from(self.rank))
+    }
+
+    /// The adapters' output scale, alpha / rank.
+    pub fn scale(&self) -> f64 {
+        self.alpha() / f64::from(self.rank)
+    }
+
+    /// The targets, or the family's default ones (PEFT's).
+    pub fn targets_for(&self, architecture: Architecture) -> Vec<LoraTarget> {
+        if !self.targets.is_empty() {
+            return self.targets.clone();
+        }
+        match architecture {
+            Architecture::Llama => vec![LoraTarget::QProj, LoraTarget::VProj],
+            Architecture::Gpt2 => vec![LoraTarget::CAttn],
+        }
+    }
+}
+
+/// A projection LoRA may adapt, by the name Hugging Face and PEFT give it.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum LoraTarget {
+    QProj,
+    KProj,
+    VProj,
+    OProj,
+    GateProj,
+    UpProj,
+    DownProj,
+    CAttn,
+    CProj,
+    CFc,
+}
+
+impl LoraTarget {
+    pub const LLAMA: [LoraTarget; 7] = [
+        LoraTarget::QProj,
+        LoraTarget::KProj,
+        LoraTarget::VProj,
+        LoraTarget::OProj,
+        LoraTarget::GateProj,
+        LoraTarget::UpProj,
+        LoraTarget::DownProj,
+    ];
+    pub const GPT2: [LoraTarget; 3] = [LoraTarget::CAttn, LoraTarget::CProj, LoraTarget::CFc];
+
+    /// The name in manifests, Hugging Face's module name.
+    pub fn name(self) -> &'static str {
+        match self {
+            LoraTarget::QProj => "q_proj",
+            LoraTarget::KProj => "k_proj",
+            LoraTarget::VProj => "v_proj",
+            LoraTarget::OProj => "o_proj",
+            LoraTarget::GateProj => "gate_proj",
+            LoraTarget::UpProj => "up_proj",
+            LoraTarget::DownProj => "down_proj",
+            LoraTarget::CAttn => "c_attn",
+            LoraTarget::CProj => "c_proj",
+            LoraTarget::CFc => "c_fc",
+        }
+    }
+
+    /// Whether the family has this projection.
+    pub fn in_family(self, architecture: Architecture) -> bool {
+        match architecture {
+            Architecture::Llama => Self::LLAMA.contains(&self),
+            Architecture::Gpt2 => Self::GPT2.contains(&self),
+        }
+    }
 }
 
 // === parallelism ===

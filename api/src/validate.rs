@@ -14,7 +14,9 @@
 
 use std::fmt;
 
-use crate::spec::{Architecture, DataFormat, ModelPreset, Tokenizer, TrainingRunSpec, bounds::*};
+use crate::spec::{
+    Architecture, DataFormat, LoraTarget, ModelPreset, Tokenizer, TrainingRunSpec, bounds::*,
+};
 
 /// One broken rule: the field it concerns (`spec.model.heads`) and what is wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -310,6 +312,63 @@ pub fn cross_field_rules() -> Vec<CrossFieldRule> {
             },
         },
         CrossFieldRule {
+            scope: &[],
+            field_path: ".training.lora",
+            cel: "!has(self.training.lora) || has(self.model.from) || has(self.training.initFrom)"
+                .into(),
+            message: "training.lora trains adapters on a frozen base model: name the base with \
+                      model.from (a Hugging Face directory) or, for GPT-2, training.initFrom",
+            holds: |s| {
+                s.training.lora.is_none()
+                    || s.model.from.is_some()
+                    || s.training.init_from.is_some()
+            },
+        },
+        CrossFieldRule {
+            scope: &[],
+            field_path: ".training.lora.targets",
+            cel: "!has(self.training.lora) || !has(self.training.lora.targets) || \
+                  ((has(self.model.from) || (has(self.model.architecture) && \
+                  self.model.architecture == 'llama')) ? \
+                  self.training.lora.targets.all(t, t in ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']) : \
+                  self.training.lora.targets.all(t, t in ['c_attn', 'c_proj', 'c_fc']))"
+                .into(),
+            message: "training.lora.targets names projections the model does not have: the \
+                      Llama family has q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj and \
+                      down_proj; GPT-2 has c_attn, c_proj and c_fc",
+            holds: |s| {
+                s.training.lora.as_ref().is_none_or(|lora| {
+                    let family = s.model.family();
+                    lora.targets.iter().all(|t| t.in_family(family))
+                })
+            },
+        },
+        CrossFieldRule {
+            scope: &[],
+            field_path: ".training.lora.dropout",
+            cel: "!has(self.training.lora) || !has(self.training.lora.dropout) || \
+                  self.training.lora.dropout == 0.0"
+                .into(),
+            message: "training.lora.dropout: only 0 is supported so far (LoRA dropout is not \
+                      implemented); remove it or set it to 0",
+            holds: |s| s.training.lora.as_ref().is_none_or(|l| l.dropout == 0.0),
+        },
+        CrossFieldRule {
+            scope: &[],
+            field_path: ".training.lora.alpha",
+            cel: "!has(self.training.lora) || !has(self.training.lora.alpha) || \
+                  self.training.lora.alpha > 0.0"
+                .into(),
+            message: "training.lora.alpha must be greater than 0",
+            holds: |s| {
+                s.training
+                    .lora
+                    .as_ref()
+                    .and_then(|l| l.alpha)
+                    .is_none_or(|a| a > 0.0)
+            },
+        },
+        CrossFieldRule {
             scope: &["optimizer"],
             field_path: ".lr",
             cel: "self.lr > 0.0".into(),
@@ -500,6 +559,25 @@ fn check_bounds(spec: &TrainingRunSpec) -> Vec<Violation> {
     let t = &spec.training;
     b.at_least("spec.training.steps", t.steps, 1);
     b.at_least("spec.training.evalBatches", t.eval_batches, 1);
+    if let Some(lora) = &t.lora {
+        b.within("spec.training.lora.rank", lora.rank, 1, MAX_LORA_RANK);
+        if let Some(alpha) = lora.alpha {
+            b.within("spec.training.lora.alpha", alpha, 0.0, MAX_LORA_ALPHA);
+            if !alpha.is_finite() {
+                b.report(
+                    "spec.training.lora.alpha",
+                    format!("should be a finite number (got {alpha})"),
+                );
+            }
+        }
+        b.within("spec.training.lora.dropout", lora.dropout, 0.0, 1.0);
+        if lora.targets.len() > LoraTarget::LLAMA.len() {
+            b.report(
+                "spec.training.lora.targets",
+                format!("may name at most {} projections", LoraTarget::LLAMA.len()),
+            );
+        }
+    }
 
     let p = &spec.parallelism;
     b.within("spec.parallelism.nodes", p.nodes, 1, MAX_NODES);

@@ -48,6 +48,7 @@ fn manifest(step: u64, files: Vec<CheckpointFile>) -> CheckpointManifest {
         loss: None,
         val_loss: None,
         created_unix_ms: 0,
+        base: None,
     }
 }
 

@@ -48,6 +48,7 @@ pub fn run(name: &str) -> RunBuilder {
             eval_interval: 0,
             eval_batches: 1,
             init_from: None,
+            lora: None,
         },
         parallelism: ParallelismSpec {
             nodes: 2,

@@ -1,5 +1,7 @@
 //! `tessera ckpt export --hf`: a checkpoint written as a Hugging Face model directory that
-//! `transformers.AutoModelForCausalLM.from_pretrained(DIR)` loads.
+//! `transformers.AutoModelForCausalLM.from_pretrained(DIR)` loads (a LoRA checkpoint with
+//! `--merged`: its adapters merged into the base); `--peft`: a LoRA checkpoint's adapters as
+//! the directory `peft.PeftModel.from_pretrained(base, DIR)` loads ([`crate::peft`]).
 //!
 //! ```text
 //! DIR/config.json                     the family's config (Llama family: the 4.x form every reader takes)
@@ -21,7 +23,8 @@ use crate::hf;
 use crate::llama::{
     LlamaWeights, WeightsError, model::weights_from_flat, weights::DEFAULT_MAX_SHARD_BYTES,
 };
-use crate::sample::{SampleError, checkpoint_family, flat_params};
+use crate::peft::{self, PeftError};
+use crate::sample::{SampleError, checkpoint_family, checkpoint_model, flat_params};
 
 /// Files carried over from the run's tokenizer directory, where they exist.
 const TOKENIZER_FILES: [&str; 4] = [
@@ -52,6 +55,18 @@ pub enum ExportError {
         "--dtype {0}: GPT-2 checkpoints export in f32 only (transformers loads them and casts as asked)"
     )]
     Gpt2Dtype(&'static str),
+    #[error(
+        "checkpoint {0} holds LoRA adapters: export them with --peft, or the base with the adapters merged in with --hf --merged"
+    )]
+    LoraNeedsMerged(PathBuf),
+    #[error(
+        "--merged: checkpoint {0} trains every weight; there are no adapters to merge (drop --merged)"
+    )]
+    NothingToMerge(PathBuf),
+    #[error(transparent)]
+    Peft(#[from] PeftError),
+    #[error(transparent)]
+    Family(#[from] crate::family::FamilyError),
 }
 
 impl From<SampleError> for ExportError {
@@ -73,6 +88,8 @@ pub struct ExportOptions {
     pub dtype: WeightDtype,
     /// Shard the weights above this many bytes.
     pub max_shard_bytes: u64,
+    /// Merge a LoRA checkpoint's adapters into its base (required for one, refused for others).
+    pub merged: bool,
 }
 
 impl Default for ExportOptions {
@@ -80,6 +97,7 @@ impl Default for ExportOptions {
         ExportOptions {
             dtype: WeightDtype::F32,
             max_shard_bytes: DEFAULT_MAX_SHARD_BYTES,
+            merged: false,
         }
     }
 }
@@ -99,9 +117,14 @@ pub fn export_hf(
     out: &Path,
     options: ExportOptions,
 ) -> Result<Exported, ExportError> {
-    let (family, _, spec) = checkpoint_family(checkpoint)?;
+    let (trained, _, spec) = checkpoint_family(checkpoint)?;
+    match (trained.lora().is_some(), options.merged) {
+        (true, false) => return Err(ExportError::LoraNeedsMerged(checkpoint.dir.clone())),
+        (false, true) => return Err(ExportError::NothingToMerge(checkpoint.dir.clone())),
+        _ => {}
+    }
+    let (family, flat) = checkpoint_model(checkpoint)?;
     let layout = family.layout();
-    let flat = flat_params(checkpoint, &layout)?;
     std::fs::create_dir_all(out).map_err(io(out))?;
     let mut files = Vec::new();
     let architecture = match &family {
@@ -168,6 +191,27 @@ pub fn export_hf(
     }
     Ok(Exported {
         architecture,
+        files,
+    })
+}
+
+/// Writes a LoRA checkpoint's adapters into `out` as a PEFT adapter directory naming the
+/// base model directory (or file) it was trained on.
+pub fn export_peft(checkpoint: &LoadedCheckpoint, out: &Path) -> Result<Exported, ExportError> {
+    let (family, _, _) = checkpoint_family(checkpoint)?;
+    let placement = family.placement()?;
+    if family.lora().is_none() {
+        return Err(PeftError::NotLora.into());
+    }
+    let trainable = flat_params(checkpoint, &placement.trainable)?;
+    let base = checkpoint
+        .manifest
+        .base
+        .as_ref()
+        .map_or_else(String::new, |b| b.path.clone());
+    let files = peft::write_adapter(out, &family, &placement, &trainable, &base)?;
+    Ok(Exported {
+        architecture: "PEFT LoRA adapter",
         files,
     })
 }

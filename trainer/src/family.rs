@@ -10,12 +10,14 @@
 
 use std::path::{Path, PathBuf};
 
+use sha2::{Digest, Sha256};
 use tessera_api::{
     TrainingRun,
+    checkpoint::BaseModelRef,
     llama_config::LlamaConfig,
     manifest::resolve_path,
     resolved::{ResolveError, model_from_dir},
-    spec::{Architecture, ResolvedModel},
+    spec::{Architecture, LoraSpec, ResolvedModel},
 };
 
 use crate::backend::Backend;
@@ -23,9 +25,11 @@ use crate::config::ModelConfig;
 use crate::hf;
 use crate::llama::{
     LlamaWeights, WeightsError,
-    model::{Llama, flat_from_weights},
+    model::{HfSource, Llama, flat_from_weights},
+    weights::Param,
 };
 use crate::lm::LanguageModel;
+use crate::lora::{LoraError, Placement};
 use crate::model::{Gpt, ModelError, ParamLayout};
 
 /// Why a run's model could not be worked out or loaded.
@@ -41,6 +45,8 @@ pub enum FamilyError {
     Weights(Box<WeightsError>),
     #[error("spec.training.initFrom: {0}")]
     InitFrom(Box<hf::HfError>),
+    #[error(transparent)]
+    Lora(#[from] LoraError),
 }
 
 impl From<ResolveError> for FamilyError {
@@ -61,6 +67,17 @@ impl From<hf::HfError> for FamilyError {
     }
 }
 
+/// One Hugging Face tensor and where it lives in the family's layout (layer `layer`'s slice
+/// of tensor `id`, or all of it; its values are the slice's first ones, as many as `shape`
+/// holds).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HfTensor {
+    pub name: String,
+    pub id: usize,
+    pub layer: Option<usize>,
+    pub shape: Vec<usize>,
+}
+
 /// A model family with its configuration.
 #[derive(Debug, Clone)]
 pub enum Family {
@@ -68,11 +85,15 @@ pub enum Family {
         config: ModelConfig,
         /// Hugging Face GPT-2 weights to start from (`training.initFrom`).
         init_from: Option<PathBuf>,
+        /// LoRA adapters on the frozen `init_from` weights (`training.lora`).
+        lora: Option<LoraSpec>,
     },
     Llama {
         config: LlamaConfig,
         /// The Hugging Face directory the weights start from (`model.from`).
         from: Option<PathBuf>,
+        /// LoRA adapters on the frozen `from` weights (`training.lora`).
+        lora: Option<LoraSpec>,
     },
 }
 
@@ -87,6 +108,7 @@ impl Family {
                 Family::Llama {
                     config,
                     from: Some(dir),
+                    lora: spec.training.lora.clone(),
                 },
                 resolved,
             ));
@@ -114,10 +136,12 @@ impl Family {
                         path
                     }
                 }),
+                lora: spec.training.lora.clone(),
             },
             Architecture::Llama => Family::Llama {
                 config: LlamaConfig::from_scratch(&resolved),
                 from: None,
+                lora: spec.training.lora.clone(),
             },
         };
         Ok((family, resolved))
@@ -142,6 +166,7 @@ impl Family {
                 Family::Gpt2 {
                     config,
                     init_from: Some(dir.join("model.safetensors")),
+                    lora: None,
                 },
                 config.context,
             ));
@@ -162,6 +187,7 @@ impl Family {
             Family::Llama {
                 config,
                 from: Some(dir.to_path_buf()),
+                lora: None,
             },
             context,
         ))
@@ -175,7 +201,35 @@ impl Family {
         }
     }
 
-    /// The flat parameter layout the family's model has.
+    /// The LoRA adapters the model trains on a frozen base, if it does.
+    pub fn lora(&self) -> Option<&LoraSpec> {
+        match self {
+            Family::Gpt2 { lora, .. } | Family::Llama { lora, .. } => lora.as_ref(),
+        }
+    }
+
+    /// The same model with every weight trainable (what a LoRA checkpoint's merged weights
+    /// load into).
+    pub fn without_lora(&self) -> Family {
+        let mut family = self.clone();
+        match &mut family {
+            Family::Gpt2 { lora, .. } | Family::Llama { lora, .. } => *lora = None,
+        }
+        family
+    }
+
+    /// Which weights train and where each is read: the trainable layout is what checkpoints
+    /// and the optimizer hold.
+    pub fn placement(&self) -> Result<Placement, FamilyError> {
+        Ok(match self {
+            Family::Gpt2 { config, lora, .. } => crate::model::placement(config, lora.as_ref())?,
+            Family::Llama { config, lora, .. } => {
+                crate::llama::model::placement(config, lora.as_ref())?
+            }
+        })
+    }
+
+    /// The flat parameter layout of all the family's weights (the base's under LoRA).
     pub fn layout(&self) -> ParamLayout {
         match self {
             Family::Gpt2 { config, .. } => ParamLayout::new(config),
@@ -211,12 +265,22 @@ impl Family {
         seed: u64,
     ) -> Result<Box<dyn LanguageModel<B>>, ModelError> {
         Ok(match self {
-            Family::Gpt2 { config, .. } => {
-                Box::new(Gpt::new(backend, *config, batch, seq_len, seed)?)
-            }
-            Family::Llama { config, .. } => {
-                Box::new(Llama::new(backend, config.clone(), batch, seq_len, seed)?)
-            }
+            Family::Gpt2 { config, lora, .. } => Box::new(Gpt::with_lora(
+                backend,
+                *config,
+                lora.as_ref(),
+                batch,
+                seq_len,
+                seed,
+            )?),
+            Family::Llama { config, lora, .. } => Box::new(Llama::with_lora(
+                backend,
+                config.clone(),
+                lora.as_ref(),
+                batch,
+                seq_len,
+                seed,
+            )?),
         })
     }
 
@@ -230,10 +294,12 @@ impl Family {
             Family::Gpt2 {
                 config,
                 init_from: Some(path),
+                ..
             } => Ok(Some((hf::load_gpt2(path, config, layout)?, path.clone()))),
             Family::Llama {
                 config,
                 from: Some(dir),
+                ..
             } => {
                 let weights = LlamaWeights::read(dir, config)?;
                 Ok(Some((flat_from_weights(config, &weights), dir.clone())))
@@ -242,16 +308,98 @@ impl Family {
         }
     }
 
+    /// Every Hugging Face tensor of the model with the layout tensor (and layer) it comes
+    /// from, named as in the model class (`model.layers.0.self_attn.q_proj.weight`,
+    /// `transformer.h.0.attn.c_attn.weight`).
+    pub fn hf_tensors(&self) -> Vec<HfTensor> {
+        match self {
+            Family::Gpt2 { config, .. } => hf::mappings(config)
+                .into_iter()
+                .map(|m| HfTensor {
+                    name: format!("transformer.{}", m.hf_name),
+                    id: m.id,
+                    layer: m.layer,
+                    shape: m.shape,
+                })
+                .collect(),
+            Family::Llama { config, .. } => {
+                let (_, sources) = crate::llama::model::layout(config);
+                let mut out = Vec::new();
+                for (id, source) in sources.into_iter().enumerate() {
+                    match source {
+                        HfSource::Whole(p) => out.push(HfTensor {
+                            name: p.hf_name(),
+                            id,
+                            layer: None,
+                            shape: p.shape(config),
+                        }),
+                        HfSource::Stacked(lp) => out.extend((0..config.num_layers).map(|i| {
+                            let p = Param::Layer(i, lp);
+                            HfTensor {
+                                name: p.hf_name(),
+                                id,
+                                layer: Some(i),
+                                shape: p.shape(config),
+                            }
+                        })),
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    /// The frozen base a LoRA run trains on, by path and content (SHA-256 over its weight
+    /// files, streamed); `None` when every weight trains.
+    pub fn base_ref(&self) -> Result<Option<BaseModelRef>, FamilyError> {
+        let (path, files) = match self {
+            Family::Gpt2 {
+                init_from: Some(path),
+                lora: Some(_),
+                ..
+            } => (path.clone(), vec![path.clone()]),
+            Family::Llama {
+                from: Some(dir),
+                lora: Some(_),
+                ..
+            } => (dir.clone(), weight_files(dir)?),
+            _ => return Ok(None),
+        };
+        let mut hasher = Sha256::new();
+        for file in &files {
+            let read = |source| {
+                FamilyError::from(hf::HfError::Read {
+                    path: file.clone(),
+                    source,
+                })
+            };
+            let mut f = std::fs::File::open(file).map_err(read)?;
+            std::io::copy(&mut f, &mut hasher).map_err(read)?;
+        }
+        Ok(Some(BaseModelRef {
+            path: path.display().to_string(),
+            sha256: hex::encode(hasher.finalize()),
+        }))
+    }
+
     /// Checks, without reading tensor data, that the starting weights the spec names fit the
-    /// model (names, shapes and dtypes from the safetensors headers): what `tessera run`
-    /// checks before it starts anything.
+    /// model (names, shapes and dtypes from the safetensors headers), and that a LoRA plan
+    /// fits it: what `tessera run` checks before it starts anything.
     pub fn check_weights(&self) -> Result<(), FamilyError> {
         match self {
             Family::Llama {
                 config,
                 from: Some(dir),
-            } => Ok(LlamaWeights::check_dir(dir, config)?),
-            _ => Ok(()),
+                ..
+            } => {
+                LlamaWeights::check_dir(dir, config)?;
+                self.placement()?;
+                Ok(())
+            }
+            _ => {
+                self.placement()?;
+                Ok(())
+            }
         }
     }
 
@@ -264,4 +412,28 @@ impl Family {
             }
         }
     }
+}
+
+/// A model directory's weight files in name order: `model.safetensors`, or its shards.
+fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, FamilyError> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let read = |source| {
+        FamilyError::from(hf::HfError::Read {
+            path: dir.to_path_buf(),
+            source,
+        })
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(read)? {
+        let path = entry.map_err(read)?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with("model-") && name.ends_with(".safetensors") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
 }

@@ -108,18 +108,18 @@ pub fn gpt2_config_from_json(
 }
 
 /// One Hugging Face tensor and where it lives in our flat buffer.
-struct Mapping {
-    hf_name: String,
+pub(crate) struct Mapping {
+    pub(crate) hf_name: String,
     /// Our tensor family and layer (None for unstacked tensors).
-    id: usize,
-    layer: Option<usize>,
+    pub(crate) id: usize,
+    pub(crate) layer: Option<usize>,
     /// HF shape.
-    shape: Vec<usize>,
+    pub(crate) shape: Vec<usize>,
     /// Conv1D orientation: the HF tensor is our (out, in) matrix transposed.
     transposed: bool,
 }
 
-fn mappings(config: &ModelConfig) -> Vec<Mapping> {
+pub(crate) fn mappings(config: &ModelConfig) -> Vec<Mapping> {
     let (c, v, t) = (config.width, config.vocab, config.context);
     let plain = |hf_name: String, id, layer, shape: Vec<usize>| Mapping {
         hf_name,

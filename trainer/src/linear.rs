@@ -76,20 +76,7 @@ impl Linear {
         inp: B::Ref<'_>,
         accumulate: bool,
     ) -> Result<(), BackendError> {
-        be.matmul(
-            dinp,
-            dout,
-            be.view(params, self.weight.clone())?,
-            None,
-            MatmulShape {
-                m: self.rows,
-                n: self.n_in,
-                k: self.n_out,
-                a_transposed: false,
-                b_transposed: false,
-            },
-            accumulate,
-        )?;
+        self.backward_input(be, params, dinp, dout, accumulate)?;
         be.matmul(
             be.view_mut(grads, self.weight.clone())?,
             dout,
@@ -108,6 +95,34 @@ impl Linear {
             be.bias_backward(be.view_mut(grads, b.clone())?, dout, self.rows, self.n_out)?;
         }
         Ok(())
+    }
+}
+
+impl Linear {
+    /// `dinp = dout · W` (added to `dinp` when `accumulate`) alone: the backward of a frozen
+    /// layer.
+    pub fn backward_input<B: Backend>(
+        &self,
+        be: &B,
+        params: &B::Buf,
+        dinp: B::Mut<'_>,
+        dout: B::Ref<'_>,
+        accumulate: bool,
+    ) -> Result<(), BackendError> {
+        be.matmul(
+            dinp,
+            dout,
+            be.view(params, self.weight.clone())?,
+            None,
+            MatmulShape {
+                m: self.rows,
+                n: self.n_in,
+                k: self.n_out,
+                a_transposed: false,
+                b_transposed: false,
+            },
+            accumulate,
+        )
     }
 }
 

@@ -14,6 +14,7 @@ use std::ops::Range;
 
 use crate::backend::Backend;
 use crate::data::loader::IGNORE_TARGET;
+use crate::lora::{LoraActs, Placement, Weights};
 use crate::model::{GradientReady, ModelError, ParamLayout};
 use crate::rng::RngState;
 
@@ -23,7 +24,14 @@ use crate::rng::RngState;
 /// per-position losses.
 pub struct ModelState<B: Backend> {
     pub backend: B,
+    /// The trainable flat space (every weight, or LoRA's adapters): `placement.trainable`.
     pub layout: ParamLayout,
+    /// Which of the family's weights train and where each is read.
+    pub placement: Placement,
+    /// The frozen base weights (the family's layout) under LoRA.
+    pub base: Option<B::Buf>,
+    /// LoRA's activations, under LoRA.
+    pub lora: Option<LoraActs<B>>,
     pub batch: usize,
     pub seq_len: usize,
     /// Vocabulary entries that take part in the loss.
@@ -45,10 +53,11 @@ pub struct ModelState<B: Backend> {
 }
 
 impl<B: Backend> ModelState<B> {
-    /// Allocates the buffers for `layout` and batches of (batch, seq_len), parameters zero.
+    /// Allocates the buffers for `placement` and batches of (batch, seq_len), parameters
+    /// zero (the model adds LoRA's activations).
     pub fn new(
         backend: B,
-        layout: ParamLayout,
+        placement: Placement,
         batch: usize,
         seq_len: usize,
         vocab: usize,
@@ -62,7 +71,15 @@ impl<B: Backend> ModelState<B> {
             return Err(ModelError::ZeroDimension { what: "seq_len" });
         }
         let bt = batch * seq_len;
+        let layout = placement.trainable.clone();
+        let base = match placement.has_base() {
+            true => Some(backend.alloc(placement.family.total)?),
+            false => None,
+        };
         Ok(ModelState {
+            base,
+            lora: None,
+            placement,
             params: backend.alloc(layout.total)?,
             grads: backend.alloc(layout.total)?,
             inputs: backend.alloc_tokens(bt)?,
@@ -80,6 +97,15 @@ impl<B: Backend> ModelState<B> {
             padded_vocab,
             init_rng,
         })
+    }
+
+    /// The buffers weights are read from.
+    pub fn weights(&self) -> Weights<'_, B> {
+        Weights {
+            trainable: &self.params,
+            base: self.base.as_ref(),
+            placement: &self.placement,
+        }
     }
 
     /// Checks `tokens` (B·T ids below the vocabulary) and uploads them as the inputs.
@@ -179,6 +205,27 @@ pub trait LanguageModel<B: Backend>: Send {
             });
         }
         s.backend.upload(&mut s.params, 0, values)?;
+        Ok(())
+    }
+    /// Loads the model's whole weights (the family's layout, e.g. a Hugging Face directory's):
+    /// the parameters themselves, or under LoRA the frozen base and the tensors trained whole
+    /// (the adapters keep their values).
+    fn load_weights(&mut self, values: &[f32]) -> Result<(), ModelError> {
+        let s = self.state_mut();
+        if values.len() != s.placement.family.total {
+            return Err(ModelError::ParamCount {
+                what: "model weights",
+                want: s.placement.family.total,
+                got: values.len(),
+            });
+        }
+        let Some(base) = s.base.as_mut() else {
+            return self.load_params_from_host(values);
+        };
+        s.backend.upload(base, 0, values)?;
+        for (from, to) in s.placement.trained_whole() {
+            s.backend.upload(&mut s.params, to.start, &values[from])?;
+        }
         Ok(())
     }
     /// Host buffers to fill with the next micro-batch's inputs and targets (B·T each), then

@@ -10,10 +10,11 @@
 
 use crate::backend::{AttentionShape, Backend, BackendError};
 use crate::config::{ConfigError, ModelConfig};
-use crate::linear::Linear;
 use crate::lm::{LanguageModel, ModelState};
+use crate::lora::{LoraActs, LoraError, Placement, Weights};
 use crate::rng::Rng;
 use std::ops::Range;
+use tessera_api::spec::LoraSpec;
 use thiserror::Error;
 
 /// Called by [`LanguageModel::backward_with`] when the gradients of some ranges are final.
@@ -27,6 +28,8 @@ pub enum ModelError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Backend(#[from] BackendError),
+    #[error(transparent)]
+    Lora(#[from] crate::lora::LoraError),
     #[error("{what} must be greater than 0")]
     ZeroDimension { what: &'static str },
     #[error("sequence length {seq_len} exceeds the model context {context}")]
@@ -183,6 +186,11 @@ impl ParamLayout {
         }
     }
 
+    /// Layers a per-layer tensor family is stacked over.
+    pub fn layers(&self) -> usize {
+        self.layers
+    }
+
     /// The whole range of tensor `id`.
     pub fn range(&self, id: usize) -> Range<usize> {
         self.tensors[id].range()
@@ -256,6 +264,19 @@ impl<B: Backend> Gpt<B> {
         seq_len: usize,
         seed: u64,
     ) -> Result<Self, ModelError> {
+        Self::with_lora(backend, config, None, batch, seq_len, seed)
+    }
+
+    /// [`Gpt::new`], training LoRA adapters on a frozen base when `lora` is given (load the
+    /// base with [`LanguageModel::load_weights`]).
+    pub fn with_lora(
+        backend: B,
+        config: ModelConfig,
+        lora: Option<&LoraSpec>,
+        batch: usize,
+        seq_len: usize,
+        seed: u64,
+    ) -> Result<Self, ModelError> {
         config.validate()?;
         if seq_len > config.context {
             return Err(ModelError::SeqLenTooLong {
@@ -263,21 +284,29 @@ impl<B: Backend> Gpt<B> {
                 context: config.context,
             });
         }
-        let layout = ParamLayout::new(&config);
+        let placement = placement(&config, lora)?;
         let mut rng = Rng::new(seed);
-        let host = init_params(&config, &layout, &mut rng);
+        let host = init_params(&config, &placement.family, &mut rng);
+        let trainable = match placement.has_base() {
+            true => placement.initial_trainable(&host, &mut rng),
+            false => host.clone(),
+        };
         let mut state = ModelState::new(
             backend,
-            layout,
+            placement,
             batch,
             seq_len,
             config.vocab,
             config.padded_vocab,
             rng.state(),
         )?;
-        state.backend.upload(&mut state.params, 0, &host)?;
-        let backend = &state.backend;
+        state.backend.upload(&mut state.params, 0, &trainable)?;
+        if let Some(base) = state.base.as_mut() {
+            state.backend.upload(base, 0, &host)?;
+        }
         let (l, c, bt) = (config.layers, config.width, batch * seq_len);
+        state.lora = LoraActs::new(&state.backend, &state.placement, bt, 2 * c)?;
+        let backend = &state.backend;
         let att = AttentionShape {
             batch,
             seq_len,
@@ -338,7 +367,15 @@ impl<B: Backend> LanguageModel<B> for Gpt<B> {
         &mut self.state
     }
     fn flops_per_token(&self) -> f64 {
-        self.config.flops_per_token(self.state.seq_len)
+        let full = self.config.flops_per_token(self.state.seq_len);
+        if !self.state.placement.has_base() {
+            return full;
+        }
+        // A frozen base has no weight gradients (a third of the matmul FLOPs), plus the six
+        // of whatever trains.
+        let c = self.config.width as f64;
+        let attention = 12.0 * self.config.layers as f64 * c * self.state.seq_len as f64;
+        (full - attention) * 4.0 / 6.0 + attention + 6.0 * self.state.layout.total as f64
     }
     fn max_seq_len(&self) -> usize {
         self.config.context
@@ -354,8 +391,12 @@ impl<B: Backend> LanguageModel<B> for Gpt<B> {
         let (b, t, c, l, nh) = (st.batch, st.seq_len, cfg.width, cfg.layers, cfg.heads);
         let (vp, bt) = (cfg.padded_vocab, b * t);
         let be = &st.backend;
-        let lay = &st.layout;
-        let p = &st.params;
+        let w = Weights {
+            trainable: &st.params,
+            base: st.base.as_ref(),
+            placement: &st.placement,
+        };
+        let lora = &mut st.lora;
         let acts = &mut self.acts;
         let att = AttentionShape {
             batch: b,
@@ -369,8 +410,8 @@ impl<B: Backend> LanguageModel<B> for Gpt<B> {
         be.encoder_forward(
             be.view_mut(&mut acts.encoded, 0..bt * c)?,
             &st.inputs,
-            be.view(p, lay.range(WTE))?,
-            be.view(p, lay.range(WPE))?,
+            w.view(be, WTE, None)?,
+            w.view(be, WPE, None)?,
             b,
             t,
             c,
@@ -387,43 +428,35 @@ impl<B: Backend> LanguageModel<B> for Gpt<B> {
                 be.view_mut(&mut acts.ln1_mean, per(layer, bt))?,
                 be.view_mut(&mut acts.ln1_rstd, per(layer, bt))?,
                 residual,
-                be.view(p, lay.layer(LN1W, layer))?,
-                be.view(p, lay.layer(LN1B, layer))?,
+                w.view(be, LN1W, Some(layer))?,
+                w.view(be, LN1B, Some(layer))?,
                 bt,
                 c,
             )?;
-            Linear::new(
-                lay.layer(QKVW, layer),
-                Some(lay.layer(QKVB, layer)),
-                3 * c,
-                c,
-                bt,
-            )
-            .forward(
-                be,
-                p,
-                be.view_mut(&mut acts.qkv, per(layer, bt * 3 * c))?,
-                be.view(&acts.ln1, per(layer, bt * c))?,
-            )?;
+            w.projection(QKVW, Some(QKVB), Some(layer), 3 * c, c, bt)
+                .forward(
+                    be,
+                    &w,
+                    lora.as_mut(),
+                    &mut acts.qkv,
+                    per(layer, bt * 3 * c),
+                    be.view(&acts.ln1, per(layer, bt * c))?,
+                )?;
             be.attention_forward(
                 be.view_mut(&mut acts.atty, per(layer, bt * c))?,
                 be.view_mut(&mut acts.att_state, per(layer, self.att_state_len))?,
                 be.view(&acts.qkv, per(layer, bt * 3 * c))?,
                 att,
             )?;
-            Linear::new(
-                lay.layer(ATTPROJW, layer),
-                Some(lay.layer(ATTPROJB, layer)),
-                c,
-                c,
-                bt,
-            )
-            .forward(
-                be,
-                p,
-                be.view_mut(&mut acts.proj_out, 0..bt * c)?,
-                be.view(&acts.atty, per(layer, bt * c))?,
-            )?;
+            w.projection(ATTPROJW, Some(ATTPROJB), Some(layer), c, c, bt)
+                .forward(
+                    be,
+                    &w,
+                    lora.as_mut(),
+                    &mut acts.proj_out,
+                    0..bt * c,
+                    be.view(&acts.atty, per(layer, bt * c))?,
+                )?;
             be.residual_forward(
                 be.view_mut(&mut acts.residual2, per(layer, bt * c))?,
                 residual,
@@ -435,41 +468,33 @@ impl<B: Backend> LanguageModel<B> for Gpt<B> {
                 be.view_mut(&mut acts.ln2_mean, per(layer, bt))?,
                 be.view_mut(&mut acts.ln2_rstd, per(layer, bt))?,
                 be.view(&acts.residual2, per(layer, bt * c))?,
-                be.view(p, lay.layer(LN2W, layer))?,
-                be.view(p, lay.layer(LN2B, layer))?,
+                w.view(be, LN2W, Some(layer))?,
+                w.view(be, LN2B, Some(layer))?,
                 bt,
                 c,
             )?;
-            Linear::new(
-                lay.layer(FCW, layer),
-                Some(lay.layer(FCB, layer)),
-                4 * c,
-                c,
-                bt,
-            )
-            .forward(
-                be,
-                p,
-                be.view_mut(&mut acts.fch, per(layer, bt * 4 * c))?,
-                be.view(&acts.ln2, per(layer, bt * c))?,
-            )?;
+            w.projection(FCW, Some(FCB), Some(layer), 4 * c, c, bt)
+                .forward(
+                    be,
+                    &w,
+                    lora.as_mut(),
+                    &mut acts.fch,
+                    per(layer, bt * 4 * c),
+                    be.view(&acts.ln2, per(layer, bt * c))?,
+                )?;
             be.gelu_forward(
                 be.view_mut(&mut acts.fch_gelu, per(layer, bt * 4 * c))?,
                 be.view(&acts.fch, per(layer, bt * 4 * c))?,
             )?;
-            Linear::new(
-                lay.layer(FCPROJW, layer),
-                Some(lay.layer(FCPROJB, layer)),
-                c,
-                4 * c,
-                bt,
-            )
-            .forward(
-                be,
-                p,
-                be.view_mut(&mut acts.proj_out, 0..bt * c)?,
-                be.view(&acts.fch_gelu, per(layer, bt * 4 * c))?,
-            )?;
+            w.projection(FCPROJW, Some(FCPROJB), Some(layer), c, 4 * c, bt)
+                .forward(
+                    be,
+                    &w,
+                    lora.as_mut(),
+                    &mut acts.proj_out,
+                    0..bt * c,
+                    be.view(&acts.fch_gelu, per(layer, bt * 4 * c))?,
+                )?;
             be.residual_forward(
                 be.view_mut(&mut acts.residual3, per(layer, bt * c))?,
                 be.view(&acts.residual2, per(layer, bt * c))?,
@@ -481,16 +506,18 @@ impl<B: Backend> LanguageModel<B> for Gpt<B> {
             be.view_mut(&mut acts.lnf_mean, 0..bt)?,
             be.view_mut(&mut acts.lnf_rstd, 0..bt)?,
             be.view(&acts.residual3, per(l - 1, bt * c))?,
-            be.view(p, lay.range(LNFW))?,
-            be.view(p, lay.range(LNFB))?,
+            w.view(be, LNFW, None)?,
+            w.view(be, LNFB, None)?,
             bt,
             c,
         )?;
         // Tied output head: logits = lnf · wteᵀ over all Vp rows.
-        Linear::new(lay.range(WTE), None, vp, c, bt).forward(
+        w.projection(WTE, None, None, vp, c, bt).forward(
             be,
-            p,
-            be.view_mut(&mut st.logits, 0..bt * vp)?,
+            &w,
+            lora.as_mut(),
+            &mut st.logits,
+            0..bt * vp,
             be.view(&acts.lnf, 0..bt * c)?,
         )?;
         Ok(())
@@ -509,9 +536,13 @@ impl<B: Backend> LanguageModel<B> for Gpt<B> {
         let (b, t, c, l, nh) = (st.batch, st.seq_len, cfg.width, cfg.layers, cfg.heads);
         let (vp, bt) = (cfg.padded_vocab, b * t);
         let be = &st.backend;
-        let lay = &st.layout;
-        let p = &st.params;
+        let w = Weights {
+            trainable: &st.params,
+            base: st.base.as_ref(),
+            placement: &st.placement,
+        };
         let g = &mut st.grads;
+        let lora = &mut st.lora;
         let acts = &self.acts;
         let d = &mut self.act_grads;
         let att = AttentionShape {
@@ -525,24 +556,26 @@ impl<B: Backend> LanguageModel<B> for Gpt<B> {
 
         // Output head (tied): dlnf = dlogits · wte, dwte += dlogitsᵀ · lnf.
         let dlogits = be.view(&st.logits, 0..bt * vp)?;
-        Linear::new(lay.range(WTE), None, vp, c, bt).backward(
+        w.projection(WTE, None, None, vp, c, bt).backward(
             be,
-            p,
+            &w,
             g,
-            be.view_mut(&mut d.dbtc, 0..bt * c)?,
+            lora.as_mut(),
+            &mut d.dbtc,
+            0..bt * c,
             dlogits,
             be.view(&acts.lnf, 0..bt * c)?,
             false,
         )?;
         be.fill_zero(be.view_mut(&mut d.dresidual, 0..bt * c)?)?;
-        let [dw, db] = be.views_mut(g, [lay.range(LNFW), lay.range(LNFB)])?;
+        let [dw, db] = w.grads2(be, g, lora.as_mut(), [LNFW, LNFB], None)?;
         be.layernorm_backward(
             be.view_mut(&mut d.dresidual, 0..bt * c)?,
             dw,
             db,
             be.view(&d.dbtc, 0..bt * c)?,
             be.view(&acts.residual3, per(l - 1, bt * c))?,
-            be.view(p, lay.range(LNFW))?,
+            w.view(be, LNFW, None)?,
             be.view(&acts.lnf_mean, 0..bt)?,
             be.view(&acts.lnf_rstd, 0..bt)?,
             bt,
@@ -555,73 +588,61 @@ impl<B: Backend> LanguageModel<B> for Gpt<B> {
                 be.view(&acts.residual3, per(layer - 1, bt * c))?
             };
             // MLP sub-block; dresidual is the gradient of residual3 = of fcproj's output.
-            Linear::new(
-                lay.layer(FCPROJW, layer),
-                Some(lay.layer(FCPROJB, layer)),
-                c,
-                4 * c,
-                bt,
-            )
-            .backward(
-                be,
-                p,
-                g,
-                be.view_mut(&mut d.dfch_gelu, 0..bt * 4 * c)?,
-                be.view(&d.dresidual, 0..bt * c)?,
-                be.view(&acts.fch_gelu, per(layer, bt * 4 * c))?,
-                false,
-            )?;
+            w.projection(FCPROJW, Some(FCPROJB), Some(layer), c, 4 * c, bt)
+                .backward(
+                    be,
+                    &w,
+                    g,
+                    lora.as_mut(),
+                    &mut d.dfch_gelu,
+                    0..bt * 4 * c,
+                    be.view(&d.dresidual, 0..bt * c)?,
+                    be.view(&acts.fch_gelu, per(layer, bt * 4 * c))?,
+                    false,
+                )?;
             be.gelu_backward(
                 be.view_mut(&mut d.dfch, 0..bt * 4 * c)?,
                 be.view(&acts.fch, per(layer, bt * 4 * c))?,
                 be.view(&d.dfch_gelu, 0..bt * 4 * c)?,
             )?;
-            Linear::new(
-                lay.layer(FCW, layer),
-                Some(lay.layer(FCB, layer)),
-                4 * c,
-                c,
-                bt,
-            )
-            .backward(
-                be,
-                p,
-                g,
-                be.view_mut(&mut d.dbtc, 0..bt * c)?,
-                be.view(&d.dfch, 0..bt * 4 * c)?,
-                be.view(&acts.ln2, per(layer, bt * c))?,
-                false,
-            )?;
-            let [dw, db] = be.views_mut(g, [lay.layer(LN2W, layer), lay.layer(LN2B, layer)])?;
+            w.projection(FCW, Some(FCB), Some(layer), 4 * c, c, bt)
+                .backward(
+                    be,
+                    &w,
+                    g,
+                    lora.as_mut(),
+                    &mut d.dbtc,
+                    0..bt * c,
+                    be.view(&d.dfch, 0..bt * 4 * c)?,
+                    be.view(&acts.ln2, per(layer, bt * c))?,
+                    false,
+                )?;
+            let [dw, db] = w.grads2(be, g, lora.as_mut(), [LN2W, LN2B], Some(layer))?;
             be.layernorm_backward(
                 be.view_mut(&mut d.dresidual, 0..bt * c)?,
                 dw,
                 db,
                 be.view(&d.dbtc, 0..bt * c)?,
                 be.view(&acts.residual2, per(layer, bt * c))?,
-                be.view(p, lay.layer(LN2W, layer))?,
+                w.view(be, LN2W, Some(layer))?,
                 be.view(&acts.ln2_mean, per(layer, bt))?,
                 be.view(&acts.ln2_rstd, per(layer, bt))?,
                 bt,
                 c,
             )?;
             // Attention sub-block; dresidual is now the gradient of residual2.
-            Linear::new(
-                lay.layer(ATTPROJW, layer),
-                Some(lay.layer(ATTPROJB, layer)),
-                c,
-                c,
-                bt,
-            )
-            .backward(
-                be,
-                p,
-                g,
-                be.view_mut(&mut d.dbtc, 0..bt * c)?,
-                be.view(&d.dresidual, 0..bt * c)?,
-                be.view(&acts.atty, per(layer, bt * c))?,
-                false,
-            )?;
+            w.projection(ATTPROJW, Some(ATTPROJB), Some(layer), c, c, bt)
+                .backward(
+                    be,
+                    &w,
+                    g,
+                    lora.as_mut(),
+                    &mut d.dbtc,
+                    0..bt * c,
+                    be.view(&d.dresidual, 0..bt * c)?,
+                    be.view(&acts.atty, per(layer, bt * c))?,
+                    false,
+                )?;
             be.attention_backward(
                 be.view_mut(&mut d.dqkv, 0..bt * 3 * c)?,
                 be.view_mut(&mut d.att_scratch, 0..be.attention_scratch_len(att))?,
@@ -631,52 +652,72 @@ impl<B: Backend> LanguageModel<B> for Gpt<B> {
                 be.view(&acts.att_state, per(layer, self.att_state_len))?,
                 att,
             )?;
-            Linear::new(
-                lay.layer(QKVW, layer),
-                Some(lay.layer(QKVB, layer)),
-                3 * c,
-                c,
-                bt,
-            )
-            .backward(
-                be,
-                p,
-                g,
-                be.view_mut(&mut d.dbtc, 0..bt * c)?,
-                be.view(&d.dqkv, 0..bt * 3 * c)?,
-                be.view(&acts.ln1, per(layer, bt * c))?,
-                false,
-            )?;
-            let [dw, db] = be.views_mut(g, [lay.layer(LN1W, layer), lay.layer(LN1B, layer)])?;
+            w.projection(QKVW, Some(QKVB), Some(layer), 3 * c, c, bt)
+                .backward(
+                    be,
+                    &w,
+                    g,
+                    lora.as_mut(),
+                    &mut d.dbtc,
+                    0..bt * c,
+                    be.view(&d.dqkv, 0..bt * 3 * c)?,
+                    be.view(&acts.ln1, per(layer, bt * c))?,
+                    false,
+                )?;
+            let [dw, db] = w.grads2(be, g, lora.as_mut(), [LN1W, LN1B], Some(layer))?;
             be.layernorm_backward(
                 be.view_mut(&mut d.dresidual, 0..bt * c)?,
                 dw,
                 db,
                 be.view(&d.dbtc, 0..bt * c)?,
                 residual,
-                be.view(p, lay.layer(LN1W, layer))?,
+                w.view(be, LN1W, Some(layer))?,
                 be.view(&acts.ln1_mean, per(layer, bt))?,
                 be.view(&acts.ln1_rstd, per(layer, bt))?,
                 bt,
                 c,
             )?;
-            let layer_ranges: Vec<Range<usize>> =
-                (LN1W..=FCPROJB).map(|id| lay.layer(id, layer)).collect();
+            let layer_ids: Vec<usize> = (LN1W..=FCPROJB).collect();
+            let layer_ranges = w.placement.trainable_ranges(&layer_ids, Some(layer));
             ready(be, g, &layer_ranges)?;
         }
-        let [dwte, dwpe] = be.views_mut(g, [lay.range(WTE), lay.range(WPE)])?;
-        be.encoder_backward(
-            dwte,
-            dwpe,
-            be.view(&d.dresidual, 0..bt * c)?,
-            &st.inputs,
-            b,
-            t,
-            c,
-        )?;
-        let last = [WTE, WPE, LNFW, LNFB].map(|id| lay.range(id));
+        if w.placement.trains(WTE) {
+            let [dwte, dwpe] = w.grads2(be, g, lora.as_mut(), [WTE, WPE], None)?;
+            be.encoder_backward(
+                dwte,
+                dwpe,
+                be.view(&d.dresidual, 0..bt * c)?,
+                &st.inputs,
+                b,
+                t,
+                c,
+            )?;
+        }
+        let last = w.placement.trainable_ranges(&[WTE, WPE, LNFW, LNFB], None);
         ready(be, g, &last)?;
         Ok(())
+    }
+}
+
+/// Which weights train: all of them, or LoRA's adapters on the frozen rest (c_proj is both
+/// the attention's and the MLP's output projection, as in PEFT).
+pub fn placement(config: &ModelConfig, lora: Option<&LoraSpec>) -> Result<Placement, LoraError> {
+    use tensor::*;
+    use tessera_api::spec::LoraTarget::*;
+    let layout = ParamLayout::new(config);
+    match lora {
+        None => Ok(Placement::full(layout)),
+        Some(spec) => Placement::lora(
+            layout,
+            spec,
+            &[
+                (CAttn, vec![QKVW]),
+                (CProj, vec![ATTPROJW, FCPROJW]),
+                (CFc, vec![FCW]),
+            ],
+            &spec.targets_for(tessera_api::spec::Architecture::Gpt2),
+            None,
+        ),
     }
 }
 

@@ -26,7 +26,9 @@ use std::{
 use sha2::{Digest, Sha256};
 use tessera_api::{
     TrainingRun, TrainingRunSpec,
-    checkpoint::{CheckpointManifest, DataCursor, FORMAT_VERSION, RngState, checkpoint_dir_name},
+    checkpoint::{
+        BaseModelRef, CheckpointManifest, DataCursor, FORMAT_VERSION, RngState, checkpoint_dir_name,
+    },
     records::{RankSummary, Record, StepRecord, finite},
     spec::{LrSchedule as SpecSchedule, ResolvedModel},
 };
@@ -135,6 +137,17 @@ pub enum RunError {
         want: ResolvedModel,
     },
     #[error(
+        "the checkpoint in {dir} holds LoRA adapters trained on the base {found}, but \
+         {want_path} has other weights (SHA-256 {want_sha256}); restore that base model, or \
+         point checkpoint.path elsewhere to start a new run"
+    )]
+    CheckpointBase {
+        dir: PathBuf,
+        found: String,
+        want_path: String,
+        want_sha256: String,
+    },
+    #[error(
         "the checkpoint in {dir} lacks tensor {name}; it is not a Tessera checkpoint of this model"
     )]
     CheckpointTensor { dir: PathBuf, name: String },
@@ -181,6 +194,9 @@ pub struct RunSummary {
     /// Targets the loss counted over all the run's steps (every token of text data; the
     /// completion / assistant tokens of instruction and chat data).
     pub trained_tokens: u64,
+    /// Parameters the optimizer trained (LoRA: the adapters), and all the model's.
+    pub trainable_parameters: u64,
+    pub total_parameters: u64,
 }
 
 impl RunSummary {
@@ -207,6 +223,8 @@ impl RunSummary {
             peak_device_memory_bytes: self.peak_device_memory_bytes,
             collectives: self.collectives.clone(),
             trained_tokens: self.trained_tokens,
+            trainable_parameters: self.trainable_parameters,
+            total_parameters: self.total_parameters,
         }
     }
 }
@@ -362,6 +380,8 @@ struct Trainer<'h, B: Backend> {
     hook: &'h mut dyn RunHook,
     family: Family,
     resolved: ResolvedModel,
+    /// The frozen base of a LoRA run, which its checkpoints name.
+    base: Option<BaseModelRef>,
     checkpoint_root: PathBuf,
     model: Box<dyn LanguageModel<B>>,
     optimizer: AdamW<B>,
@@ -411,6 +431,7 @@ impl<'h, B: Backend> Trainer<'h, B> {
             world,
         )?;
 
+        let base = family.base_ref()?;
         let model = family.build(
             backend,
             spec.optimizer.micro_batch as usize,
@@ -458,6 +479,7 @@ impl<'h, B: Backend> Trainer<'h, B> {
             hook,
             family,
             resolved,
+            base,
             checkpoint_root,
             model,
             optimizer,
@@ -486,9 +508,14 @@ impl<'h, B: Backend> Trainer<'h, B> {
         match choose_checkpoint(from, &self.checkpoint_root, self.dp.comm())? {
             Some(loaded) => self.restore(loaded),
             None => {
-                if let Some((weights, from)) = self.family.initial_weights(self.model.layout())? {
-                    self.model.load_params_from_host(&weights)?;
-                    info!(from = %from.display(), "initialised from Hugging Face weights");
+                if let Some((weights, from)) = self.family.initial_weights(&self.family.layout())? {
+                    self.model.load_weights(&weights)?;
+                    match self.family.lora() {
+                        Some(_) => info!(from = %from.display(), "LoRA on a frozen base"),
+                        None => {
+                            info!(from = %from.display(), "initialised from Hugging Face weights")
+                        }
+                    }
                 }
                 Ok(())
             }
@@ -503,6 +530,23 @@ impl<'h, B: Backend> Trainer<'h, B> {
                 found: loaded.manifest.model,
                 want: self.resolved,
             });
+        }
+        if let Some(base) = &self.base {
+            // The adapters only mean something on the weights they were trained on.
+            if loaded.manifest.base.as_ref().map(|b| &b.sha256) != Some(&base.sha256) {
+                return Err(RunError::CheckpointBase {
+                    dir: loaded.dir,
+                    found: loaded.manifest.base.as_ref().map_or_else(
+                        || "(none: it is not a LoRA checkpoint)".to_string(),
+                        |b| format!("{} (SHA-256 {})", b.path, b.sha256),
+                    ),
+                    want_path: base.path.clone(),
+                    want_sha256: base.sha256.clone(),
+                });
+            }
+            if let Some((weights, _)) = self.family.initial_weights(&self.family.layout())? {
+                self.model.load_weights(&weights)?;
+            }
         }
         let layout = self.model.layout().clone();
         let mut params = vec![0.0f32; self.model.num_params()];
@@ -713,6 +757,7 @@ impl<'h, B: Backend> Trainer<'h, B> {
             loss: self.last_loss,
             val_loss: self.last_val_loss,
             created_unix_ms: unix_ms(),
+            base: self.base.clone(),
         };
         let t_stall = Instant::now();
         let params = self.model.params_to_host()?;
@@ -805,6 +850,8 @@ impl<'h, B: Backend> Trainer<'h, B> {
             peak_device_memory_bytes: self.model.backend().peak_memory_bytes(),
             collectives: self.dp.transport(),
             trained_tokens: (0..steps).map(|s| self.batches.counted_targets(s)).sum(),
+            trainable_parameters: self.model.num_params() as u64,
+            total_parameters: self.model.state().placement.family.total as u64,
         })
     }
 }

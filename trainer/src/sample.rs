@@ -8,6 +8,7 @@ use crate::{
     backend::Backend,
     checkpoint::{InvalidReason, LoadedCheckpoint, find_latest_valid, load_checkpoint},
     config::ConfigError,
+    data::loader::IGNORE_TARGET,
     data::tokenizer::{TextTokenizer, TokenizerError},
     family::{Family, FamilyError},
     model::{ModelError, ParamLayout},
@@ -51,6 +52,15 @@ pub enum SampleError {
     Data(#[from] crate::data::loader::LoaderError),
     #[error("--chat: {0}")]
     Chat(String),
+    #[error(
+        "checkpoint {dir} holds LoRA adapters trained on {want}, but {path} now has other weights (SHA-256 {found}); restore the base model the adapters were trained on"
+    )]
+    BaseChanged {
+        dir: PathBuf,
+        want: String,
+        path: String,
+        found: String,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -130,6 +140,40 @@ pub fn checkpoint_family(
     Ok((family, resolved, spec))
 }
 
+/// A checkpoint's whole model: its family with every weight in one flat space, and those
+/// weights. A LoRA checkpoint's adapters are merged into the base it names (`W + scale·B·A`),
+/// which must still hold the weights they were trained on.
+pub fn checkpoint_model(checkpoint: &LoadedCheckpoint) -> Result<(Family, Vec<f32>), SampleError> {
+    let (family, _, _) = checkpoint_family(checkpoint)?;
+    let placement = family.placement()?;
+    let trainable = flat_params(checkpoint, &placement.trainable)?;
+    if family.lora().is_none() {
+        return Ok((family, trainable));
+    }
+    let base = family
+        .base_ref()?
+        .expect("a LoRA family names its base (validation requires one)");
+    let want = checkpoint.manifest.base.as_ref();
+    if want.map(|w| &w.sha256) != Some(&base.sha256) {
+        return Err(SampleError::BaseChanged {
+            dir: checkpoint.dir.clone(),
+            want: want.map_or_else(
+                || "(no base named)".to_string(),
+                |w| format!("{} (SHA-256 {})", w.path, w.sha256),
+            ),
+            path: base.path,
+            found: base.sha256,
+        });
+    }
+    let (weights, _) = family
+        .initial_weights(&family.layout())?
+        .expect("a LoRA family names its base (validation requires one)");
+    Ok((
+        family.without_lora(),
+        placement.merged(&weights, &trainable),
+    ))
+}
+
 /// A model ready to use: its family, flat parameters, tokenizer and context, from a
 /// checkpoint (root or step directory) or a Hugging Face model directory.
 pub struct LoadedModel {
@@ -167,8 +211,8 @@ pub fn load_model(path: &Path) -> Result<LoadedModel, SampleError> {
         });
     }
     let checkpoint = open_checkpoint(path)?;
-    let (family, resolved, spec) = checkpoint_family(&checkpoint)?;
-    let params = flat_params(&checkpoint, &family.layout())?;
+    let (_, resolved, spec) = checkpoint_family(&checkpoint)?;
+    let (family, params) = checkpoint_model(&checkpoint)?;
     Ok(LoadedModel {
         family,
         params,
@@ -315,7 +359,9 @@ pub struct Evaluation {
 
 /// The mean next-token loss over consecutive non-overlapping windows read from the start of
 /// `data` (token shards) in order: window `i` predicts tokens `i·N + 1 ..= (i + 1)·N` from
-/// the `N` before each. `N` is `context`, or the model's, capped by the data.
+/// the `N` before each. `N` is `context`, or the model's, capped by the data; packed rows of
+/// instruction and chat data are the windows when no `context` is given. Targets the data's
+/// loss mask does not count (prompts, user turns, padding) are not scored.
 pub fn evaluate<B: Backend>(
     backend: B,
     loaded: &LoadedModel,
@@ -332,10 +378,17 @@ pub fn evaluate<B: Backend>(
         });
     }
     let available = stream.len().saturating_sub(1);
-    let n = context
-        .unwrap_or(loaded.context)
-        .min(loaded.context)
-        .min(usize::try_from(available).unwrap_or(usize::MAX));
+    let row = stream.row_len() as usize;
+    // Packed rows (instruction and chat data) are windows of their own when they fit.
+    let (n, stride) = if row > 1 && row - 1 <= loaded.context && context.is_none() {
+        (row - 1, row as u64)
+    } else {
+        let n = context
+            .unwrap_or(loaded.context)
+            .min(loaded.context)
+            .min(usize::try_from(available).unwrap_or(usize::MAX));
+        (n, n as u64)
+    };
     if n == 0 {
         return Err(SampleError::TooLittleData {
             data: data.to_string(),
@@ -344,15 +397,37 @@ pub fn evaluate<B: Backend>(
     }
     let mut model = loaded.family.build(backend, 1, n, 0)?;
     model.load_params_from_host(&loaded.params)?;
-    let windows = available / n as u64;
+    let windows = available.saturating_sub(n as u64) / stride + 1;
     let mut window = vec![0u32; n + 1];
-    let mut total = 0.0f64;
+    let mut targets = vec![0u32; n];
+    let (mut total, mut tokens) = (0.0f64, 0u64);
     for i in 0..windows {
-        stream.copy_range(i * n as u64, &mut window);
-        // Each window's loss is a mean over n predictions: sum them back.
-        total += model.forward(&window[..n], &window[1..])? * n as f64;
+        let start = i * stride;
+        stream.copy_range(start, &mut window);
+        // The loss counts what training counts: a masked stream's uncounted targets are
+        // ignored (prompts, user turns, padding).
+        for (j, t) in targets.iter_mut().enumerate() {
+            let pos = start + 1 + j as u64;
+            *t = if stream.counted(pos) {
+                window[j + 1]
+            } else {
+                IGNORE_TARGET
+            };
+        }
+        let counted = targets.iter().filter(|&&t| t != IGNORE_TARGET).count() as u64;
+        if counted == 0 {
+            continue;
+        }
+        // Each window's loss is a mean over its counted predictions: sum them back.
+        total += model.forward(&window[..n], &targets)? * counted as f64;
+        tokens += counted;
     }
-    let tokens = windows * n as u64;
+    if tokens == 0 {
+        return Err(SampleError::TooLittleData {
+            data: data.to_string(),
+            tokens: stream.len(),
+        });
+    }
     let loss = total / tokens as f64;
     Ok(Evaluation {
         loss,

@@ -198,6 +198,7 @@ fn a_fine_tune_on_two_ranks_exports_a_directory_transformers_would_write() {
         ExportOptions {
             dtype: tessera_api::llama_config::WeightDtype::BF16,
             max_shard_bytes: 100_000,
+            merged: false,
         },
     )
     .unwrap();

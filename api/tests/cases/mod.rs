@@ -216,6 +216,54 @@ pub fn invalid_cases() -> Vec<Case> {
             Cel,
         ),
         case(
+            "lora without a base model",
+            vec![("spec.training.lora", Some(json!({"rank": 4})))],
+            "spec.training.lora",
+            Cel,
+        ),
+        case(
+            "lora target the family does not have",
+            vec![
+                (
+                    "spec.training.initFrom",
+                    Some(json!("gpt2/model.safetensors")),
+                ),
+                (
+                    "spec.training.lora",
+                    Some(json!({"rank": 4, "targets": ["q_proj"]})),
+                ),
+            ],
+            "spec.training.lora.targets",
+            Cel,
+        ),
+        case(
+            "lora rank 0",
+            vec![
+                (
+                    "spec.training.initFrom",
+                    Some(json!("gpt2/model.safetensors")),
+                ),
+                ("spec.training.lora", Some(json!({"rank": 0}))),
+            ],
+            "spec.training.lora.rank",
+            Schema,
+        ),
+        case(
+            "lora dropout",
+            vec![
+                (
+                    "spec.training.initFrom",
+                    Some(json!("gpt2/model.safetensors")),
+                ),
+                (
+                    "spec.training.lora",
+                    Some(json!({"rank": 4, "dropout": 0.1})),
+                ),
+            ],
+            "spec.training.lora.dropout",
+            Cel,
+        ),
+        case(
             "unknown architecture",
             vec![("spec.model.architecture", Some(json!("mamba")))],
             "spec.model.architecture",

@@ -52,6 +52,7 @@ fn manifest(step: u64) -> CheckpointManifest {
         loss: Some(2.5),
         val_loss: None,
         created_unix_ms: 1_700_000_000_000,
+        base: None,
     }
 }
 

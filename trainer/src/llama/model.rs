@@ -17,9 +17,11 @@
 //! Bracketed tensors exist as the config says (biases: `attention_bias` and the model type;
 //! the head: untied).
 
+use tessera_api::spec::{Architecture, LoraSpec, LoraTarget};
+
 use crate::backend::{Backend, GqaShape, RopeShape};
-use crate::linear::Linear;
 use crate::lm::{LanguageModel, ModelState, per};
+use crate::lora::{LoraActs, LoraError, Placement, Weights};
 use crate::model::{GradientReady, ModelError, ParamKind, ParamLayout};
 use crate::rng::Rng;
 
@@ -206,6 +208,35 @@ pub fn weights_from_flat(
     out
 }
 
+/// Which weights train: all of them, or LoRA's adapters on the frozen rest.
+pub fn placement(config: &LlamaConfig, lora: Option<&LoraSpec>) -> Result<Placement, LoraError> {
+    let (layout, _, ids) = layout_ids(config);
+    match lora {
+        None => Ok(Placement::full(layout)),
+        Some(spec) => Placement::lora(
+            layout,
+            spec,
+            &lora_projections(&ids),
+            &spec.targets_for(Architecture::Llama),
+            ids.head,
+        ),
+    }
+}
+
+/// The projections LoRA may adapt, by their Hugging Face names.
+fn lora_projections(ids: &Ids) -> Vec<(LoraTarget, Vec<usize>)> {
+    use LoraTarget::*;
+    vec![
+        (QProj, vec![ids.q]),
+        (KProj, vec![ids.k]),
+        (VProj, vec![ids.v]),
+        (OProj, vec![ids.o]),
+        (GateProj, vec![ids.gate]),
+        (UpProj, vec![ids.up]),
+        (DownProj, vec![ids.down]),
+    ]
+}
+
 /// Initialisation from scratch as `transformers` does it for the family: every matrix and
 /// the embedding ~ N(0, 0.02), biases 0, RMSNorm weights 1.
 pub fn init_params(layout: &ParamLayout, rng: &mut Rng) -> Vec<f32> {
@@ -287,6 +318,19 @@ impl<B: Backend> Llama<B> {
         seq_len: usize,
         seed: u64,
     ) -> Result<Self, ModelError> {
+        Self::with_lora(backend, config, None, batch, seq_len, seed)
+    }
+
+    /// [`Llama::new`], training LoRA adapters on a frozen base when `lora` is given (load
+    /// the base with [`LanguageModel::load_weights`]).
+    pub fn with_lora(
+        backend: B,
+        config: LlamaConfig,
+        lora: Option<&LoraSpec>,
+        batch: usize,
+        seq_len: usize,
+        seed: u64,
+    ) -> Result<Self, ModelError> {
         if seq_len > config.max_position_embeddings {
             return Err(ModelError::SeqLenTooLong {
                 seq_len,
@@ -296,19 +340,29 @@ impl<B: Backend> Llama<B> {
         if let Some(window) = config.sliding_window.filter(|&w| seq_len > w) {
             return Err(ModelError::BeyondSlidingWindow { seq_len, window });
         }
-        let (layout, _, ids) = layout_ids(&config);
+        let (_, _, ids) = layout_ids(&config);
+        let placement = placement(&config, lora)?;
         let mut rng = Rng::new(seed);
-        let host = init_params(&layout, &mut rng);
+        let host = init_params(&placement.family, &mut rng);
+        let trainable = match placement.has_base() {
+            true => placement.initial_trainable(&host, &mut rng),
+            false => host.clone(),
+        };
         let mut state = ModelState::new(
             backend,
-            layout,
+            placement,
             batch,
             seq_len,
             config.vocab_size,
             config.vocab_size,
             rng.state(),
         )?;
-        state.backend.upload(&mut state.params, 0, &host)?;
+        state.backend.upload(&mut state.params, 0, &trainable)?;
+        if let Some(base) = state.base.as_mut() {
+            state.backend.upload(base, 0, &host)?;
+        }
+        let bt = batch * seq_len;
+        state.lora = LoraActs::new(&state.backend, &state.placement, bt, config.hidden_size)?;
         let be = &state.backend;
         let c = &config;
         let (l, h, f, bt) = (
@@ -406,7 +460,14 @@ impl<B: Backend> LanguageModel<B> for Llama<B> {
         );
         let (q, kv) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
         let matmul_params = l * (2 * h * q + 2 * h * kv + 3 * h * f) + v * h;
-        6.0 * matmul_params as f64 + 12.0 * (l * q * self.state.seq_len) as f64
+        let attention = 12.0 * (l * q * self.state.seq_len) as f64;
+        if self.state.placement.has_base() {
+            // A frozen base has no weight gradients: forward and input gradient only, plus
+            // the adapters' (and whatever else trains) full six.
+            4.0 * matmul_params as f64 + 6.0 * self.state.layout.total as f64 + attention
+        } else {
+            6.0 * matmul_params as f64 + attention
+        }
     }
 
     fn max_seq_len(&self) -> usize {
@@ -430,8 +491,12 @@ impl<B: Backend> LanguageModel<B> for Llama<B> {
         let (q, kv) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
         let eps = c.rms_norm_eps;
         let be = &st.backend;
-        let lay = &st.layout;
-        let p = &st.params;
+        let w = Weights {
+            trainable: &st.params,
+            base: st.base.as_ref(),
+            placement: &st.placement,
+        };
+        let lora = &mut st.lora;
         let acts = &mut self.acts;
         let rope_shape = |heads: usize| RopeShape {
             batch: b,
@@ -443,7 +508,7 @@ impl<B: Backend> LanguageModel<B> for Llama<B> {
         be.embedding_forward(
             be.view_mut(&mut acts.encoded, 0..bt * h)?,
             &st.inputs,
-            be.view(p, lay.range(ids.embed))?,
+            w.view(be, ids.embed, None)?,
             bt,
             h,
         )?;
@@ -458,25 +523,25 @@ impl<B: Backend> LanguageModel<B> for Llama<B> {
                 be.view_mut(&mut acts.ln1, per(layer, bt * h))?,
                 be.view_mut(&mut acts.rstd1, per(layer, bt))?,
                 residual,
-                be.view(p, lay.layer(ids.in_norm, layer))?,
+                w.view(be, ids.in_norm, Some(layer))?,
                 bt,
                 h,
                 eps,
             )?;
             let ln1 = be.view(&acts.ln1, per(layer, bt * h))?;
-            for (out, w, bias_id, n) in [
+            for (out, wid, bias_id, n) in [
                 (&mut acts.q, ids.q, ids.q_bias, q),
                 (&mut acts.k, ids.k, ids.k_bias, kv),
                 (&mut acts.v, ids.v, ids.v_bias, kv),
             ] {
-                Linear::new(
-                    lay.layer(w, layer),
-                    bias_id.map(|id| lay.layer(id, layer)),
-                    n,
-                    h,
-                    bt,
-                )
-                .forward(be, p, be.view_mut(out, per(layer, bt * n))?, ln1)?;
+                w.projection(wid, bias_id, Some(layer), n, h, bt).forward(
+                    be,
+                    &w,
+                    lora.as_mut(),
+                    out,
+                    per(layer, bt * n),
+                    ln1,
+                )?;
             }
             let (cos, sin) = (
                 be.view(&acts.cos, 0..self.rope_len)?,
@@ -504,19 +569,15 @@ impl<B: Backend> LanguageModel<B> for Llama<B> {
                 be.view(&acts.v, per(layer, bt * kv))?,
                 self.gqa,
             )?;
-            Linear::new(
-                lay.layer(ids.o, layer),
-                ids.o_bias.map(|id| lay.layer(id, layer)),
-                h,
-                q,
-                bt,
-            )
-            .forward(
-                be,
-                p,
-                be.view_mut(&mut acts.proj_out, 0..bt * h)?,
-                be.view(&acts.att, per(layer, bt * q))?,
-            )?;
+            w.projection(ids.o, ids.o_bias, Some(layer), h, q, bt)
+                .forward(
+                    be,
+                    &w,
+                    lora.as_mut(),
+                    &mut acts.proj_out,
+                    0..bt * h,
+                    be.view(&acts.att, per(layer, bt * q))?,
+                )?;
             be.residual_forward(
                 be.view_mut(&mut acts.res1, per(layer, bt * h))?,
                 residual,
@@ -527,17 +588,19 @@ impl<B: Backend> LanguageModel<B> for Llama<B> {
                 be.view_mut(&mut acts.ln2, per(layer, bt * h))?,
                 be.view_mut(&mut acts.rstd2, per(layer, bt))?,
                 be.view(&acts.res1, per(layer, bt * h))?,
-                be.view(p, lay.layer(ids.post_norm, layer))?,
+                w.view(be, ids.post_norm, Some(layer))?,
                 bt,
                 h,
                 eps,
             )?;
             let ln2 = be.view(&acts.ln2, per(layer, bt * h))?;
-            for (out, w) in [(&mut acts.gate, ids.gate), (&mut acts.up, ids.up)] {
-                Linear::new(lay.layer(w, layer), None, f, h, bt).forward(
+            for (out, wid) in [(&mut acts.gate, ids.gate), (&mut acts.up, ids.up)] {
+                w.projection(wid, None, Some(layer), f, h, bt).forward(
                     be,
-                    p,
-                    be.view_mut(out, per(layer, bt * f))?,
+                    &w,
+                    lora.as_mut(),
+                    out,
+                    per(layer, bt * f),
                     ln2,
                 )?;
             }
@@ -546,12 +609,15 @@ impl<B: Backend> LanguageModel<B> for Llama<B> {
                 be.view(&acts.gate, per(layer, bt * f))?,
                 be.view(&acts.up, per(layer, bt * f))?,
             )?;
-            Linear::new(lay.layer(ids.down, layer), None, h, f, bt).forward(
-                be,
-                p,
-                be.view_mut(&mut acts.proj_out, 0..bt * h)?,
-                be.view(&acts.act, per(layer, bt * f))?,
-            )?;
+            w.projection(ids.down, None, Some(layer), h, f, bt)
+                .forward(
+                    be,
+                    &w,
+                    lora.as_mut(),
+                    &mut acts.proj_out,
+                    0..bt * h,
+                    be.view(&acts.act, per(layer, bt * f))?,
+                )?;
             be.residual_forward(
                 be.view_mut(&mut acts.res2, per(layer, bt * h))?,
                 be.view(&acts.res1, per(layer, bt * h))?,
@@ -562,23 +628,25 @@ impl<B: Backend> LanguageModel<B> for Llama<B> {
             be.view_mut(&mut acts.lnf, 0..bt * h)?,
             be.view_mut(&mut acts.rstdf, 0..bt)?,
             be.view(&acts.res2, per(l - 1, bt * h))?,
-            be.view(p, lay.range(ids.norm))?,
+            w.view(be, ids.norm, None)?,
             bt,
             h,
             eps,
         )?;
-        Linear::new(lay.range(head), None, v, h, bt).forward(
+        w.projection(head, None, None, v, h, bt).forward(
             be,
-            p,
-            be.view_mut(&mut st.logits, 0..bt * v)?,
+            &w,
+            lora.as_mut(),
+            &mut st.logits,
+            0..bt * v,
             be.view(&acts.lnf, 0..bt * h)?,
         )?;
         Ok(())
     }
 
-    /// Calls `ready` with each layer's slices of the per-layer tensors as the layer finishes
-    /// (last layer first), then with the embedding, the final norm and the head (the tied
-    /// embedding collects its last contribution there).
+    /// Calls `ready` with each layer's trainable slices as the layer finishes (last layer
+    /// first), then with the embedding, the final norm and the head (the tied embedding
+    /// collects its last contribution there).
     fn backward_network(&mut self, ready: &mut GradientReady<'_, B>) -> Result<(), ModelError> {
         let head = self.head();
         let c = &self.config;
@@ -594,9 +662,13 @@ impl<B: Backend> LanguageModel<B> for Llama<B> {
         );
         let (q, kv) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
         let be = &st.backend;
-        let lay = &st.layout;
-        let p = &st.params;
+        let w = Weights {
+            trainable: &st.params,
+            base: st.base.as_ref(),
+            placement: &st.placement,
+        };
         let g = &mut st.grads;
+        let lora = &mut st.lora;
         let acts = &self.acts;
         let d = &mut self.grads;
         let rope_shape = |heads: usize| RopeShape {
@@ -626,11 +698,13 @@ impl<B: Backend> LanguageModel<B> for Llama<B> {
 
         // Output head: dlnf = dlogits · head, dhead += dlogitsᵀ · lnf.
         let dlogits = be.view(&st.logits, 0..bt * v)?;
-        Linear::new(lay.range(head), None, v, h, bt).backward(
+        w.projection(head, None, None, v, h, bt).backward(
             be,
-            p,
+            &w,
             g,
-            be.view_mut(&mut d.dbtc, 0..bt * h)?,
+            lora.as_mut(),
+            &mut d.dbtc,
+            0..bt * h,
             dlogits,
             be.view(&acts.lnf, 0..bt * h)?,
             false,
@@ -638,10 +712,10 @@ impl<B: Backend> LanguageModel<B> for Llama<B> {
         be.fill_zero(be.view_mut(&mut d.dresidual, 0..bt * h)?)?;
         be.rmsnorm_backward(
             be.view_mut(&mut d.dresidual, 0..bt * h)?,
-            be.view_mut(g, lay.range(ids.norm))?,
+            w.grad(be, g, lora.as_mut(), ids.norm, None)?,
             be.view(&d.dbtc, 0..bt * h)?,
             be.view(&acts.res2, per(l - 1, bt * h))?,
-            be.view(p, lay.range(ids.norm))?,
+            w.view(be, ids.norm, None)?,
             be.view(&acts.rstdf, 0..bt)?,
             bt,
             h,
@@ -654,15 +728,18 @@ impl<B: Backend> LanguageModel<B> for Llama<B> {
                 be.view(&acts.res2, per(layer - 1, bt * h))?
             };
             // MLP sub-block; dresidual is the gradient of res2 = of down's output.
-            Linear::new(lay.layer(ids.down, layer), None, h, f, bt).backward(
-                be,
-                p,
-                g,
-                be.view_mut(&mut d.dact, 0..bt * f)?,
-                be.view(&d.dresidual, 0..bt * h)?,
-                be.view(&acts.act, per(layer, bt * f))?,
-                false,
-            )?;
+            w.projection(ids.down, None, Some(layer), h, f, bt)
+                .backward(
+                    be,
+                    &w,
+                    g,
+                    lora.as_mut(),
+                    &mut d.dact,
+                    0..bt * f,
+                    be.view(&d.dresidual, 0..bt * h)?,
+                    be.view(&acts.act, per(layer, bt * f))?,
+                    false,
+                )?;
             be.swiglu_backward(
                 be.view_mut(&mut d.dgate, 0..bt * f)?,
                 be.view_mut(&mut d.dup, 0..bt * f)?,
@@ -671,15 +748,17 @@ impl<B: Backend> LanguageModel<B> for Llama<B> {
                 be.view(&acts.up, per(layer, bt * f))?,
             )?;
             let ln2 = be.view(&acts.ln2, per(layer, bt * h))?;
-            for (i, (dout, w)) in [(&d.dgate, ids.gate), (&d.dup, ids.up)]
+            for (i, (dout, wid)) in [(&d.dgate, ids.gate), (&d.dup, ids.up)]
                 .into_iter()
                 .enumerate()
             {
-                Linear::new(lay.layer(w, layer), None, f, h, bt).backward(
+                w.projection(wid, None, Some(layer), f, h, bt).backward(
                     be,
-                    p,
+                    &w,
                     g,
-                    be.view_mut(&mut d.dbtc, 0..bt * h)?,
+                    lora.as_mut(),
+                    &mut d.dbtc,
+                    0..bt * h,
                     be.view(dout, 0..bt * f)?,
                     ln2,
                     i > 0,
@@ -687,31 +766,27 @@ impl<B: Backend> LanguageModel<B> for Llama<B> {
             }
             be.rmsnorm_backward(
                 be.view_mut(&mut d.dresidual, 0..bt * h)?,
-                be.view_mut(g, lay.layer(ids.post_norm, layer))?,
+                w.grad(be, g, lora.as_mut(), ids.post_norm, Some(layer))?,
                 be.view(&d.dbtc, 0..bt * h)?,
                 be.view(&acts.res1, per(layer, bt * h))?,
-                be.view(p, lay.layer(ids.post_norm, layer))?,
+                w.view(be, ids.post_norm, Some(layer))?,
                 be.view(&acts.rstd2, per(layer, bt))?,
                 bt,
                 h,
             )?;
             // Attention sub-block; dresidual is now the gradient of res1.
-            Linear::new(
-                lay.layer(ids.o, layer),
-                ids.o_bias.map(|id| lay.layer(id, layer)),
-                h,
-                q,
-                bt,
-            )
-            .backward(
-                be,
-                p,
-                g,
-                be.view_mut(&mut d.datt, 0..bt * q)?,
-                be.view(&d.dresidual, 0..bt * h)?,
-                be.view(&acts.att, per(layer, bt * q))?,
-                false,
-            )?;
+            w.projection(ids.o, ids.o_bias, Some(layer), h, q, bt)
+                .backward(
+                    be,
+                    &w,
+                    g,
+                    lora.as_mut(),
+                    &mut d.datt,
+                    0..bt * q,
+                    be.view(&d.dresidual, 0..bt * h)?,
+                    be.view(&acts.att, per(layer, bt * q))?,
+                    false,
+                )?;
             be.gqa_attention_backward(
                 be.view_mut(&mut d.dq, 0..bt * q)?,
                 be.view_mut(&mut d.dk, 0..bt * kv)?,
@@ -743,7 +818,7 @@ impl<B: Backend> LanguageModel<B> for Llama<B> {
                 true,
             )?;
             let ln1 = be.view(&acts.ln1, per(layer, bt * h))?;
-            for (i, (dout, w, bias_id, n)) in [
+            for (i, (dout, wid, bias_id, n)) in [
                 (&d.dq, ids.q, ids.q_bias, q),
                 (&d.dk, ids.k, ids.k_bias, kv),
                 (&d.dv, ids.v, ids.v_bias, kv),
@@ -751,18 +826,13 @@ impl<B: Backend> LanguageModel<B> for Llama<B> {
             .into_iter()
             .enumerate()
             {
-                Linear::new(
-                    lay.layer(w, layer),
-                    bias_id.map(|id| lay.layer(id, layer)),
-                    n,
-                    h,
-                    bt,
-                )
-                .backward(
+                w.projection(wid, bias_id, Some(layer), n, h, bt).backward(
                     be,
-                    p,
+                    &w,
                     g,
-                    be.view_mut(&mut d.dbtc, 0..bt * h)?,
+                    lora.as_mut(),
+                    &mut d.dbtc,
+                    0..bt * h,
                     be.view(dout, 0..bt * n)?,
                     ln1,
                     i > 0,
@@ -770,29 +840,31 @@ impl<B: Backend> LanguageModel<B> for Llama<B> {
             }
             be.rmsnorm_backward(
                 be.view_mut(&mut d.dresidual, 0..bt * h)?,
-                be.view_mut(g, lay.layer(ids.in_norm, layer))?,
+                w.grad(be, g, lora.as_mut(), ids.in_norm, Some(layer))?,
                 be.view(&d.dbtc, 0..bt * h)?,
                 residual,
-                be.view(p, lay.layer(ids.in_norm, layer))?,
+                w.view(be, ids.in_norm, Some(layer))?,
                 be.view(&acts.rstd1, per(layer, bt))?,
                 bt,
                 h,
             )?;
-            let ranges: Vec<_> = layer_ids.iter().map(|&id| lay.layer(id, layer)).collect();
+            let ranges = w.placement.trainable_ranges(&layer_ids, Some(layer));
             ready(be, g, &ranges)?;
         }
-        be.embedding_backward(
-            be.view_mut(g, lay.range(ids.embed))?,
-            be.view(&d.dresidual, 0..bt * h)?,
-            &st.inputs,
-            bt,
-            h,
-        )?;
-        let last: Vec<_> = [Some(ids.embed), Some(ids.norm), ids.head]
+        if w.placement.trains(ids.embed) {
+            be.embedding_backward(
+                w.grad(be, g, lora.as_mut(), ids.embed, None)?,
+                be.view(&d.dresidual, 0..bt * h)?,
+                &st.inputs,
+                bt,
+                h,
+            )?;
+        }
+        let last_ids: Vec<usize> = [Some(ids.embed), Some(ids.norm), ids.head]
             .into_iter()
             .flatten()
-            .map(|id| lay.range(id))
             .collect();
+        let last = w.placement.trainable_ranges(&last_ids, None);
         ready(be, g, &last)?;
         Ok(())
     }
