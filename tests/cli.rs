@@ -265,6 +265,12 @@ fn eval_scores_consecutive_windows_as_the_reference_model_does() {
 /// `tessera run` on a copy of the llama-gqa fixture changed by `edit`; returns its stderr
 /// after checking it failed before training (no rank log, no checkpoint).
 fn run_with_bad_model_dir(edit: impl Fn(&std::path::Path)) -> String {
+    run_refused(edit, "{steps: 2, evalInterval: 0}")
+}
+
+/// `tessera run` on a copy of the llama-gqa fixture edited by `edit`, with `training`:
+/// refused before any rank starts; returns the message.
+fn run_refused(edit: impl Fn(&std::path::Path), training: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model");
     std::fs::create_dir(&model).unwrap();
@@ -290,8 +296,9 @@ spec:
   model: {from: model, context: 32}
   data: {train: text.txt, validationFraction: 0.1}
   optimizer: {globalBatchTokens: 256, microBatch: 8}
-  training: {steps: 2, evalInterval: 0}
-"#,
+  training: TRAINING
+"#
+        .replace("TRAINING", training),
     )
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
@@ -316,6 +323,39 @@ fn edit_config(model: &std::path::Path, edit: impl Fn(&mut serde_json::Value)) {
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     edit(&mut config);
     std::fs::write(&path, config.to_string()).unwrap();
+}
+
+#[test]
+fn a_lora_plan_that_does_not_fit_the_model_is_refused_naming_the_field() {
+    // llama-gqa's k_proj and v_proj are 32 × 64: rank 48 cannot factor them.
+    let rank = run_refused(
+        |_| {},
+        "{steps: 2, evalInterval: 0, lora: {rank: 48, targets: [q_proj, k_proj]}}",
+    );
+    assert!(
+        rank.contains("spec.training.lora.rank")
+            && rank.contains("k_proj")
+            && rank.contains("at most 32"),
+        "{rank}"
+    );
+    // A GPT-2 projection on a Llama-family model.
+    let target = run_refused(
+        |_| {},
+        "{steps: 2, evalInterval: 0, lora: {rank: 4, targets: [c_attn]}}",
+    );
+    assert!(
+        target.contains("spec.training.lora.targets") && target.contains("q_proj"),
+        "{target}"
+    );
+    // Not a projection name at all.
+    let unknown = run_refused(
+        |_| {},
+        "{steps: 2, evalInterval: 0, lora: {rank: 4, targets: [attention]}}",
+    );
+    assert!(
+        unknown.contains("targets") && unknown.contains("attention") && unknown.contains("q_proj"),
+        "{unknown}"
+    );
 }
 
 #[test]

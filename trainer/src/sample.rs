@@ -418,8 +418,7 @@ pub fn evaluate<B: Backend>(
         if counted == 0 {
             continue;
         }
-        // Each window's loss is a mean over its counted predictions: sum them back.
-        total += model.forward(&window[..n], &targets)? * counted as f64;
+        total += model.forward_sum(&window[..n], &targets, 0.0)?;
         tokens += counted;
     }
     if tokens == 0 {

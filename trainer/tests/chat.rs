@@ -244,66 +244,17 @@ fn a_chat_jsonl_run_stopped_and_resumed_matches_the_uninterrupted_run_without_re
     assert_eq!(cache_entry(resumed_dir.path()), (entries, record));
 }
 
-/// The trainer binary on the run in `dir` (its summary JSON on stdout).
-fn trainer(dir: &Path) -> std::process::Command {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tessera-trainer"));
-    cmd.arg("--config")
-        .arg(dir.join("run.yaml"))
-        .arg("--base-dir")
-        .arg(dir)
-        .arg("--log-every")
-        .arg("1")
-        .env("RUST_LOG", "info");
-    cmd
-}
-
 #[test]
 fn a_chat_jsonl_run_killed_mid_run_resumes_to_the_uninterrupted_weights() {
-    use std::io::{BufRead, BufReader};
     let straight = run_dir(40);
-    let out = trainer(straight.path()).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let uninterrupted: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (uninterrupted, _) = common::train(straight.path());
 
     let dir = run_dir(40);
-    let mut child = trainer(dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    for line in stderr.lines() {
-        let line = line.unwrap();
-        if line.contains("checkpoint committed") && line.contains("step=4") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no checkpoint at step 4"
-        );
-    }
-    child.kill().unwrap(); // SIGKILL: nothing written on the way out
-    child.wait().unwrap();
+    common::kill_after_checkpoint(dir.path(), 4);
     let (entries, record) = cache_entry(dir.path());
 
-    let out = trainer(dir.path()).output().unwrap();
-    let log = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{log}");
-    let resumed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let from = resumed["resumedFrom"]
-        .as_u64()
-        .expect("the second start resumed");
-    // Killed well before its last step (40): the resume is from a checkpoint in between.
-    assert!((4..40).contains(&from), "resumed from {from}");
-    assert_eq!(
-        resumed["weightsSha256"], uninterrupted["weightsSha256"],
-        "a killed and resumed JSONL run must end bit-identical"
-    );
+    let (resumed, _) = common::train(dir.path());
+    common::assert_resumed_to(&resumed, &uninterrupted, 4, 40);
     // The second start reused the cache entry the first one wrote, untouched.
     assert_eq!(cache_entry(dir.path()), (entries, record));
 }

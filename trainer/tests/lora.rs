@@ -298,3 +298,89 @@ fn fresh_adapters_leave_the_base_models_output_unchanged() {
         assert!(lora.num_params() * 5 < full.num_params(), "{adapter}");
     }
 }
+
+/// Norms and embeddings trained whole under LoRA (`trainNorms`, `trainEmbeddings`) get the
+/// full fine-tune's gradients exactly while B = 0 (the adapters add exact zeros), and the
+/// PEFT export lists them as modules to save.
+#[test]
+fn norms_and_embeddings_trained_whole_get_the_full_models_gradients() {
+    for adapter in ["llama-gqa-lora", "gpt2-lora"] {
+        let (family, _) = family(adapter);
+        let family = match family {
+            Family::Gpt2 {
+                config,
+                init_from,
+                lora,
+            } => Family::Gpt2 {
+                config,
+                init_from,
+                lora: lora.map(|l| LoraSpec {
+                    train_norms: true,
+                    train_embeddings: true,
+                    ..l
+                }),
+            },
+            Family::Llama { config, from, lora } => Family::Llama {
+                config,
+                from,
+                lora: lora.map(|l| LoraSpec {
+                    train_norms: true,
+                    train_embeddings: true,
+                    ..l
+                }),
+            },
+        };
+        let (base, _) = family.initial_weights(&family.layout()).unwrap().unwrap();
+        let inputs: Vec<u32> = (0..16).map(|i| (i * 7 + 3) % 200).collect();
+        let targets: Vec<u32> = (0..16).map(|i| (i * 5 + 1) % 200).collect();
+        let mut lora = family.build(CpuBackend::<f64>::new(), 2, 8, 3).unwrap();
+        lora.load_weights(&base).unwrap();
+        let mut full = family
+            .without_lora()
+            .build(CpuBackend::<f64>::new(), 2, 8, 3)
+            .unwrap();
+        full.load_weights(&base).unwrap();
+        for model in [&mut lora, &mut full] {
+            model.zero_grad().unwrap();
+            model.forward(&inputs, &targets).unwrap();
+            model.backward().unwrap();
+        }
+        let (lg, fg) = (lora.grads_to_host().unwrap(), full.grads_to_host().unwrap());
+        let whole: Vec<_> = lora
+            .layout()
+            .tensors
+            .iter()
+            .filter(|t| !t.name.contains(".lora_"))
+            .collect();
+        // Every norm weight (and bias) and the embeddings.
+        assert!(whole.len() >= 4, "{adapter}: {whole:?}");
+        for t in whole {
+            let f = full.layout().by_name(t.name).unwrap();
+            assert_eq!(
+                lg[t.range()],
+                fg[f.range()],
+                "{adapter}: gradient of {}",
+                t.name
+            );
+        }
+        let placement = family.placement().unwrap();
+        let config = peft::adapter_config(&family, &placement, "BASE").unwrap();
+        let modules: Vec<&str> = config["modules_to_save"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_str().unwrap())
+            .collect();
+        let want: &[&str] = match adapter {
+            "gpt2-lora" => &["ln_1", "ln_2", "ln_f", "wpe", "wte"],
+            _ => &[
+                "embed_tokens",
+                "input_layernorm",
+                "lm_head",
+                "norm",
+                "post_attention_layernorm",
+            ],
+        };
+        assert_eq!(modules, want, "{adapter}");
+    }
+}

@@ -245,3 +245,76 @@ fn a_lora_checkpoint_refuses_a_changed_base() {
     );
     assert_eq!(listing(dir.path()), before);
 }
+
+#[test]
+fn a_killed_lora_run_resumes_to_the_uninterrupted_adapters() {
+    let straight = run_dir(40);
+    let (uninterrupted, _) = common::train(straight.path());
+    let dir = run_dir(40);
+    common::kill_after_checkpoint(dir.path(), 4);
+    let (resumed, _) = common::train(dir.path());
+    common::assert_resumed_to(&resumed, &uninterrupted, 4, 40);
+    assert_eq!(
+        resumed["trainableParameters"],
+        uninterrupted["trainableParameters"]
+    );
+}
+
+#[test]
+fn gpt2_trains_lora_on_its_init_from_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let gpt2 = fixture("gpt2");
+    std::fs::write(
+        dir.path().join("corpus.txt"),
+        "the king shall come to our house and speak with thee good night my lord\n".repeat(200),
+    )
+    .unwrap();
+    let manifest = format!(
+        r#"
+apiVersion: tessera.dev/v1alpha1
+kind: TrainingRun
+metadata:
+  name: gpt2-lora
+spec:
+  model: {{layers: 2, heads: 4, width: 64, context: 128, vocab: 384}}
+  data: {{train: corpus.txt, tokenizer: {gpt2}, validationFraction: 0.1}}
+  optimizer: {{lr: 0.01, warmupSteps: 1, globalBatchTokens: 512, microBatch: 4}}
+  training: {{steps: 6, seed: 3, evalInterval: 0, initFrom: {gpt2}, lora: {{rank: 4, targets: [c_attn, c_proj, c_fc]}}}}
+  checkpoint: {{path: checkpoints, everySteps: 3, keep: 3, async: false}}
+"#,
+        gpt2 = gpt2.display()
+    );
+    std::fs::write(dir.path().join("run.yaml"), manifest).unwrap();
+    let summary = gang(dir.path(), 1, &[], u64::MAX).remove(0);
+    // c_attn (64 → 192), attn.c_proj and mlp.c_proj (64 → 64, 256 → 64), c_fc (64 → 256).
+    let per_layer = 4 * ((64 + 192) + (64 + 64) + (256 + 64) + (64 + 256));
+    assert_eq!(summary.trainable_parameters, 2 * per_layer);
+    let first = load_checkpoint(&dir.path().join("checkpoints/step-0000000003")).unwrap();
+    let last = load_checkpoint(&dir.path().join("checkpoints/step-0000000006")).unwrap();
+    assert!(last.manifest.loss.unwrap() < first.manifest.loss.unwrap());
+    assert!(
+        last.manifest
+            .base
+            .as_ref()
+            .unwrap()
+            .path
+            .ends_with("model.safetensors")
+    );
+    let out = dir.path().join("peft");
+    export_peft(&last, &out).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(config["fan_in_fan_out"], true);
+    // The merged model loads as a plain GPT-2 and scores the held-out text.
+    let merged = dir.path().join("merged");
+    export_hf(
+        &last,
+        &merged,
+        ExportOptions {
+            merged: true,
+            ..ExportOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(load_model(&merged).is_ok());
+}

@@ -2,12 +2,7 @@
 //! weights, and corrupt or uncommitted checkpoints are skipped for the previous good one.
 //! Under a supervisor the run loads exactly the checkpoint it was handed.
 
-use std::{
-    io::{BufRead, BufReader},
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::path::{Path, PathBuf};
 
 use serde_json::Value as Json;
 use tessera_api::manifest::parse_training_run_with;
@@ -38,26 +33,8 @@ fn run_dir() -> tempfile::TempDir {
     common::run_dir_with(MANIFEST)
 }
 
-fn trainer(dir: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera-trainer"));
-    cmd.arg("--config")
-        .arg(dir.join("run.yaml"))
-        .arg("--base-dir")
-        .arg(dir)
-        .arg("--log-every")
-        .arg("1")
-        .env("RUST_LOG", "info");
-    cmd
-}
-
-/// Runs the trainer to completion; returns its JSON summary and its log.
 fn train(dir: &Path) -> (Json, String) {
-    let out = trainer(dir).output().unwrap();
-    let log = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "trainer failed:\n{log}");
-    let summary =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("summary: {e}\n{log}"));
-    (summary, log)
+    common::train(dir)
 }
 
 fn checkpoint(dir: &Path, step: u64) -> PathBuf {
@@ -72,29 +49,7 @@ fn a_killed_run_resumes_bit_identically() {
     assert_eq!(uninterrupted["resumedFrom"], Json::Null);
 
     let dir = run_dir();
-    let mut child = trainer(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(120);
-    for line in stderr.lines() {
-        let line = line.unwrap();
-        if line.contains("checkpoint committed") && line.contains("step=20") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no checkpoint at step 20 within 120 s"
-        );
-    }
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "the run finished before it could be killed"
-    );
-    child.kill().unwrap(); // SIGKILL: no chance to checkpoint on the way out
-    child.wait().unwrap();
+    common::kill_after_checkpoint(dir.path(), 20);
     assert!(
         !checkpoint(dir.path(), 60).exists(),
         "the killed run must not have finished"

@@ -195,3 +195,76 @@ pub fn gang(
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     })
 }
+
+/// The `tessera-trainer` binary on `dir/run.yaml` (its summary JSON on stdout, its log at
+/// info level on stderr, a line per step).
+pub fn trainer(dir: &std::path::Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tessera-trainer"));
+    cmd.arg("--config")
+        .arg(dir.join("run.yaml"))
+        .arg("--base-dir")
+        .arg(dir)
+        .arg("--log-every")
+        .arg("1")
+        .env("RUST_LOG", "info");
+    cmd
+}
+
+/// Runs the trainer on `dir` to completion; returns its JSON summary and its log.
+pub fn train(dir: &std::path::Path) -> (serde_json::Value, String) {
+    let out = trainer(dir).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "trainer failed:\n{log}");
+    let summary =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("summary: {e}\n{log}"));
+    (summary, log)
+}
+
+/// Starts the trainer on `dir` and SIGKILLs it (nothing written on the way out) once it has
+/// committed the checkpoint of `step`; panics if that takes over 120 s or the run finished
+/// first.
+pub fn kill_after_checkpoint(dir: &std::path::Path, step: u64) {
+    use std::io::{BufRead, BufReader};
+    let mut child = trainer(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let wanted = format!("step={step}");
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        if line.contains("checkpoint committed") && line.contains(&wanted) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint at step {step} within 120 s"
+        );
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run finished before it could be killed"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// `resumed` (a trainer summary) resumed from a checkpoint at or after `killed_at` and before
+/// its last step `steps`, and ended with `uninterrupted`'s weights.
+pub fn assert_resumed_to(
+    resumed: &serde_json::Value,
+    uninterrupted: &serde_json::Value,
+    killed_at: u64,
+    steps: u64,
+) {
+    let from = resumed["resumedFrom"]
+        .as_u64()
+        .expect("the second start resumed");
+    assert!((killed_at..steps).contains(&from), "resumed from {from}");
+    assert_eq!(
+        resumed["weightsSha256"], uninterrupted["weightsSha256"],
+        "a killed and resumed run must end bit-identical to the uninterrupted one"
+    );
+}
