@@ -252,6 +252,28 @@ fn a_killed_rank_of_a_llama_model_resumes_with_identical_weights() {
 }
 
 #[test]
+fn a_killed_rank_of_a_lora_run_resumes_with_identical_adapters() {
+    // LoRA on the llama-gqa directory with ZeRO-1: the gang shards only the adapters' state.
+    let text = llama_manifest("heartbeatTimeoutSeconds: 10")
+        .replace(
+            "training: {steps: 40, seed: 3}",
+            "training: {steps: 40, seed: 3, lora: {rank: 4, targets: [q_proj, v_proj, down_proj]}}",
+        )
+        .replace(
+            "parallelism: {nodes: 2, gpusPerNode: 2}",
+            "parallelism: {nodes: 2, gpusPerNode: 2, sharding: optimizer}",
+        );
+    assert!(text.contains("lora:") && text.contains("sharding: optimizer"));
+    let gang = killed_rank_resumes_with_identical_weights(&text, 3);
+    let manifest: Json = serde_json::from_slice(
+        &std::fs::read(gang.path("checkpoints/step-0000000040/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["config"]["training"]["lora"]["rank"], 4);
+    assert!(manifest["base"]["sha256"].as_str().is_some_and(|s| s.len() == 64));
+}
+
+#[test]
 fn a_stopped_rank_is_detected_within_the_heartbeat_timeout_and_recovered() {
     let mut gang = Gang::new(&manifest("heartbeatTimeoutSeconds: 2"));
     gang.start_agent("n0", &[]);
