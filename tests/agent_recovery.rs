@@ -270,7 +270,11 @@ fn a_killed_rank_of_a_lora_run_resumes_with_identical_adapters() {
     )
     .unwrap();
     assert_eq!(manifest["config"]["training"]["lora"]["rank"], 4);
-    assert!(manifest["base"]["sha256"].as_str().is_some_and(|s| s.len() == 64));
+    assert!(
+        manifest["base"]["sha256"]
+            .as_str()
+            .is_some_and(|s| s.len() == 64)
+    );
 }
 
 #[test]

@@ -16,6 +16,11 @@ pub const TRAINER_STEP_SECONDS: &str = "tessera_trainer_step_seconds";
 pub const TRAINER_MFU: &str = "tessera_trainer_mfu_ratio";
 pub const TRAINER_CHECKPOINT_SECONDS: &str = "tessera_trainer_checkpoint_write_seconds";
 pub const TRAINER_CHECKPOINT_STALL_SECONDS: &str = "tessera_trainer_checkpoint_stall_seconds";
+/// Parameters the optimizer trains (LoRA: the adapters), and all the model's.
+pub const TRAINER_TRAINABLE_PARAMETERS: &str = "tessera_trainer_trainable_parameters";
+pub const TRAINER_PARAMETERS: &str = "tessera_trainer_parameters";
+/// Bytes of optimizer state this rank holds.
+pub const TRAINER_OPTIMIZER_STATE_BYTES: &str = "tessera_trainer_optimizer_state_bytes";
 
 // === agent ===
 pub const AGENT_RANKS: &str = "tessera_agent_ranks";
@@ -55,6 +60,9 @@ pub const ALL: &[&str] = &[
     TRAINER_MFU,
     TRAINER_CHECKPOINT_SECONDS,
     TRAINER_CHECKPOINT_STALL_SECONDS,
+    TRAINER_TRAINABLE_PARAMETERS,
+    TRAINER_PARAMETERS,
+    TRAINER_OPTIMIZER_STATE_BYTES,
     AGENT_RANKS,
     AGENT_RESTARTS_TOTAL,
     AGENT_GENERATION,

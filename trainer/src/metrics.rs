@@ -57,6 +57,9 @@ pub struct TrainerMetrics {
     mfu: Gauge,
     checkpoint_seconds: Gauge,
     checkpoint_stall_seconds: Gauge,
+    trainable_parameters: Gauge,
+    parameters: Gauge,
+    optimizer_state_bytes: Gauge,
 }
 
 impl TrainerMetrics {
@@ -106,6 +109,15 @@ impl TrainerMetrics {
                 names::TRAINER_CHECKPOINT_STALL_SECONDS,
                 "time training waited for the last checkpoint",
             )?,
+            trainable_parameters: gauge(
+                names::TRAINER_TRAINABLE_PARAMETERS,
+                "parameters the optimizer trains (LoRA: the adapters)",
+            )?,
+            parameters: gauge(names::TRAINER_PARAMETERS, "all the model's parameters")?,
+            optimizer_state_bytes: gauge(
+                names::TRAINER_OPTIMIZER_STATE_BYTES,
+                "bytes of optimizer state this rank holds",
+            )?,
             registry,
         })
     }
@@ -118,6 +130,13 @@ impl TrainerMetrics {
         self.tokens_per_second.set(report.tokens_per_second);
         self.step_seconds.set(report.step_seconds);
         self.mfu.set(report.mfu);
+    }
+
+    /// What the model trains and the optimizer state this rank holds, set once at start.
+    pub fn record_memory(&self, trainable: usize, total: usize, optimizer_state_bytes: usize) {
+        self.trainable_parameters.set(trainable as f64);
+        self.parameters.set(total as f64);
+        self.optimizer_state_bytes.set(optimizer_state_bytes as f64);
     }
 
     pub fn record_val_loss(&self, loss: f64) {
@@ -218,6 +237,7 @@ mod tests {
             mfu: 0.01,
         });
         metrics.record_val_loss(2.25);
+        metrics.record_memory(35840, 135488, 286720);
         let addr = metrics.serve("127.0.0.1:0".parse().unwrap()).unwrap();
         let response = get(addr, "/metrics");
         assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
@@ -232,6 +252,9 @@ mod tests {
         for (name, value) in [
             ("tessera_trainer_step", " 42"),
             ("tessera_trainer_val_loss", " 2.25"),
+            ("tessera_trainer_trainable_parameters", " 35840"),
+            ("tessera_trainer_parameters", " 135488"),
+            ("tessera_trainer_optimizer_state_bytes", " 286720"),
         ] {
             let line = sample(name);
             assert!(

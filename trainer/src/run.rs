@@ -451,6 +451,11 @@ impl<'h, B: Backend> Trainer<'h, B> {
         let flops_per_step = model.flops_per_token() * spec.optimizer.global_batch_tokens as f64;
 
         let metrics = TrainerMetrics::new(&options.run_name, rank)?;
+        metrics.record_memory(
+            model.num_params(),
+            model.state().placement.family.total,
+            optimizer.state_bytes(model.as_ref()),
+        );
         let history = match (&options.history, rank) {
             (Some(path), 0) => Some(
                 std::fs::OpenOptions::new()
