@@ -139,7 +139,7 @@ pub async fn run_local(args: LocalRun) -> Result<LocalSummary> {
     let watching = CancellationToken::new();
     let progress = tokio::spawn(show_progress(
         run_store.clone(),
-        run.spec.training.steps,
+        run.spec.training.steps.unwrap_or(0),
         args.json,
         watching.clone(),
     ));

@@ -227,7 +227,7 @@ spec:
         )
         .unwrap();
         let spec = &run.run.spec;
-        assert_eq!(spec.training.steps, 20);
+        assert_eq!(spec.training.steps, Some(20));
         assert_eq!(spec.data.train, "/work/here/data/train-*.bin");
         assert_eq!(spec.data.validation.as_deref(), Some("/abs/val-*.bin"));
         assert_eq!(run.checkpoint_root(), Path::new("/work/here/out/ckpt"));

@@ -35,6 +35,7 @@ pub mod bounds {
     pub const MAX_KEEP: u32 = 10_000;
     pub const MAX_PATH_LEN: u32 = 4_096;
     pub const MAX_LORA_RANK: u32 = 4_096;
+    pub const MAX_EPOCHS: u32 = 100_000;
     pub const MAX_LORA_ALPHA: f64 = 1_048_576.0;
 }
 use bounds::*;
@@ -640,9 +641,17 @@ pub enum LrSchedule {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TrainingSpec {
-    /// Optimizer steps to train.
+    /// Optimizer steps to train; or set `epochs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
-    pub steps: u64,
+    pub steps: Option<u64>,
+    /// Passes over the training examples (packed rows of instruction and chat data, windows
+    /// of `model.context` tokens of text), instead of `steps`: each epoch visits every example
+    /// once in an order shuffled by (seed, epoch), and the run takes as many steps as that
+    /// needs, the last one completing the final epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = MAX_EPOCHS))]
+    pub epochs: Option<u32>,
     /// Seeds initialisation and the data order: the batch of step s is a pure function of
     /// (seed, s).
     #[serde(default = "defaults::seed")]

@@ -248,9 +248,23 @@ pub fn cross_field_rules() -> Vec<CrossFieldRule> {
         CrossFieldRule {
             scope: &[],
             field_path: ".optimizer.warmupSteps",
-            cel: "self.optimizer.warmupSteps <= self.training.steps".into(),
+            cel: "!has(self.training.steps) || \
+                  self.optimizer.warmupSteps <= self.training.steps"
+                .into(),
             message: "optimizer.warmupSteps must not exceed training.steps",
-            holds: |s| s.optimizer.warmup_steps <= s.training.steps,
+            holds: |s| {
+                s.training
+                    .steps
+                    .is_none_or(|steps| s.optimizer.warmup_steps <= steps)
+            },
+        },
+        CrossFieldRule {
+            scope: &["training"],
+            field_path: ".steps",
+            cel: "has(self.steps) != has(self.epochs)".into(),
+            message: "set how long to train with training.steps or training.epochs, one of the \
+                      two",
+            holds: |s| s.training.steps.is_some() != s.training.epochs.is_some(),
         },
         CrossFieldRule {
             scope: &[],
@@ -557,7 +571,12 @@ fn check_bounds(spec: &TrainingRunSpec) -> Vec<Violation> {
     );
 
     let t = &spec.training;
-    b.at_least("spec.training.steps", t.steps, 1);
+    if let Some(steps) = t.steps {
+        b.at_least("spec.training.steps", steps, 1);
+    }
+    if let Some(epochs) = t.epochs {
+        b.within("spec.training.epochs", epochs, 1, MAX_EPOCHS);
+    }
     b.at_least("spec.training.evalBatches", t.eval_batches, 1);
     if let Some(lora) = &t.lora {
         b.within("spec.training.lora.rank", lora.rank, 1, MAX_LORA_RANK);

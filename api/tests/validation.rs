@@ -363,7 +363,7 @@ fn overrides_apply_before_validation() {
         &[set("training.steps=300"), set("spec.optimizer.lr=0.01")],
     )
     .unwrap();
-    assert_eq!(run.spec.training.steps, 300);
+    assert_eq!(run.spec.training.steps, Some(300));
     assert_eq!(run.spec.optimizer.lr, 0.01);
     // An override is validated like the file: an unknown field and a bad value are refused.
     let error = parse_training_run_with(BASE, &[set("training.epochs=3")])

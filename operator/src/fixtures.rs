@@ -43,7 +43,8 @@ pub fn run(name: &str) -> RunBuilder {
         },
         optimizer: Default::default(),
         training: TrainingSpec {
-            steps: 100,
+            steps: Some(100),
+            epochs: None,
             seed: 1,
             eval_interval: 0,
             eval_batches: 1,

@@ -137,6 +137,16 @@ pub enum RunError {
         want: ResolvedModel,
     },
     #[error(
+        "spec.optimizer.warmupSteps: {warmup} warm-up steps exceed the {steps} steps that \
+         training.epochs {epochs} make of {examples} examples; lower warmupSteps"
+    )]
+    WarmupBeyondEpochs {
+        warmup: u64,
+        steps: u64,
+        epochs: u32,
+        examples: u64,
+    },
+    #[error(
         "the checkpoint in {dir} holds LoRA adapters trained on the base {found}, but \
          {want_path} has other weights (SHA-256 {want_sha256}); restore that base model, or \
          point checkpoint.path elsewhere to start a new run"
@@ -330,7 +340,7 @@ pub fn train_ranked<B: Backend>(
     trainer.resume()?;
     trainer.hook.phase(Phase::Training);
     let mut stopped_at = None;
-    for step in trainer.start..run.spec.training.steps {
+    for step in trainer.start..trainer.total_steps {
         let report = trainer.step(step)?;
         let evaluated = trainer.evaluate_if_due(report.step)?;
         trainer.append_history(&report, evaluated);
@@ -382,6 +392,8 @@ struct Trainer<'h, B: Backend> {
     resolved: ResolvedModel,
     /// The frozen base of a LoRA run, which its checkpoints name.
     base: Option<BaseModelRef>,
+    /// Optimizer steps of the run: `training.steps`, or what `training.epochs` make.
+    total_steps: u64,
     checkpoint_root: PathBuf,
     model: Box<dyn LanguageModel<B>>,
     optimizer: AdamW<B>,
@@ -446,7 +458,20 @@ impl<'h, B: Backend> Trainer<'h, B> {
         {
             dp.set_device_collective(device, model.as_ref())?;
         }
-        let optimizer = AdamW::sharded(adamw_config(run), model.as_ref(), dp.optimizer_range())?;
+        let total_steps = batches.total_steps(spec.training.steps);
+        if spec.optimizer.warmup_steps > total_steps {
+            return Err(RunError::WarmupBeyondEpochs {
+                warmup: spec.optimizer.warmup_steps,
+                steps: total_steps,
+                epochs: spec.training.epochs.unwrap_or(0),
+                examples: batches.examples(),
+            });
+        }
+        let optimizer = AdamW::sharded(
+            adamw_config(run, total_steps),
+            model.as_ref(),
+            dp.optimizer_range(),
+        )?;
         let peak_flops = model.backend().peak_flops();
         let flops_per_step = model.flops_per_token() * spec.optimizer.global_batch_tokens as f64;
 
@@ -485,6 +510,7 @@ impl<'h, B: Backend> Trainer<'h, B> {
             family,
             resolved,
             base,
+            total_steps,
             checkpoint_root,
             model,
             optimizer,
@@ -653,7 +679,7 @@ impl<'h, B: Backend> Trainer<'h, B> {
         let completed = report.step;
         let log_now = completed == self.start + 1
             || completed.is_multiple_of(self.options.log_every.max(1))
-            || completed == self.spec.training.steps;
+            || completed == self.total_steps;
         if self.dp.rank() == 0 && log_now {
             info!(
                 step = completed,
@@ -677,9 +703,7 @@ impl<'h, B: Backend> Trainer<'h, B> {
         let Some(eval) = &self.eval else {
             return Ok(false);
         };
-        if interval == 0
-            || (!completed.is_multiple_of(interval) && completed != self.spec.training.steps)
-        {
+        if interval == 0 || (!completed.is_multiple_of(interval) && completed != self.total_steps) {
             return Ok(false);
         }
         self.hook.phase(Phase::Evaluating);
@@ -732,7 +756,7 @@ impl<'h, B: Backend> Trainer<'h, B> {
     /// Every `checkpoint.everySteps`, at the last step, and when the supervisor asks.
     fn checkpoint_due(&self, completed: u64, directive: Directive) -> bool {
         completed.is_multiple_of(self.spec.checkpoint.every_steps)
-            || completed == self.spec.training.steps
+            || completed == self.total_steps
             || directive >= Directive::CheckpointNow
     }
 
@@ -832,7 +856,7 @@ impl<'h, B: Backend> Trainer<'h, B> {
         committed(&self.metrics, self.hook, &mut self.write_started, done);
         self.hook.phase(Phase::Done);
 
-        let steps = stopped_at.unwrap_or(self.spec.training.steps);
+        let steps = stopped_at.unwrap_or(self.total_steps);
         let ran = steps.saturating_sub(self.start).max(1) as f64;
         let params = self.model.params_to_host()?;
         Ok(RunSummary {
@@ -922,6 +946,10 @@ fn open_data(
             context,
         },
     )?;
+    let batches = match spec.training.epochs {
+        Some(epochs) => batches.with_epochs(epochs),
+        None => batches,
+    };
     let eval = match &data.validation {
         Some(val) => Some(EvalBatches::new(
             open(val)?,
@@ -1048,7 +1076,7 @@ pub fn weights_sha256(params: &[f32]) -> String {
     hex::encode(hasher.finalize())
 }
 
-fn adamw_config(run: &TrainingRun) -> AdamWConfig {
+fn adamw_config(run: &TrainingRun, total_steps: u64) -> AdamWConfig {
     let o = &run.spec.optimizer;
     AdamWConfig {
         lr: o.lr as f32,
@@ -1059,7 +1087,7 @@ fn adamw_config(run: &TrainingRun) -> AdamWConfig {
         decay_embeddings: o.decay_embeddings,
         grad_clip: o.grad_clip as f32,
         warmup_steps: o.warmup_steps,
-        total_steps: run.spec.training.steps,
+        total_steps,
         min_lr_ratio: o.min_lr_ratio as f32,
         schedule: match o.schedule {
             SpecSchedule::Cosine => LrSchedule::Cosine,

@@ -303,3 +303,44 @@ fn a_masked_chat_run_on_two_ranks_is_the_one_rank_run_with_the_whole_batch() {
         .fold(0.0f32, |m, (p, q)| m.max((p - q).abs()));
     assert!(diff <= 1e-4 * scale, "weights differ by {diff} of {scale}");
 }
+
+#[test]
+fn an_epochs_run_visits_every_example_and_resumes_to_the_same_weights() {
+    // 108 training conversations (120, less the validation tenth) packed into rows of 64
+    // tokens; 4 rows a step.
+    let epochs_dir = || {
+        let dir = run_dir(6);
+        let yaml = std::fs::read_to_string(dir.path().join("run.yaml")).unwrap();
+        let yaml = yaml.replace("steps: 6,", "epochs: 2,");
+        assert!(yaml.contains("epochs: 2,"));
+        std::fs::write(dir.path().join("run.yaml"), yaml).unwrap();
+        dir
+    };
+    let straight = epochs_dir();
+    let whole = run(straight.path(), u64::MAX);
+    let rows = {
+        let root = straight.path().join("checkpoints").join(TOKEN_CACHE_DIR);
+        let entry = std::fs::read_dir(&root)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let train = TokenStream::open(&format!("{}/train-*.bin", entry.display())).unwrap();
+        train.len() / u64::from(train.row_len())
+    };
+    assert!(rows > 4, "{rows} packed rows");
+    assert_eq!(
+        whole.steps,
+        (2 * rows).div_ceil(4),
+        "2 epochs of {rows} rows"
+    );
+
+    let resumed_dir = epochs_dir();
+    let stopped = run(resumed_dir.path(), 2);
+    assert_eq!(stopped.steps, 2);
+    let again = run(resumed_dir.path(), u64::MAX);
+    assert_eq!(again.resumed_from, Some(2));
+    assert_eq!(again.steps, whole.steps);
+    assert_eq!(again.weights_sha256, whole.weights_sha256);
+}

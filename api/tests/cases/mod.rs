@@ -216,6 +216,27 @@ pub fn invalid_cases() -> Vec<Case> {
             Cel,
         ),
         case(
+            "both steps and epochs",
+            vec![("spec.training.epochs", Some(json!(3)))],
+            "spec.training.steps",
+            Cel,
+        ),
+        case(
+            "neither steps nor epochs",
+            vec![("spec.training.steps", None)],
+            "spec.training.steps",
+            Cel,
+        ),
+        case(
+            "zero epochs",
+            vec![
+                ("spec.training.steps", None),
+                ("spec.training.epochs", Some(json!(0))),
+            ],
+            "spec.training.epochs",
+            Schema,
+        ),
+        case(
             "lora without a base model",
             vec![("spec.training.lora", Some(json!({"rank": 4})))],
             "spec.training.lora",

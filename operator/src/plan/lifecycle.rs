@@ -56,7 +56,7 @@ impl<'a> Planner<'a> {
     fn new(run: &'a TrainingRun, observed: &'a Observed<'a>, config: &'a OperatorConfig) -> Self {
         let mut status = run.status.clone().unwrap_or_default();
         status.observed_generation = run.metadata.generation;
-        status.total_steps = Some(run.spec.training.steps);
+        status.total_steps = run.spec.training.steps;
         Planner {
             run,
             observed,

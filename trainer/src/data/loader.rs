@@ -473,6 +473,18 @@ pub struct TrainBatches {
     stream: TokenStream,
     seed: u64,
     layout: BatchLayout,
+    order: Order,
+}
+
+/// How the rows of the steps are drawn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Order {
+    /// Each (step, row) draws a window start at random, independently (`training.steps`).
+    Sampled,
+    /// `training.epochs`: the g-th row of the run (g = step · rows per step + row) is example
+    /// `shuffle(seed, g / n)(g mod n)` of the n examples, so each epoch visits every example
+    /// once, in its own order.
+    Epochs(u32),
 }
 
 impl TrainBatches {
@@ -483,7 +495,36 @@ impl TrainBatches {
             stream,
             seed,
             layout,
+            order: Order::Sampled,
         })
+    }
+
+    /// Draws the rows epoch by epoch (`training.epochs`) instead of at random.
+    pub fn with_epochs(mut self, epochs: u32) -> Self {
+        self.order = Order::Epochs(epochs);
+        self
+    }
+
+    /// The examples an epoch visits: the packed rows of instruction and chat data, or the
+    /// windows of context + 1 tokens of a text stream, one every `context` tokens.
+    pub fn examples(&self) -> u64 {
+        let row_len = u64::from(self.stream.row_len());
+        match self.stream.len().checked_div(row_len) {
+            Some(rows) => rows,
+            None => (self.stream.len() - 1) / u64::from(self.layout.context),
+        }
+    }
+
+    /// The optimizer steps of the run: `steps`, or under epochs as many as visiting every
+    /// example `epochs` times takes (the last step's rows past the final epoch come from the
+    /// next epoch's order).
+    pub fn total_steps(&self, steps: Option<u64>) -> u64 {
+        match self.order {
+            Order::Epochs(epochs) => (u64::from(epochs) * self.examples())
+                .div_ceil(self.layout.rows_per_step())
+                .max(1),
+            Order::Sampled => steps.unwrap_or(1),
+        }
     }
 
     pub fn stream(&self) -> &TokenStream {
@@ -498,6 +539,18 @@ impl TrainBatches {
     /// (over every row start, for packed data).
     pub fn window_offset(&self, step: u64, row: u64) -> u64 {
         let row_len = u64::from(self.stream.row_len());
+        if let Order::Epochs(_) = self.order {
+            let n = self.examples();
+            let g = step * self.layout.rows_per_step() + row;
+            let (epoch, position) = (g / n, g % n);
+            let key = splitmix64(splitmix64(self.seed ^ EPOCH_DOMAIN) ^ epoch);
+            let example = shuffle(key, position, n);
+            return if row_len > 0 {
+                example * row_len
+            } else {
+                example * u64::from(self.layout.context)
+            };
+        }
         let starts = self
             .stream
             .len()
@@ -545,6 +598,32 @@ impl TrainBatches {
 
 /// Separates the data order's random stream from any other use of the run's seed.
 const DATA_DOMAIN: u64 = 0x6461_7461_5f6f_7264; // "data_ord"
+/// Separates the epochs' shuffles from any other use of the run's seed.
+const EPOCH_DOMAIN: u64 = 0x6570_6f63_685f_7368; // "epoch_sh"
+
+/// Position `i` of the permutation of `0..n` that `key` picks: a four-round Feistel network
+/// on the smallest even number of bits that holds n - 1, walked until it lands below n (a
+/// bijection of `0..n`, computed per position without materialising the order).
+fn shuffle(key: u64, i: u64, n: u64) -> u64 {
+    if n <= 1 {
+        return 0;
+    }
+    let bits = 64 - (n - 1).leading_zeros();
+    let half = bits.div_ceil(2);
+    let mask = (1u64 << half) - 1;
+    let mut x = i;
+    loop {
+        let (mut left, mut right) = (x >> half, x & mask);
+        for round in 0..4u64 {
+            let f = splitmix64(key ^ (round << 60) ^ right) & mask;
+            (left, right) = (right, left ^ f);
+        }
+        x = (left << half) | right;
+        if x < n {
+            return x;
+        }
+    }
+}
 
 /// The fixed validation set: `batches` batches of `rows` windows at evenly spaced offsets
 /// over the validation stream, the same at every evaluation.
@@ -766,6 +845,54 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("b.bin"));
+    }
+
+    #[test]
+    fn epochs_visit_every_example_once_each_in_its_own_order_on_any_rank_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let stream = two_shard_stream(dir.path(), 5_000, 3_000);
+        // 8 rows a step (1 rank × 2 micro-steps × 4 rows); windows of 16 + 1 tokens.
+        let one = TrainBatches::new(stream.clone(), 7, layout(0, 1, 4, 2))
+            .unwrap()
+            .with_epochs(3);
+        let n = one.examples();
+        assert_eq!(n, (8_000 - 1) / 16);
+        assert_eq!(one.total_steps(None), (3 * n).div_ceil(8));
+        let rows_of = |epoch: u64| -> Vec<u64> {
+            (epoch * n..(epoch + 1) * n)
+                .map(|g| one.window_offset(g / 8, g % 8) / 16)
+                .collect()
+        };
+        let (first, second) = (rows_of(0), rows_of(1));
+        for order in [&first, &second] {
+            let mut sorted = order.clone();
+            sorted.sort();
+            assert_eq!(sorted, (0..n).collect::<Vec<_>>(), "each example once");
+        }
+        assert_ne!(first, second, "each epoch has its own order");
+        assert_ne!(first, (0..n).collect::<Vec<_>>(), "the order is shuffled");
+        // Two ranks taking one micro-step each read the same global rows.
+        for rank in 0..2 {
+            let two = TrainBatches::new(stream.clone(), 7, layout(rank, 2, 4, 1))
+                .unwrap()
+                .with_epochs(3);
+            assert_eq!(two.total_steps(None), one.total_steps(None));
+            for step in [0, 5, 11] {
+                assert_eq!(
+                    two.batch(step, 0).unwrap().offsets,
+                    one.batch(step, rank).unwrap().offsets
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_shuffle_is_a_permutation_for_any_size() {
+        for n in [1u64, 2, 3, 7, 64, 65, 1000] {
+            let mut seen: Vec<u64> = (0..n).map(|i| shuffle(42, i, n)).collect();
+            seen.sort();
+            assert_eq!(seen, (0..n).collect::<Vec<_>>(), "n = {n}");
+        }
     }
 
     #[test]
