@@ -685,7 +685,8 @@ pub struct LoraSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = MAX_LORA_ALPHA))]
     pub alpha: Option<f64>,
-    /// Dropout on the adapters' input. Only 0 is supported so far.
+    /// Dropout on the adapters' input while training (each element dropped with this
+    /// probability, the rest scaled by 1 / (1 - dropout)), as PEFT's `lora_dropout`.
     #[serde(default)]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub dropout: f64,

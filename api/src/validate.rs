@@ -361,11 +361,11 @@ pub fn cross_field_rules() -> Vec<CrossFieldRule> {
             scope: &[],
             field_path: ".training.lora.dropout",
             cel: "!has(self.training.lora) || !has(self.training.lora.dropout) || \
-                  self.training.lora.dropout == 0.0"
+                  self.training.lora.dropout < 1.0"
                 .into(),
-            message: "training.lora.dropout: only 0 is supported so far (LoRA dropout is not \
-                      implemented); remove it or set it to 0",
-            holds: |s| s.training.lora.as_ref().is_none_or(|l| l.dropout == 0.0),
+            message: "training.lora.dropout must be less than 1 (the probability that an \
+                      input of the adapters is dropped)",
+            holds: |s| s.training.lora.as_ref().is_none_or(|l| l.dropout < 1.0),
         },
         CrossFieldRule {
             scope: &[],

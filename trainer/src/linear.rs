@@ -186,7 +186,8 @@ impl LoraAdapter {
     }
 
     /// Given `dout`: `dB += doutᵀ · u`, `du = scale · dout · B` (into `du_buf[du]`),
-    /// `dA += duᵀ · inp`, and `dinp += du · A` (the base layer's backward wrote `dinp` first).
+    /// `dA += duᵀ · inp`, and `dinp += du · A` when `dinp` is given (the base layer's backward
+    /// wrote it first).
     #[allow(clippy::too_many_arguments)]
     pub fn backward<B: Backend>(
         &self,
@@ -194,7 +195,7 @@ impl LoraAdapter {
         adapters: &B::Buf,
         grads: &mut B::Buf,
         layer: &Linear,
-        dinp: B::Mut<'_>,
+        dinp: Option<B::Mut<'_>>,
         dout: B::Ref<'_>,
         inp: B::Ref<'_>,
         u: B::Ref<'_>,
@@ -234,13 +235,36 @@ impl LoraAdapter {
             shape(rank, n_in, rows, true, false),
             true,
         )?;
+        match dinp {
+            Some(dinp) => self.input_grad(be, adapters, layer, dinp, be.view(du_buf, du)?, true),
+            None => Ok(()),
+        }
+    }
+
+    /// `dinp = du · A` (added to `dinp` when `accumulate`): the adapter's share of its
+    /// input's gradient.
+    pub fn input_grad<B: Backend>(
+        &self,
+        be: &B,
+        adapters: &B::Buf,
+        layer: &Linear,
+        dinp: B::Mut<'_>,
+        du: B::Ref<'_>,
+        accumulate: bool,
+    ) -> Result<(), BackendError> {
         be.matmul(
             dinp,
-            be.view(du_buf, du)?,
+            du,
             be.view(adapters, self.a.clone())?,
             None,
-            shape(rows, n_in, rank, false, false),
-            true,
+            MatmulShape {
+                m: layer.rows,
+                n: layer.n_in,
+                k: self.rank,
+                a_transposed: false,
+                b_transposed: false,
+            },
+            accumulate,
         )
     }
 }
@@ -329,7 +353,7 @@ mod tests {
                 &adapters,
                 &mut grads,
                 &layer(),
-                &mut dinp,
+                Some(&mut dinp),
                 &r,
                 &inp,
                 &u,

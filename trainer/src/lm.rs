@@ -14,7 +14,7 @@ use std::ops::Range;
 
 use crate::backend::Backend;
 use crate::data::loader::IGNORE_TARGET;
-use crate::lora::{LoraActs, Placement, Weights};
+use crate::lora::{DropoutPlan, LoraActs, Placement, Weights};
 use crate::model::{GradientReady, ModelError, ParamLayout};
 use crate::rng::RngState;
 
@@ -227,6 +227,19 @@ pub trait LanguageModel<B: Backend>: Send {
             s.backend.upload(&mut s.params, to.start, &values[from])?;
         }
         Ok(())
+    }
+    /// LoRA dropout's masks for the next step's micro-batches (`None`: no dropout, as for
+    /// evaluation); nothing to do for a model without dropout.
+    fn set_dropout_plan(&mut self, plan: Option<DropoutPlan>) {
+        if let Some(lora) = self.state_mut().lora.as_mut() {
+            lora.set_plan(plan);
+        }
+    }
+    /// Selects micro-batch `micro` of the step's dropout plan for the next forward/backward.
+    fn set_micro_batch(&mut self, micro: usize) {
+        if let Some(lora) = self.state_mut().lora.as_mut() {
+            lora.set_micro_batch(micro);
+        }
     }
     /// Host buffers to fill with the next micro-batch's inputs and targets (B·T each), then
     /// call [`LanguageModel::forward_staged`].

@@ -19,7 +19,7 @@ use tessera_api::spec::{LoraSpec, LoraTarget};
 use crate::backend::{Backend, BackendError};
 use crate::linear::{Linear, LoraAdapter};
 use crate::model::{ParamKind, ParamLayout};
-use crate::rng::Rng;
+use crate::rng::{Rng, splitmix64};
 
 /// Why a LoRA plan does not fit the model.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -67,7 +67,32 @@ pub struct LoraShape {
     pub scale: f32,
     /// alpha, as the spec gave it (PEFT's `lora_alpha`).
     pub alpha: f64,
+    /// Dropout on the adapters' input while training (PEFT's `lora_dropout`).
+    pub dropout: f64,
 }
+
+/// LoRA dropout's masks for one optimizer step: a key from (seed, step) and each
+/// micro-batch's first global row, so an element's mask depends on its place in the global
+/// batch and not on how the batch is split across ranks and micro-steps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DropoutPlan {
+    pub key: u64,
+    /// The first global row of each micro-batch of this rank, by micro-step.
+    pub first_rows: Vec<u64>,
+}
+
+impl DropoutPlan {
+    /// The plan of step `step` of a run seeded `seed`.
+    pub fn new(seed: u64, step: u64, first_rows: Vec<u64>) -> DropoutPlan {
+        DropoutPlan {
+            key: splitmix64(splitmix64(seed ^ DROPOUT_DOMAIN) ^ step),
+            first_rows,
+        }
+    }
+}
+
+/// Separates dropout's masks from any other use of the run's seed.
+const DROPOUT_DOMAIN: u64 = 0x6c6f_7261_5f64_726f; // "lora_dro"
 
 /// Which tensors of a family's layout train and where each is read.
 #[derive(Debug, Clone, PartialEq)]
@@ -209,6 +234,7 @@ impl Placement {
                 rank,
                 scale: spec.scale() as f32,
                 alpha: spec.alpha(),
+                dropout: spec.dropout,
             }),
             targets: chosen,
         })
@@ -373,14 +399,24 @@ impl Placement {
 
 /// Per-micro-batch LoRA activations: `u = scale·x·Aᵀ` for every adapted projection and
 /// layer (the backward needs it), a `du` scratch, and a scratch gradient for frozen norms
-/// (their weights' gradient is computed by the fused backward and thrown away).
+/// (their weights' gradient is computed by the fused backward and thrown away); with
+/// dropout, the dropped input and the input gradient's scratch (the mask is recomputed from
+/// its key in the backward, not stored).
 pub struct LoraActs<B: Backend> {
     pub u: B::Buf,
     pub du: B::Buf,
     pub frozen_grad: B::Buf,
+    /// rows × the widest adapted input, under dropout.
+    dropped: B::Buf,
+    dinp: B::Buf,
     /// rows × rank: one projection's `u` for one layer.
     per: usize,
     layers: usize,
+    seq_len: usize,
+    dropout: f32,
+    /// This step's masks while training; `None` turns dropout off.
+    plan: Option<DropoutPlan>,
+    micro: usize,
 }
 
 impl<B: Backend> LoraActs<B> {
@@ -389,26 +425,83 @@ impl<B: Backend> LoraActs<B> {
     pub fn new(
         be: &B,
         placement: &Placement,
-        rows: usize,
+        batch: usize,
+        seq_len: usize,
         frozen_grad_len: usize,
     ) -> Result<Option<Self>, BackendError> {
         let Some(lora) = placement.lora_shape() else {
             return Ok(None);
         };
+        let rows = batch * seq_len;
         let per = rows * lora.rank;
         let layers = placement.family.layers();
+        let widest = match lora.dropout > 0.0 {
+            true => placement
+                .family
+                .tensors
+                .iter()
+                .enumerate()
+                .filter(|(id, _)| matches!(placement.slots[*id], Slot::Adapted { .. }))
+                .map(|(_, t)| t.shape[2])
+                .max()
+                .unwrap_or(0),
+            false => 0,
+        };
         Ok(Some(LoraActs {
             u: be.alloc(placement.adapted_count() * layers * per)?,
             du: be.alloc(per)?,
             frozen_grad: be.alloc(frozen_grad_len)?,
+            dropped: be.alloc(rows * widest)?,
+            dinp: be.alloc(rows * widest)?,
             per,
             layers,
+            seq_len,
+            dropout: lora.dropout as f32,
+            plan: None,
+            micro: 0,
         }))
+    }
+
+    /// Sets the dropout masks of the next step (`None`: no dropout, as in evaluation).
+    pub fn set_plan(&mut self, plan: Option<DropoutPlan>) {
+        self.plan = plan;
+    }
+
+    /// Selects the micro-batch the next forward and backward run.
+    pub fn set_micro_batch(&mut self, micro: usize) {
+        self.micro = micro;
     }
 
     fn u_range(&self, index: usize, layer: usize) -> Range<usize> {
         let start = (index * self.layers + layer) * self.per;
         start..start + self.per
+    }
+
+    /// `dropped[..len] = inp` through `mask` (p, key, offset).
+    fn drop_input(
+        &mut self,
+        be: &B,
+        inp: B::Ref<'_>,
+        (p, key, offset): (f32, u64, u64),
+        len: usize,
+    ) -> Result<(), BackendError> {
+        be.dropout(
+            be.view_mut(&mut self.dropped, 0..len)?,
+            inp,
+            p,
+            key,
+            offset,
+            false,
+        )
+    }
+
+    /// The mask of adapter `index` on layer `layer` over inputs of width `n_in`: (p, key,
+    /// the global offset of this micro-batch's first element), while dropout is on.
+    fn mask(&self, index: usize, layer: usize, n_in: usize) -> Option<(f32, u64, u64)> {
+        let plan = self.plan.as_ref().filter(|_| self.dropout > 0.0)?;
+        let first_row = *plan.first_rows.get(self.micro)?;
+        let key = splitmix64(plan.key ^ ((layer as u64) << 32 | index as u64));
+        Some((self.dropout, key, first_row * (self.seq_len * n_in) as u64))
     }
 }
 
@@ -536,15 +629,30 @@ impl Projection {
         if let Some((adapter, index, layer)) = &self.adapter {
             let lora = lora.expect("an adapted projection has LoRA activations");
             let u = lora.u_range(*index, *layer);
-            adapter.forward(
-                be,
-                w.trainable,
-                &self.linear,
-                be.view_mut(out, range)?,
-                inp,
-                &mut lora.u,
-                u,
-            )?;
+            let len = self.linear.rows * self.linear.n_in;
+            match lora.mask(*index, *layer, self.linear.n_in) {
+                Some(mask) => {
+                    lora.drop_input(be, inp, mask, len)?;
+                    adapter.forward(
+                        be,
+                        w.trainable,
+                        &self.linear,
+                        be.view_mut(out, range)?,
+                        be.view(&lora.dropped, 0..len)?,
+                        &mut lora.u,
+                        u,
+                    )?;
+                }
+                None => adapter.forward(
+                    be,
+                    w.trainable,
+                    &self.linear,
+                    be.view_mut(out, range)?,
+                    inp,
+                    &mut lora.u,
+                    u,
+                )?,
+            }
         }
         Ok(())
     }
@@ -577,17 +685,51 @@ impl Projection {
             let lora = lora.expect("an adapted projection has LoRA activations");
             let u = lora.u_range(*index, *layer);
             let per = lora.per;
+            let len = self.linear.rows * self.linear.n_in;
+            let Some(mask) = lora.mask(*index, *layer, self.linear.n_in) else {
+                return adapter.backward(
+                    be,
+                    w.trainable,
+                    grads,
+                    &self.linear,
+                    Some(be.view_mut(dinp, range)?),
+                    dout,
+                    inp,
+                    be.view(&lora.u, u)?,
+                    &mut lora.du,
+                    0..per,
+                );
+            };
+            // The dropped input again (the same mask from the same key), the adapters'
+            // gradients from it, then the input's through the mask: dinp += mask ∘ (du·A).
+            lora.drop_input(be, inp, mask, len)?;
             adapter.backward(
                 be,
                 w.trainable,
                 grads,
                 &self.linear,
-                be.view_mut(dinp, range)?,
+                None,
                 dout,
-                inp,
+                be.view(&lora.dropped, 0..len)?,
                 be.view(&lora.u, u)?,
                 &mut lora.du,
                 0..per,
+            )?;
+            adapter.input_grad(
+                be,
+                w.trainable,
+                &self.linear,
+                be.view_mut(&mut lora.dinp, 0..len)?,
+                be.view(&lora.du, 0..per)?,
+                false,
+            )?;
+            be.dropout(
+                be.view_mut(dinp, range)?,
+                be.view(&lora.dinp, 0..len)?,
+                mask.0,
+                mask.1,
+                mask.2,
+                true,
             )?;
         }
         Ok(())

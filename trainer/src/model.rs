@@ -305,7 +305,7 @@ impl<B: Backend> Gpt<B> {
             state.backend.upload(base, 0, &host)?;
         }
         let (l, c, bt) = (config.layers, config.width, batch * seq_len);
-        state.lora = LoraActs::new(&state.backend, &state.placement, bt, 2 * c)?;
+        state.lora = LoraActs::new(&state.backend, &state.placement, batch, seq_len, 2 * c)?;
         let backend = &state.backend;
         let att = AttentionShape {
             batch,

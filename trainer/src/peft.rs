@@ -125,7 +125,7 @@ pub fn adapter_config(
         "layers_to_transform": null,
         "loftq_config": {},
         "lora_alpha": lora.alpha,
-        "lora_dropout": 0.0,
+        "lora_dropout": lora.dropout,
         "megatron_config": null,
         "megatron_core": "megatron.core",
         "modules_to_save": if modules.is_empty() { json!(null) } else { json!(modules) },

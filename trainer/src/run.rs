@@ -17,6 +17,7 @@
 
 use crate::family::{Family, FamilyError};
 use crate::lm::LanguageModel;
+use crate::lora::DropoutPlan;
 use std::{
     net::SocketAddr,
     path::PathBuf,
@@ -637,6 +638,14 @@ impl<'h, B: Backend> Trainer<'h, B> {
             Ok(())
         };
         let (model, accum) = (self.model.as_mut(), self.grad_accum as usize);
+        let layout = batches.layout();
+        model.set_dropout_plan(Some(DropoutPlan::new(
+            self.spec.training.seed,
+            step,
+            (0..layout.grad_accum)
+                .map(|m| layout.global_row(m, 0))
+                .collect(),
+        )));
         let stats = if batches.stream().is_masked() {
             let counted = batches.counted_targets(step);
             train_step_parallel_counted(
@@ -1047,6 +1056,7 @@ pub fn evaluate_ranked<B: Backend>(
     comm: &mut dyn Collective,
 ) -> Result<f64, RunError> {
     let ranks = (comm.rank()..eval.len()).step_by(comm.world_size() as usize);
+    model.set_dropout_plan(None);
     if eval.stream().is_masked() {
         // The mean over the counted targets of the whole validation set.
         let (mut sum, mut counted) = (0.0, 0.0);

@@ -133,6 +133,7 @@ where
     let loss_scale = 1.0 / accum as f64;
     let mut loss = 0.0;
     for micro in 0..accum {
+        model.set_micro_batch(micro);
         let (inputs, targets) = model.staging_mut();
         batches(step, micro, inputs, targets).map_err(|source| TrainError::Batch {
             step,

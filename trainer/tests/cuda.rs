@@ -340,7 +340,19 @@ fn pointwise<B: Backend>(be: &B) -> Vec<(&'static str, Vec<f32>, Tol)> {
     let mut zeroed = upload(be, &randn(85, n, 1.0));
     be.fill_zero(be.view_mut(&mut zeroed, 10..n - 10).unwrap())
         .unwrap();
+    // LoRA dropout: the same mask from the same key and offset on both backends, added onto y.
+    let mut dropped = upload(be, &randn(86, n, 1.0));
+    be.dropout(
+        be.view_mut(&mut dropped, 0..n).unwrap(),
+        be.view(&x, 0..n).unwrap(),
+        0.3,
+        0x5eed,
+        12_345,
+        true,
+    )
+    .unwrap();
     vec![
+        ("dropout", host(be, &dropped), BF16),
         ("gelu", host(be, &g), BF16),
         ("gelu backward", host(be, &dg), BF16),
         ("residual", host(be, &r), BF16),

@@ -384,3 +384,73 @@ fn norms_and_embeddings_trained_whole_get_the_full_models_gradients() {
         assert_eq!(modules, want, "{adapter}");
     }
 }
+
+/// LoRA dropout: with a step's mask fixed, the adapters' gradients are those of the loss
+/// (central differences in f64 on entries of A and B), and the mask changes the loss.
+#[test]
+fn lora_dropout_gradients_match_finite_differences() {
+    use tessera_trainer::lora::DropoutPlan;
+    let (family, _) = family("llama-gqa-lora");
+    let family = match family {
+        Family::Llama { config, from, lora } => Family::Llama {
+            config,
+            from,
+            lora: lora.map(|l| LoraSpec { dropout: 0.3, ..l }),
+        },
+        other => other,
+    };
+    let placement = family.placement().unwrap();
+    let (base, _) = family.initial_weights(&family.layout()).unwrap().unwrap();
+    // PEFT's adapters: B is not zero, so both A's and B's gradients are non-trivial.
+    let adapters = peft::read_adapter(&fixture("llama-gqa-lora"), &family, &placement).unwrap();
+    let inputs: Vec<u32> = (0..16).map(|i| (i * 7 + 3) % 200).collect();
+    let targets: Vec<u32> = (0..16).map(|i| (i * 5 + 1) % 200).collect();
+    let mut model = family.build(CpuBackend::<f64>::new(), 2, 8, 3).unwrap();
+    model.load_weights(&base).unwrap();
+    let mut loss_at = |params: &[f32], plan: Option<DropoutPlan>| {
+        model.load_params_from_host(params).unwrap();
+        model.set_dropout_plan(plan);
+        model.set_micro_batch(0);
+        model.forward(&inputs, &targets).unwrap()
+    };
+    let plan = || Some(DropoutPlan::new(11, 4, vec![6]));
+    let without = loss_at(&adapters, None);
+    let with = loss_at(&adapters, plan());
+    assert!((with - without).abs() > 1e-6, "the mask changes the loss");
+
+    let mut model = family.build(CpuBackend::<f64>::new(), 2, 8, 3).unwrap();
+    model.load_weights(&base).unwrap();
+    model.load_params_from_host(&adapters).unwrap();
+    model.set_dropout_plan(plan());
+    model.set_micro_batch(0);
+    model.zero_grad().unwrap();
+    model.forward(&inputs, &targets).unwrap();
+    model.backward().unwrap();
+    let grads = model.grads_to_host().unwrap();
+    let mut loss_at = |params: &[f32]| {
+        model.load_params_from_host(params).unwrap();
+        model.forward(&inputs, &targets).unwrap()
+    };
+    let layout = placement.trainable.clone();
+    let mut checked = 0;
+    for tensor in &layout.tensors {
+        for k in [0, tensor.len / 3, tensor.len - 1] {
+            let i = tensor.offset + k;
+            let (mut plus, mut minus) = (adapters.clone(), adapters.clone());
+            plus[i] += 1e-3;
+            minus[i] -= 1e-3;
+            // The steps as f32 actually made them.
+            let step = f64::from(plus[i]) - f64::from(minus[i]);
+            let numeric = (loss_at(&plus) - loss_at(&minus)) / step;
+            let analytic = f64::from(grads[i]);
+            assert!(
+                (numeric - analytic).abs() <= 1e-4 + 1e-3 * analytic.abs(),
+                "{}[{k}]: finite differences {numeric}, backward {analytic}",
+                tensor.name
+            );
+            checked += 1;
+        }
+    }
+    // A and B of the seven projections.
+    assert_eq!(checked, 3 * 14);
+}

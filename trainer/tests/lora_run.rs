@@ -69,7 +69,7 @@ spec:
     steps: {steps}
     seed: 5
     evalInterval: 0
-    lora: {{rank: {RANK}, alpha: 16, targets: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]}}
+    lora: {{rank: {RANK}, alpha: 16, dropout: 0.1, targets: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]}}
   checkpoint: {{path: checkpoints, everySteps: 2, keep: 10, async: false}}
 "#,
         base.display()
@@ -144,6 +144,7 @@ fn a_lora_fine_tune_lowers_the_loss_with_optimizer_state_for_the_adapters_only()
             .unwrap();
     assert_eq!(config["r"], RANK);
     assert_eq!(config["lora_alpha"], 16.0);
+    assert_eq!(config["lora_dropout"], 0.1);
     assert_eq!(config["base_model_name_or_path"], base_ref.path.as_str());
     let err = export_hf(
         &checkpoint,
@@ -171,6 +172,10 @@ fn a_lora_fine_tune_lowers_the_loss_with_optimizer_state_for_the_adapters_only()
 fn a_stopped_lora_run_resumes_to_the_uninterrupted_adapters_on_the_same_or_another_rank_count() {
     let straight = run_dir(8);
     let uninterrupted = gang(straight.path(), 1, &[], u64::MAX).remove(0);
+    // The runs train with LoRA dropout 0.1: without it they end elsewhere.
+    let plain = run_dir(8);
+    let without = gang(plain.path(), 1, &["spec.training.lora.dropout=0"], u64::MAX).remove(0);
+    assert_ne!(without.weights_sha256, uninterrupted.weights_sha256);
 
     let same = run_dir(8);
     let stopped = gang(same.path(), 1, &[], 4).remove(0);

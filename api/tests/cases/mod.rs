@@ -278,7 +278,7 @@ pub fn invalid_cases() -> Vec<Case> {
                 ),
                 (
                     "spec.training.lora",
-                    Some(json!({"rank": 4, "dropout": 0.1})),
+                    Some(json!({"rank": 4, "dropout": 1.0})),
                 ),
             ],
             "spec.training.lora.dropout",

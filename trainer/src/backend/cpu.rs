@@ -380,6 +380,18 @@ impl<F: Float> Backend for CpuBackend<F> {
         pointwise::residual_forward(out, a, b)
     }
 
+    fn dropout(
+        &self,
+        out: &mut [F],
+        inp: &[F],
+        p: f32,
+        key: u64,
+        offset: u64,
+        accumulate: bool,
+    ) -> Result<(), BackendError> {
+        pointwise::dropout(out, inp, p, key, offset, accumulate)
+    }
+
     fn embedding_forward(
         &self,
         out: &mut [F],

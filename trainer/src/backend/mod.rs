@@ -32,6 +32,19 @@ pub mod cuda;
 
 pub use crate::llama::attention::AttentionShape as GqaShape;
 pub use crate::llama::rope::RopeShape;
+
+/// Dropout's threshold for drop probability `p`: an element drops when its 24-bit draw is
+/// below it.
+pub fn dropout_threshold(p: f32) -> u32 {
+    (f64::from(p) * f64::from(1u32 << 24)).round() as u32
+}
+
+/// Whether element `j` of the mask `key` keeps: the top 24 bits of SplitMix64 at `key + j·γ`
+/// are at least `threshold` (the CUDA kernel computes the same bits).
+pub fn dropout_keeps(key: u64, j: u64, threshold: u32) -> bool {
+    let draw = crate::rng::splitmix64(key.wrapping_add(j.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+    (draw >> 40) as u32 >= threshold
+}
 use std::ops::Range;
 use thiserror::Error;
 
@@ -324,6 +337,20 @@ pub trait Backend: Send + Sync + 'static {
         out: Self::Mut<'_>,
         a: Self::Ref<'_>,
         b: Self::Ref<'_>,
+    ) -> Result<(), BackendError>;
+    /// Dropout with a mask from a counter: `out[i] = inp[i]·keep/(1 - p)`, added to `out`
+    /// when `accumulate`, where element i keeps with [`dropout_keeps`]`(key, offset + i)`. The
+    /// same key and offsets give the same mask on every backend and every split of the
+    /// elements (a rank's micro-batch passes its rows' global offset).
+    #[allow(clippy::too_many_arguments)]
+    fn dropout(
+        &self,
+        out: Self::Mut<'_>,
+        inp: Self::Ref<'_>,
+        p: f32,
+        key: u64,
+        offset: u64,
+        accumulate: bool,
     ) -> Result<(), BackendError>;
 
     // === Llama family (kernels: trainer/src/llama/, one family per file) ===

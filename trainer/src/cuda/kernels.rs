@@ -80,6 +80,7 @@ pub const FAMILIES: &[KernelFamily] = &[
             "residual_forward",
             "scale_bf16",
             "scale_f32",
+            "dropout",
             "widen_bf16",
             "narrow_f32",
         ],

@@ -361,8 +361,13 @@ impl<B: Backend> Llama<B> {
         if let Some(base) = state.base.as_mut() {
             state.backend.upload(base, 0, &host)?;
         }
-        let bt = batch * seq_len;
-        state.lora = LoraActs::new(&state.backend, &state.placement, bt, config.hidden_size)?;
+        state.lora = LoraActs::new(
+            &state.backend,
+            &state.placement,
+            batch,
+            seq_len,
+            config.hidden_size,
+        )?;
         let be = &state.backend;
         let c = &config;
         let (l, h, f, bt) = (

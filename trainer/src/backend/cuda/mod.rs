@@ -664,6 +664,18 @@ impl Backend for CudaBackend {
         self.residual_forward_launch(out, a, b)
     }
 
+    fn dropout(
+        &self,
+        out: CudaMut<'_>,
+        inp: CudaRef<'_>,
+        p: f32,
+        key: u64,
+        offset: u64,
+        accumulate: bool,
+    ) -> Result<(), BackendError> {
+        self.dropout_launch(out, inp, p, key, offset, accumulate)
+    }
+
     // === Llama family ===
 
     fn embedding_forward(

@@ -51,6 +51,28 @@ impl CudaBackend {
         launch!(self, "residual_forward", (blocks(OP, len, 256)?, 1, 1), 256, 0; out, a, b, n)
     }
 
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn dropout_launch(
+        &self,
+        out: CudaMut<'_>,
+        inp: CudaRef<'_>,
+        p: f32,
+        key: u64,
+        offset: u64,
+        accumulate: bool,
+    ) -> Result<(), BackendError> {
+        const OP: &str = "dropout";
+        let len = inp.len;
+        let out = memory::exact(OP, "out", &out, DType::Bf16, len)?;
+        let inp = memory::exact(OP, "inp", &inp, DType::Bf16, len)?;
+        let threshold = crate::backend::dropout_threshold(p);
+        let scale = (1.0 / (1.0 - f64::from(p))) as f32;
+        let accumulate = i32::from(accumulate);
+        let n = len as i64;
+        launch!(self, "dropout", (blocks(OP, len, 256)?, 1, 1), 256, 0;
+            out, inp, threshold, scale, key, offset, accumulate, n)
+    }
+
     pub(super) fn scale_launch(&self, x: CudaMut<'_>, factor: f32) -> Result<(), BackendError> {
         let len = x.len;
         if len == 0 {
