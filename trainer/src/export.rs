@@ -204,11 +204,18 @@ pub fn export_peft(checkpoint: &LoadedCheckpoint, out: &Path) -> Result<Exported
         return Err(PeftError::NotLora.into());
     }
     let trainable = flat_params(checkpoint, &placement.trainable)?;
+    // PEFT names the base model by its directory (GPT-2's base is recorded as its file).
     let base = checkpoint
         .manifest
         .base
         .as_ref()
-        .map_or_else(String::new, |b| b.path.clone());
+        .map_or_else(String::new, |b| {
+            let path = Path::new(&b.path);
+            match path.is_file() {
+                true => path.parent().unwrap_or(path).display().to_string(),
+                false => b.path.clone(),
+            }
+        });
     let files = peft::write_adapter(out, &family, &placement, &trainable, &base)?;
     Ok(Exported {
         architecture: "PEFT LoRA adapter",

@@ -310,6 +310,10 @@ spec:
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("adapter_config.json")).unwrap()).unwrap();
     assert_eq!(config["fan_in_fan_out"], true);
+    assert_eq!(
+        config["base_model_name_or_path"],
+        gpt2.display().to_string()
+    );
     // The merged model loads as a plain GPT-2 and scores the held-out text.
     let merged = dir.path().join("merged");
     export_hf(
