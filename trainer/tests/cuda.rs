@@ -947,6 +947,71 @@ fn gpu_model_step_matches_cpu() {
     );
 }
 
+/// LoRA (c_attn, c_proj, c_fc, rank 8, dropout 0.1) on the tiny model's frozen bf16 base:
+/// one forward + backward on `be` with a fixed dropout plan; (loss, adapter grads).
+fn lora_spec() -> tessera_api::spec::LoraSpec {
+    use tessera_api::spec::{LoraSpec, LoraTarget};
+    LoraSpec {
+        rank: 8,
+        alpha: Some(16.0),
+        dropout: 0.1,
+        targets: vec![LoraTarget::CAttn, LoraTarget::CProj, LoraTarget::CFc],
+        train_norms: false,
+        train_embeddings: false,
+    }
+}
+
+fn lora_step<B: Backend>(be: B, base: &[f32], adapters: &[f32]) -> (f64, Vec<f32>) {
+    let (batch, t) = (4, 64);
+    let spec = lora_spec();
+    let mut model = Gpt::with_lora(be, tiny_config(), Some(&spec), batch, t, 5).unwrap();
+    model.load_weights(base).unwrap();
+    model.load_params_from_host(adapters).unwrap();
+    model.set_dropout_plan(Some(tessera_trainer::lora::DropoutPlan::new(
+        3,
+        9,
+        vec![40],
+    )));
+    model.set_micro_batch(0);
+    let (inputs, targets) = batch_of(8, batch, t);
+    model.zero_grad().unwrap();
+    let loss = model.forward(&inputs, &targets).unwrap();
+    model.backward().unwrap();
+    (loss, model.grads_to_host().unwrap())
+}
+
+#[test]
+fn gpu_lora_step_matches_cpu() {
+    let Some(gpu) = gpu("gpu_lora_step_matches_cpu") else {
+        return;
+    };
+    let base = bf16_weights();
+    // Adapters with B ≠ 0 (a trained state), bf16-representable, in the trainable layout.
+    let trainable = tessera_trainer::model::placement(&tiny_config(), Some(&lora_spec()))
+        .unwrap()
+        .trainable
+        .total;
+    let mut adapters = randn(77, trainable, 0.05);
+    round_to_bf16(&mut adapters);
+    let (cpu_loss, cpu_grads) = lora_step(CpuBackend::<f32>::new(), &base, &adapters);
+    let (gpu_loss, gpu_grads) = lora_step(gpu, &base, &adapters);
+    let norm = |g: &[f32]| g.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let dot: f64 = cpu_grads
+        .iter()
+        .zip(&gpu_grads)
+        .map(|(a, b)| f64::from(*a) * f64::from(*b))
+        .sum();
+    let (nc, ng) = (norm(&cpu_grads), norm(&gpu_grads));
+    eprintln!("LoRA loss cpu {cpu_loss} gpu {gpu_loss}; adapter grad norm cpu {nc} gpu {ng}");
+    assert!(((gpu_loss - cpu_loss) / cpu_loss).abs() < 1e-2);
+    assert!(((ng - nc) / nc).abs() < 5e-2);
+    assert!(
+        dot / (nc * ng) > 0.99,
+        "gradient cosine {}",
+        dot / (nc * ng)
+    );
+}
+
 /// Three AdamW steps on `be`; the final parameters' bits.
 fn three_steps<B: Backend>(be: B, weights: &[f32]) -> Vec<u32> {
     let (batch, t) = (4, 64);
