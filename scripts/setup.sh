@@ -16,6 +16,7 @@ packages=(
   ca-certificates     # TLS to the package registries
   prometheus          # prometheus and promtool, for the chart's alert and dashboard tests
   python3-venv        # the virtual environment holding the Helm SDK (below)
+  iproute2            # `ip netns`, for the tests' hosts as network namespaces (tests/common/hosts.rs)
 )
 
 missing=()

@@ -3,6 +3,8 @@
 //! for a run's step history to reach a step.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod hosts;
+
 use std::{
     path::{Path, PathBuf},
     process::Command,

@@ -1,0 +1,141 @@
+//! Test hosts on one machine: each a Linux network namespace with its own address, joined to
+//! the others by a veth pair on a bridge that lives in a namespace of its own (the machine's
+//! own network is never touched). A partition takes a host's bridge port down: the host and
+//! its processes live on, cut off from every other host, until it is healed.
+//!
+//! ```text
+//!   <p>-h0 [eth0 10.77.0.1] ─veth─ [p0]┐
+//!   <p>-h1 [eth0 10.77.0.2] ─veth─ [p1]┼ br0   (namespace <p>-sw)
+//!   <p>-h2 [eth0 10.77.0.3] ─veth─ [p2]┘
+//! ```
+//!
+//! Needs root, or a user + network + mount namespace of one's own (`unshare -rnm`), and
+//! iproute2's `ip` (scripts/setup.sh installs it). Without them the helper fails saying so:
+//! never a silent skip. Every namespace it made is deleted on drop, which also ends the
+//! veth pairs and the bridge; processes started in a host are the test's to stop.
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Hosts made by one test.
+pub struct TestHosts {
+    prefix: String,
+    count: usize,
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Runs `ip args…`, panicking with its output if it fails.
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running `ip {}`: {e} (install iproute2)", args.join(" ")));
+    assert!(
+        out.status.success(),
+        "`ip {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// This process's effective user id (`/proc/self/status`).
+fn effective_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
+impl TestHosts {
+    /// `n` hosts, 10.77.0.1 …, on one bridge.
+    pub fn new(n: usize) -> TestHosts {
+        assert_eq!(
+            effective_uid(),
+            Some(0),
+            "test hosts need root (ip netns): run the tests as root, or inside `unshare -rnm`"
+        );
+        assert!(n < 250, "at most 249 hosts");
+        let prefix = format!(
+            "ts{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        let hosts = TestHosts { prefix, count: 0 };
+        let sw = hosts.switch();
+        ip(&["netns", "add", &sw]);
+        let mut hosts = hosts;
+        ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &sw, "link", "set", "br0", "up"]);
+        for i in 0..n {
+            let host = hosts.name(i);
+            ip(&["netns", "add", &host]);
+            hosts.count = i + 1;
+            let port = format!("p{i}");
+            ip(&[
+                "-n", &host, "link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns",
+                &sw,
+            ]);
+            let addr = format!("{}/24", hosts.addr(i));
+            ip(&["-n", &host, "addr", "add", &addr, "dev", "eth0"]);
+            ip(&["-n", &host, "link", "set", "eth0", "up"]);
+            ip(&["-n", &host, "link", "set", "lo", "up"]);
+            ip(&["-n", &sw, "link", "set", &port, "master", "br0"]);
+            ip(&["-n", &sw, "link", "set", &port, "up"]);
+        }
+        hosts
+    }
+
+    fn switch(&self) -> String {
+        format!("{}-sw", self.prefix)
+    }
+
+    /// Host `i`'s namespace name.
+    pub fn name(&self, i: usize) -> String {
+        format!("{}-h{i}", self.prefix)
+    }
+
+    /// Host `i`'s address.
+    pub fn addr(&self, i: usize) -> Ipv4Addr {
+        Ipv4Addr::new(10, 77, 0, i as u8 + 1)
+    }
+
+    /// `program` to run inside host `i` (`ip netns exec`); add its arguments.
+    pub fn command(&self, i: usize, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name(i)]).arg(program);
+        cmd
+    }
+
+    /// Cuts host `i` off from every other host (its bridge port down).
+    pub fn partition(&self, i: usize) {
+        ip(&[
+            "-n",
+            &self.switch(),
+            "link",
+            "set",
+            &format!("p{i}"),
+            "down",
+        ]);
+    }
+
+    /// Joins host `i` to the others again.
+    pub fn heal(&self, i: usize) {
+        ip(&["-n", &self.switch(), "link", "set", &format!("p{i}"), "up"]);
+    }
+
+    /// The namespaces this helper made and has not deleted.
+    pub fn namespaces(&self) -> Vec<String> {
+        let mut names: Vec<String> = (0..self.count).map(|i| self.name(i)).collect();
+        names.push(self.switch());
+        names
+    }
+}
+
+impl Drop for TestHosts {
+    fn drop(&mut self) {
+        for name in self.namespaces() {
+            let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        }
+    }
+}
