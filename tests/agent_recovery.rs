@@ -15,7 +15,7 @@ use nix::{
     unistd::Pid,
 };
 use serde_json::Value as Json;
-use tessera_store::testing::{EtcdCluster, EtcdServer};
+use tessera_store::testing::EtcdServer;
 
 mod common;
 
@@ -51,14 +51,11 @@ fn llama_manifest(extra_fault_tolerance: &str) -> String {
         .replace(", tokenizer: bytes}", "}")
 }
 
-/// One test's world: a run directory, etcd (one member, or a cluster), and the agents it
-/// started.
+/// One test's world: a run directory, etcd, and the agents it started.
 struct Gang {
     dir: tempfile::TempDir,
     sockets: tempfile::TempDir,
-    _etcd: Option<EtcdServer>,
-    cluster: Option<EtcdCluster>,
-    store_url: String,
+    etcd: EtcdServer,
     agents: Vec<(String, Child)>,
 }
 
@@ -67,33 +64,12 @@ impl Gang {
         let etcd = tokio::runtime::Runtime::new()
             .unwrap()
             .block_on(EtcdServer::start());
-        let url = format!("etcd://{}", etcd.endpoint());
-        Gang::with_store(manifest, Some(etcd), None, url)
-    }
-
-    /// [`Gang::new`] on a three-member etcd cluster, the agents given every member.
-    fn with_cluster(manifest: &str) -> Gang {
-        let cluster = tokio::runtime::Runtime::new()
-            .unwrap()
-            .block_on(EtcdCluster::start(3));
-        let url = cluster.url();
-        Gang::with_store(manifest, None, Some(cluster), url)
-    }
-
-    fn with_store(
-        manifest: &str,
-        etcd: Option<EtcdServer>,
-        cluster: Option<EtcdCluster>,
-        store_url: String,
-    ) -> Gang {
         common::bin("tessera-agent");
         common::bin("tessera-trainer");
         Gang {
             dir: common::run_dir(manifest),
             sockets: tempfile::Builder::new().prefix("ta-").tempdir().unwrap(),
-            _etcd: etcd,
-            cluster,
-            store_url,
+            etcd,
             agents: Vec::new(),
         }
     }
@@ -110,7 +86,7 @@ impl Gang {
             .arg("--config")
             .arg(self.path("run.yaml"))
             .args(["--node", node, "--namespace", "e2e"])
-            .args(["--store", &self.store_url])
+            .args(["--store", &format!("etcd://{}", self.etcd.endpoint())])
             .arg("--trainer")
             .arg(common::bin("tessera-trainer"))
             .arg("--base-dir")
@@ -299,89 +275,6 @@ fn a_killed_rank_of_a_lora_run_resumes_with_identical_adapters() {
             .as_str()
             .is_some_and(|s| s.len() == 64)
     );
-}
-
-/// The first step the history records after `since` (ms since the Unix epoch), and when.
-fn first_step_after(gang: &Gang, since: u128) -> (u64, u128) {
-    std::fs::read_to_string(gang.path("history.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Json>(l).ok())
-        .filter_map(|r| Some((r["step"].as_u64()?, u128::from(r["unixMs"].as_u64()?))))
-        .find(|&(_, ms)| ms > since)
-        .expect("a step after the fault")
-}
-
-fn now_ms() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis()
-}
-
-#[test]
-fn the_etcd_leader_killed_mid_run_leaves_the_weights_of_a_run_without_faults() {
-    let text = manifest("heartbeatTimeoutSeconds: 10");
-    let clean = undisturbed_weights(&text);
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let mut gang = Gang::with_cluster(&text);
-    gang.start_agent("n0", &[]);
-    gang.start_agent("n1", &[]);
-    common::wait_for_step(&gang.path("history.jsonl"), 15, Duration::from_secs(120));
-    let cluster = gang.cluster.as_mut().unwrap();
-    let leader = runtime.block_on(cluster.leader());
-    cluster.kill(leader);
-    let killed = now_ms();
-    let reports = gang.finish(Duration::from_secs(180));
-    assert_succeeded(&gang, &reports);
-    let (step, at) = first_step_after(&gang, killed);
-    eprintln!(
-        "etcd leader m{leader} SIGKILLed: step {step} completed {:.2} s later; {} failure(s)",
-        (at - killed) as f64 / 1000.0,
-        all_failures(&reports).len()
-    );
-    // The run carries on, or restarts once.
-    assert!(
-        all_failures(&reports).len() <= 1,
-        "{:?}",
-        all_failures(&reports)
-    );
-    assert_eq!(weights(&reports), clean);
-}
-
-#[test]
-fn etcd_without_quorum_for_longer_than_the_heartbeat_leaves_the_weights_of_a_run_without_faults() {
-    let text = manifest("heartbeatTimeoutSeconds: 2");
-    let clean = undisturbed_weights(&text);
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let mut gang = Gang::with_cluster(&text);
-    gang.start_agent("n0", &[]);
-    gang.start_agent("n1", &[]);
-    common::wait_for_step(&gang.path("history.jsonl"), 15, Duration::from_secs(120));
-    let cluster = gang.cluster.as_mut().unwrap();
-    let leader = runtime.block_on(cluster.leader());
-    let other = (leader + 1) % 3;
-    cluster.kill(leader);
-    cluster.kill(other);
-    let lost = now_ms();
-    // Quorum lost for longer than the heartbeat timeout (2 s) and the agents' lease TTL.
-    std::thread::sleep(Duration::from_secs(4));
-    cluster.start_member(leader);
-    let back = now_ms();
-    runtime.block_on(cluster.wait_healthy(leader));
-    let reports = gang.finish(Duration::from_secs(180));
-    assert_succeeded(&gang, &reports);
-    let (step, at) = first_step_after(&gang, back);
-    let (during, _) = first_step_after(&gang, lost);
-    eprintln!(
-        "etcd quorum lost for 4 s: the ranks went on from step {during} (they do not need the \
-         store to step; fencing is not built), step {step} completed {:.2} s after quorum \
-         returned; {} failure(s)",
-        at.saturating_sub(back) as f64 / 1000.0,
-        all_failures(&reports).len()
-    );
-    assert_eq!(weights(&reports), clean);
-    gang.cluster.as_mut().unwrap().start_member(other);
 }
 
 #[test]
