@@ -149,22 +149,6 @@ fn the_loss_counts_exactly_the_assistant_tokens_of_a_hand_checked_conversation()
 
 // === a run from raw chat JSONL, stopped and resumed ===
 
-/// A synthetic chat set: `n` questions with fixed answers.
-fn chat_jsonl(n: usize) -> String {
-    let words = [
-        "king", "house", "lord", "night", "speak", "come", "good", "thee",
-    ];
-    let mut out = String::new();
-    for i in 0..n {
-        let q = format!("What is {} {}?", words[i % 8], i);
-        let a = format!("The {} of {}.", words[(i * 3 + 1) % 8], i);
-        out.push_str(&format!(
-            "{{\"messages\": [{{\"role\": \"user\", \"content\": \"{q}\"}}, {{\"role\": \"assistant\", \"content\": \"{a}\"}}]}}\n"
-        ));
-    }
-    out
-}
-
 fn manifest(steps: u64) -> String {
     format!(
         r#"
@@ -199,7 +183,7 @@ fn run(dir: &Path, stop_after: u64) -> RunSummary {
 
 fn run_dir(steps: u64) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("chat.jsonl"), chat_jsonl(120)).unwrap();
+    std::fs::write(dir.path().join("chat.jsonl"), common::chat_jsonl(120)).unwrap();
     std::fs::write(dir.path().join("run.yaml"), manifest(steps)).unwrap();
     dir
 }

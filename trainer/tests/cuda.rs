@@ -922,14 +922,10 @@ fn bf16_weights() -> Vec<f32> {
     w
 }
 
-#[test]
-fn gpu_model_step_matches_cpu() {
-    let Some(gpu) = gpu("gpu_model_step_matches_cpu") else {
-        return;
-    };
-    let weights = bf16_weights();
-    let (cpu_loss, cpu_grads) = model_step(CpuBackend::<f32>::new(), &weights);
-    let (gpu_loss, gpu_grads) = model_step(gpu, &weights);
+/// The GPU's step against the CPU's: loss within 1%, gradient norm within 5%, gradient
+/// cosine above 0.99.
+fn assert_step_agrees(what: &str, cpu: (f64, Vec<f32>), gpu: (f64, Vec<f32>)) {
+    let ((cpu_loss, cpu_grads), (gpu_loss, gpu_grads)) = (cpu, gpu);
     let norm = |g: &[f32]| g.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     let dot: f64 = cpu_grads
         .iter()
@@ -937,13 +933,26 @@ fn gpu_model_step_matches_cpu() {
         .map(|(a, b)| f64::from(*a) * f64::from(*b))
         .sum();
     let (nc, ng) = (norm(&cpu_grads), norm(&gpu_grads));
-    eprintln!("loss cpu {cpu_loss} gpu {gpu_loss}; grad norm cpu {nc} gpu {ng}");
+    eprintln!("{what}: loss cpu {cpu_loss} gpu {gpu_loss}; grad norm cpu {nc} gpu {ng}");
     assert!(((gpu_loss - cpu_loss) / cpu_loss).abs() < 1e-2);
     assert!(((ng - nc) / nc).abs() < 5e-2);
     assert!(
         dot / (nc * ng) > 0.99,
         "gradient cosine {}",
         dot / (nc * ng)
+    );
+}
+
+#[test]
+fn gpu_model_step_matches_cpu() {
+    let Some(gpu) = gpu("gpu_model_step_matches_cpu") else {
+        return;
+    };
+    let weights = bf16_weights();
+    assert_step_agrees(
+        "GPT-2",
+        model_step(CpuBackend::<f32>::new(), &weights),
+        model_step(gpu, &weights),
     );
 }
 
@@ -993,22 +1002,10 @@ fn gpu_lora_step_matches_cpu() {
         .total;
     let mut adapters = randn(77, trainable, 0.05);
     round_to_bf16(&mut adapters);
-    let (cpu_loss, cpu_grads) = lora_step(CpuBackend::<f32>::new(), &base, &adapters);
-    let (gpu_loss, gpu_grads) = lora_step(gpu, &base, &adapters);
-    let norm = |g: &[f32]| g.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    let dot: f64 = cpu_grads
-        .iter()
-        .zip(&gpu_grads)
-        .map(|(a, b)| f64::from(*a) * f64::from(*b))
-        .sum();
-    let (nc, ng) = (norm(&cpu_grads), norm(&gpu_grads));
-    eprintln!("LoRA loss cpu {cpu_loss} gpu {gpu_loss}; adapter grad norm cpu {nc} gpu {ng}");
-    assert!(((gpu_loss - cpu_loss) / cpu_loss).abs() < 1e-2);
-    assert!(((ng - nc) / nc).abs() < 5e-2);
-    assert!(
-        dot / (nc * ng) > 0.99,
-        "gradient cosine {}",
-        dot / (nc * ng)
+    assert_step_agrees(
+        "LoRA",
+        lora_step(CpuBackend::<f32>::new(), &base, &adapters),
+        lora_step(gpu, &base, &adapters),
     );
 }
 

@@ -22,22 +22,6 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// `n` questions with fixed answers, as chat JSONL.
-fn chat_jsonl(n: usize) -> String {
-    let words = [
-        "king", "house", "lord", "night", "speak", "come", "good", "thee",
-    ];
-    let mut out = String::new();
-    for i in 0..n {
-        let q = format!("What is {} {}?", words[i % 8], i);
-        let a = format!("The {} of {}.", words[(i * 3 + 1) % 8], i);
-        out.push_str(&format!(
-            "{{\"messages\": [{{\"role\": \"user\", \"content\": \"{q}\"}}, {{\"role\": \"assistant\", \"content\": \"{a}\"}}]}}\n"
-        ));
-    }
-    out
-}
-
 /// A copy of the llama-gqa fixture directory (the base; a test may change its weights).
 fn base_dir(dir: &Path) -> PathBuf {
     let base = dir.join("base");
@@ -54,7 +38,7 @@ const RANK: u64 = 8;
 fn run_dir(steps: u64) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let base = base_dir(dir.path());
-    std::fs::write(dir.path().join("chat.jsonl"), chat_jsonl(120)).unwrap();
+    std::fs::write(dir.path().join("chat.jsonl"), common::chat_jsonl(120)).unwrap();
     let manifest = format!(
         r#"
 apiVersion: tessera.dev/v1alpha1

@@ -268,3 +268,19 @@ pub fn assert_resumed_to(
         "a killed and resumed run must end bit-identical to the uninterrupted one"
     );
 }
+
+/// A synthetic chat set: `n` questions with fixed answers.
+pub fn chat_jsonl(n: usize) -> String {
+    let words = [
+        "king", "house", "lord", "night", "speak", "come", "good", "thee",
+    ];
+    let mut out = String::new();
+    for i in 0..n {
+        let q = format!("What is {} {}?", words[i % 8], i);
+        let a = format!("The {} of {}.", words[(i * 3 + 1) % 8], i);
+        out.push_str(&format!(
+            "{{\"messages\": [{{\"role\": \"user\", \"content\": \"{q}\"}}, {{\"role\": \"assistant\", \"content\": \"{a}\"}}]}}\n"
+        ));
+    }
+    out
+}
