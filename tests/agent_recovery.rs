@@ -15,7 +15,7 @@ use nix::{
     unistd::Pid,
 };
 use serde_json::Value as Json;
-use tessera_store::testing::EtcdServer;
+use tessera_store::testing::{EtcdCluster, EtcdServer};
 
 mod common;
 
@@ -51,11 +51,14 @@ fn llama_manifest(extra_fault_tolerance: &str) -> String {
         .replace(", tokenizer: bytes}", "}")
 }
 
-/// One test's world: a run directory, etcd, and the agents it started.
+/// One test's world: a run directory, etcd (one member, or a cluster), and the agents it
+/// started.
 struct Gang {
     dir: tempfile::TempDir,
     sockets: tempfile::TempDir,
-    etcd: EtcdServer,
+    _etcd: Option<EtcdServer>,
+    cluster: Option<EtcdCluster>,
+    store_url: String,
     agents: Vec<(String, Child)>,
 }
 
@@ -64,12 +67,33 @@ impl Gang {
         let etcd = tokio::runtime::Runtime::new()
             .unwrap()
             .block_on(EtcdServer::start());
+        let url = format!("etcd://{}", etcd.endpoint());
+        Gang::with_store(manifest, Some(etcd), None, url)
+    }
+
+    /// [`Gang::new`] on a three-member etcd cluster, the agents given every member.
+    fn with_cluster(manifest: &str) -> Gang {
+        let cluster = tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(EtcdCluster::start(3));
+        let url = cluster.url();
+        Gang::with_store(manifest, None, Some(cluster), url)
+    }
+
+    fn with_store(
+        manifest: &str,
+        etcd: Option<EtcdServer>,
+        cluster: Option<EtcdCluster>,
+        store_url: String,
+    ) -> Gang {
         common::bin("tessera-agent");
         common::bin("tessera-trainer");
         Gang {
             dir: common::run_dir(manifest),
             sockets: tempfile::Builder::new().prefix("ta-").tempdir().unwrap(),
-            etcd,
+            _etcd: etcd,
+            cluster,
+            store_url,
             agents: Vec::new(),
         }
     }
@@ -81,12 +105,18 @@ impl Gang {
     /// Starts the agent of `node` in its own process group (so a test can kill it with its
     /// ranks), its log in `agent-{node}.log`.
     fn start_agent(&mut self, node: &str, extra: &[&str]) {
+        self.start_agent_with_env(node, extra, &[]);
+    }
+
+    /// [`Gang::start_agent`] with extra environment for the agent and its ranks.
+    fn start_agent_with_env(&mut self, node: &str, extra: &[&str], env: &[(&str, String)]) {
         let log = std::fs::File::create(self.path(&format!("agent-{node}.log"))).unwrap();
         let child = Command::new(common::bin("tessera-agent"))
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .arg("--config")
             .arg(self.path("run.yaml"))
             .args(["--node", node, "--namespace", "e2e"])
-            .args(["--store", &format!("etcd://{}", self.etcd.endpoint())])
+            .args(["--store", &self.store_url])
             .arg("--trainer")
             .arg(common::bin("tessera-trainer"))
             .arg("--base-dir")
@@ -146,6 +176,23 @@ impl Gang {
             out.push((node, status.success(), report));
         }
         out
+    }
+
+    /// The process id of `node`'s agent (its process group holds its ranks).
+    fn agent_pid(&self, node: &str) -> i32 {
+        let (_, child) = self.agents.iter().find(|(n, _)| n == node).unwrap();
+        child.id() as i32
+    }
+
+    /// Waits for the agents of `nodes` only; the others keep running.
+    fn finish_nodes(&mut self, nodes: &[&str], limit: Duration) -> Vec<(String, bool, Json)> {
+        let (wanted, others): (Vec<_>, Vec<_>) = std::mem::take(&mut self.agents)
+            .into_iter()
+            .partition(|(n, _)| nodes.contains(&n.as_str()));
+        self.agents = wanted;
+        let reports = self.finish(limit);
+        self.agents = others;
+        reports
     }
 
     fn log(&self, node: &str) -> String {
@@ -275,6 +322,120 @@ fn a_killed_rank_of_a_lora_run_resumes_with_identical_adapters() {
             .as_str()
             .is_some_and(|s| s.len() == 64)
     );
+}
+
+/// The first step the history records after `since` (ms since the Unix epoch), and when.
+fn first_step_after(gang: &Gang, since: u128) -> (u64, u128) {
+    std::fs::read_to_string(gang.path("history.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Json>(l).ok())
+        .filter_map(|r| Some((r["step"].as_u64()?, u128::from(r["unixMs"].as_u64()?))))
+        .find(|&(_, ms)| ms > since)
+        .expect("a step after the fault")
+}
+
+fn now_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+}
+
+/// `text`'s fault-free weights; then the same run on 2 agents over a 3-member etcd cluster,
+/// at step 15, with the cluster's leader.
+fn on_a_cluster_at_step_15(text: &str) -> (String, tokio::runtime::Runtime, Gang, usize) {
+    let clean = undisturbed_weights(text);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut gang = Gang::with_cluster(text);
+    gang.start_agent("n0", &[]);
+    gang.start_agent("n1", &[]);
+    common::wait_for_step(&gang.path("history.jsonl"), 15, Duration::from_secs(120));
+    let leader = runtime.block_on(gang.cluster.as_ref().unwrap().leader());
+    (clean, runtime, gang, leader)
+}
+
+/// Scenario 3: the etcd leader SIGKILLed mid-run; the agents fail over to the other members.
+#[test]
+fn the_etcd_leader_killed_mid_run_leaves_the_weights_of_a_run_without_faults() {
+    let (clean, _runtime, mut gang, leader) =
+        on_a_cluster_at_step_15(&manifest("heartbeatTimeoutSeconds: 10"));
+    let cluster = gang.cluster.as_mut().unwrap();
+    cluster.kill(leader);
+    let killed = now_ms();
+    let reports = gang.finish(Duration::from_secs(120));
+    assert_succeeded(&gang, &reports);
+    let (step, at) = first_step_after(&gang, killed);
+    println!(
+        "scenario 3 (etcd leader m{leader} SIGKILLed): step {step} completed {:.2} s later; \
+         {} failure(s)",
+        (at - killed) as f64 / 1000.0,
+        all_failures(&reports).len()
+    );
+    // The run carries on, or restarts once.
+    let failures = all_failures(&reports);
+    assert!(failures.len() <= 1, "{failures:?}");
+    assert_eq!(weights(&reports), clean);
+}
+
+/// Scenario 4: etcd without quorum (2 of 3 members down) for longer than the heartbeat
+/// timeout and the lease TTL. The ranks stop once their generation cannot be confirmed; when
+/// quorum is back the gang restarts once from its checkpoint and ends with the weights of a
+/// run without faults.
+#[test]
+fn etcd_without_quorum_for_longer_than_the_heartbeat_leaves_the_weights_of_a_run_without_faults() {
+    let (clean, runtime, mut gang, leader) =
+        on_a_cluster_at_step_15(&manifest("heartbeatTimeoutSeconds: 2"));
+    let cluster = gang.cluster.as_mut().unwrap();
+    let other = (leader + 1) % 3;
+    cluster.kill(leader);
+    cluster.kill(other);
+    let lost = now_ms();
+    // Quorum lost for longer than the heartbeat timeout (2 s) and the agents' lease TTL (2 s).
+    std::thread::sleep(Duration::from_secs(5));
+    let last_before = std::fs::read_to_string(gang.path("history.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Json>(l).ok())
+        .filter_map(|r| r["step"].as_u64())
+        .max()
+        .unwrap_or(0);
+    let cluster = gang.cluster.as_mut().unwrap();
+    cluster.start_member(leader);
+    let back = now_ms();
+    runtime.block_on(cluster.wait_healthy(leader));
+    let reports = gang.finish(Duration::from_secs(120));
+    assert_succeeded(&gang, &reports);
+    let (step, at) = first_step_after(&gang, back);
+    let failures = all_failures(&reports);
+    println!(
+        "scenario 4 (etcd quorum lost for 5 s): the ranks stopped at step {last_before}; step \
+         {step} completed {:.2} s after quorum returned; failures: {:?}",
+        at.saturating_sub(back) as f64 / 1000.0,
+        failures
+            .iter()
+            .map(|f| f["kind"].as_str().unwrap_or_default())
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        failures.iter().any(|f| f["kind"] == "store-unreachable"),
+        "the agents did not notice the store was gone: {failures:?}"
+    );
+    assert!(lost > 0);
+    // Said once per outage, not at every retry (the agents retried for seconds, every 0.2 to
+    // 5 s, and refreshed their leases every 0.2 s): one outage, or two where the store
+    // stumbled again while its members caught up.
+    for node in ["n0", "n1"] {
+        let log = gang.log(node);
+        let said = log.matches("cannot reach the coordination store").count();
+        let back = log.matches("the coordination store answers again").count();
+        assert!(
+            (1..=2).contains(&said) && back == said,
+            "{node} said it {said} times, and {back} times that the store is back:\n{log}"
+        );
+    }
+    assert_eq!(weights(&reports), clean);
+    gang.cluster.as_mut().unwrap().start_member(other);
 }
 
 #[test]
@@ -506,4 +667,132 @@ fn an_unreachable_store_is_retried_then_refused_clearly() {
     assert!(err.contains("cannot reach etcd"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(30));
     assert!(!Path::new(&dir.path().join("checkpoints")).exists());
+}
+
+/// Waits until `path` exists; panics after `limit`.
+fn wait_for_file(path: &Path, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} did not appear within {limit:?}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Scenario 5, a stale rank: rank 0 (the committer, on n0) is held just before it asks to
+/// commit step 20, and its whole node (agent and ranks) is paused there. The fixed-size gang
+/// goes on in generation 2 with a replacement node n2 and finishes. When n0 wakes, rank 0's
+/// commit of step 20 for generation 1 is refused by the store; the checkpoint directory holds
+/// only commits the store recorded for their then-current generation, and the weights are the
+/// undisturbed run's.
+#[test]
+fn a_stale_rank_zero_that_wakes_in_an_ended_generation_cannot_commit() {
+    let text = manifest("heartbeatTimeoutSeconds: 10");
+    let clean = undisturbed_weights(&text);
+
+    let mut gang = Gang::new(&text);
+    let release = gang.path("release-commit");
+    let hold = format!("20:{}", release.display());
+    gang.start_agent_with_env("n0", &[], &[("TESSERA_DRILL_HOLD_COMMIT", hold)]);
+    gang.start_agent("n1", &[]);
+    let held = release.with_extension("held");
+    wait_for_file(&held, Duration::from_secs(120));
+    let rank0: i32 = std::fs::read_to_string(&held)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let n0 = gang.agent_pid("n0");
+    kill(Pid::from_raw(-n0), Signal::SIGSTOP).unwrap();
+    let paused = Instant::now();
+    let paused_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    gang.start_agent("n2", &[]);
+
+    // The gang goes on with n1 and n2 and finishes in generation 2.
+    let reports = gang.finish_nodes(&["n1", "n2"], Duration::from_secs(120));
+    assert_succeeded(&gang, &reports);
+    for (_, _, report) in &reports {
+        assert_eq!(report["generation"], 2, "{report}");
+    }
+    let n1 = &reports.iter().find(|(n, ..)| n == "n1").unwrap().2;
+    assert_eq!(n1["rankSummary"]["worldSize"], 4, "{n1}");
+    assert_eq!(n1["rankSummary"]["weightsSha256"], clean.as_str(), "{n1}");
+    let failures = all_failures(&reports);
+    let failure = failures
+        .iter()
+        .find(|f| f["recoverySeconds"].as_f64().is_some())
+        .unwrap_or_else(|| panic!("no recovery time: {failures:?}"));
+    let detected = (failure["detectedUnixMs"].as_u64().unwrap() - paused_ms) as f64 / 1e3;
+    let recovery = failure["recoverySeconds"].as_f64().unwrap();
+    println!(
+        "scenario 5 (stale rank): n0 paused; {} detected after {detected:.2} s; generation 2 \
+         stepping {recovery:.2} s after that; the run finished {:.1} s after the pause",
+        failure["kind"],
+        paused.elapsed().as_secs_f64()
+    );
+
+    // Wake rank 0 first, let it ask its (still paused) agent, then wake the agent.
+    std::fs::write(&release, "go").unwrap();
+    kill(Pid::from_raw(rank0), Signal::SIGCONT).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    kill(Pid::from_raw(-n0), Signal::SIGCONT).unwrap();
+    let refusal = "refused the commit of checkpoint step 20: it was written by generation 1, \
+                   but the run's current generation is 2";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !gang.log("n0").contains(refusal) {
+        assert!(
+            Instant::now() < deadline,
+            "n0's agent did not refuse the stale commit:\n{}",
+            gang.log("n0")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    gang.kill_agent("n0");
+
+    // Every committed checkpoint is the one the store recorded, by its then-current generation.
+    let records = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = tessera_store::connect(&gang.store_url, Duration::from_secs(10))
+            .await
+            .unwrap();
+        tessera_store::RunStore::new(
+            store,
+            tessera_api::store_keys::RunKeys::new("e2e", "agents"),
+        )
+        .checkpoint_commits()
+        .await
+        .unwrap()
+    });
+    let listing = tessera_checkpoint::list_checkpoints(&gang.path("checkpoints")).unwrap();
+    let committed: Vec<_> = listing.iter().filter(|c| c.committed).collect();
+    assert!(!committed.is_empty());
+    for c in committed {
+        let record = records
+            .iter()
+            .find(|r| r.step == c.step)
+            .unwrap_or_else(|| panic!("step {} has no commit record: {records:?}", c.step));
+        assert_eq!(
+            tessera_checkpoint::marker_sha256(&c.dir).unwrap(),
+            record.manifest_sha256,
+            "step {}",
+            c.step
+        );
+        let manifest = tessera_checkpoint::read_manifest(&c.dir, Some(c.step)).unwrap();
+        assert_eq!(manifest.generation, record.generation, "step {}", c.step);
+        assert_eq!(
+            manifest.generation,
+            if c.step <= 10 { 1 } else { 2 },
+            "step {}",
+            c.step
+        );
+    }
+    assert!(
+        records.iter().all(|r| r.step <= 10 || r.generation == 2),
+        "generation 1 recorded a commit after the pause: {records:?}"
+    );
 }

@@ -496,6 +496,7 @@ fn alerts_and_dashboard_read_only_exported_metrics() {
         "TesseraNoStepProgress",
         "TesseraGPUUnhealthy",
         "TesseraCheckpointStale",
+        "TesseraStoreUnreachable",
         "TesseraOperatorNotLeading",
     ] {
         assert!(alerts.contains(wanted), "{wanted} missing from {alerts:?}");

@@ -14,5 +14,6 @@ pub mod metrics;
 pub mod node;
 pub mod ranks;
 pub mod service;
+pub mod store_health;
 
 pub use node::{AgentConfig, AgentEnd, AgentError, AgentReport, run_agent};

@@ -27,6 +27,8 @@ pub struct AgentMetrics {
     gpu_healthy: IntGaugeVec,
     recovery: HistogramVec,
     checkpoint_step: IntGaugeVec,
+    store_reachable: IntGaugeVec,
+    store_outages: IntCounterVec,
     labels: [String; 3],
 }
 
@@ -95,8 +97,24 @@ impl AgentMetrics {
             ),
             &base,
         )?;
+        let store_reachable = IntGaugeVec::new(
+            Opts::new(
+                names::AGENT_STORE_REACHABLE,
+                "1 while the coordination store answers this agent, 0 while no endpoint does",
+            ),
+            &base,
+        )?;
+        let store_outages = IntCounterVec::new(
+            Opts::new(
+                names::AGENT_STORE_OUTAGES_TOTAL,
+                "Times this agent lost the coordination store (once per outage)",
+            ),
+            &base,
+        )?;
         for c in [
             Box::new(ranks.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(store_reachable.clone()),
+            Box::new(store_outages.clone()),
             Box::new(restarts.clone()),
             Box::new(generation.clone()),
             Box::new(heartbeat_age.clone()),
@@ -119,8 +137,15 @@ impl AgentMetrics {
                 reason.as_str(),
             ]);
         }
+        let [a, b, c] = &labels;
+        store_reachable
+            .with_label_values(&[a.as_str(), b, c])
+            .set(1);
+        store_outages.with_label_values(&[a.as_str(), b, c]);
         Ok(AgentMetrics {
             registry,
+            store_reachable,
+            store_outages,
             ranks,
             restarts,
             generation,
@@ -148,6 +173,17 @@ impl AgentMetrics {
         self.restarts
             .with_label_values(&self.l(reason.as_str()))
             .inc();
+    }
+
+    /// The store answered again (`true`) or stopped answering (`false`; counts an outage).
+    pub fn store_reachable(&self, reachable: bool) {
+        let [a, b, c, _] = self.l("");
+        self.store_reachable
+            .with_label_values(&[a, b, c])
+            .set(i64::from(reachable));
+        if !reachable {
+            self.store_outages.with_label_values(&[a, b, c]).inc();
+        }
     }
 
     pub fn recovered(&self, seconds: f64) {

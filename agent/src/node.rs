@@ -37,7 +37,7 @@ use tessera_api::{
     status::CheckpointRef,
     store_keys::RunKeys,
 };
-use tessera_checkpoint::{list_checkpoints, verify_checkpoint};
+use tessera_checkpoint::{list_checkpoints, marker_sha256, verify_checkpoint};
 use tessera_store::{
     JoinOutcome, LeaseKeeper, Member, RankTable, RankedNode, RendezvousConfig, RendezvousError,
     RunStore, Store, StoreError,
@@ -51,6 +51,7 @@ use crate::{
     metrics::AgentMetrics,
     ranks::{RankExit, RankLaunch, Ranks},
     service::{AgentService, ServiceEvent, serve_on_socket},
+    store_health::StoreHealth,
 };
 
 /// Everything one node's agent needs.
@@ -174,9 +175,22 @@ pub async fn run_agent(
         })?;
     let _stop_serving = serving.drop_guard();
 
-    let lease = LeaseKeeper::start(store.clone(), config.lease_ttl).await?;
-    let mut generation = run.current_generation().await?;
+    let health = StoreHealth::new(store.target(), metrics.clone());
+    let lease = start_lease(&health, &store, config.lease_ttl, &shutdown).await?;
+    let Some(generation) = health
+        .retry(
+            "reading the generation",
+            &shutdown,
+            RendezvousError::is_transient,
+            || run.current_generation(),
+        )
+        .await
+    else {
+        return Ok(stopped_before_start(&config));
+    };
+    let mut generation = generation?;
     let mut agent = Agent {
+        health: &health,
         gpu_health: config.gpu_health.clone(),
         config: &config,
         store,
@@ -268,6 +282,7 @@ enum Joined {
 /// One node agent's state across generations.
 struct Agent<'a> {
     config: &'a AgentConfig,
+    health: &'a StoreHealth,
     store: Arc<dyn Store>,
     run: RunStore,
     board: Arc<Board>,
@@ -404,7 +419,8 @@ impl Agent<'_> {
             *self.lease.status().borrow(),
             tessera_store::LeaseStatus::Lost(_)
         ) {
-            self.lease = LeaseKeeper::start(self.store.clone(), config.lease_ttl).await?;
+            self.lease =
+                start_lease(self.health, &self.store, config.lease_ttl, self.shutdown).await?;
         }
         let joined = tokio::select! {
             j = self.run.join(generation, &member, self.lease.lease(), &rdzv) => j,
@@ -428,11 +444,12 @@ impl Agent<'_> {
             }
             Err(e @ RendezvousError::MembershipLost { .. }) => {
                 tracing::warn!("{e}");
-                self.lease = LeaseKeeper::start(self.store.clone(), config.lease_ttl).await?;
+                self.lease =
+                    start_lease(self.health, &self.store, config.lease_ttl, self.shutdown).await?;
                 return Ok(Joined::Retry(generation));
             }
             Err(e) if e.is_transient() => {
-                tracing::warn!("rendezvous: {e}; retrying");
+                self.health.unreachable("joining the rendezvous", &e);
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 return Ok(Joined::Retry(generation));
             }
@@ -441,6 +458,16 @@ impl Agent<'_> {
         let Some(me) = table.node(&config.node).cloned() else {
             return Ok(Joined::Retry(generation));
         };
+        // The lease's last refresh may predate a store outage: confirm it before the ranks
+        // start, so the generation begins confirmed (or is retried).
+        if let Err(e) = self.lease.confirm().await {
+            tracing::warn!(
+                generation,
+                "cannot confirm this node's lease after joining: {e}"
+            );
+            return Ok(Joined::Retry(generation));
+        }
+        self.health.answered();
         tracing::info!(
             generation,
             world = table.world_size,
@@ -461,7 +488,8 @@ impl Agent<'_> {
         pool: &[u32],
     ) -> Result<(Ranks, GenerationEnd), AgentError> {
         let config = self.config;
-        let (resume, resume_step) = newest_valid_checkpoint(config);
+        let (resume, resume_step) =
+            newest_valid_checkpoint(&config.run.checkpoint_root(), &self.run).await;
         self.metrics.checkpoint_step(resume_step);
         if resume.is_empty() {
             tracing::info!(
@@ -483,6 +511,7 @@ impl Agent<'_> {
         let end = watch_generation(
             Generation {
                 config,
+                health: self.health,
                 run: &self.run,
                 board: &self.board,
                 metrics: self.metrics,
@@ -550,6 +579,7 @@ impl Agent<'_> {
         let detected_unix_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
+        let store_away = kind == FailureKind::StoreUnreachable;
         let failure = Failure {
             generation,
             kind,
@@ -557,12 +587,29 @@ impl Agent<'_> {
             detected_unix_ms,
             recovery_seconds: None,
         };
-        let ended = GenerationEnded::new(failure.clone());
-        let won = self
-            .run
-            .bump_generation(generation, &ended.to_json())
+        let ended = GenerationEnded::new(failure.clone()).to_json();
+        // Without the store, stop the ranks first: the bump waits for the store to answer.
+        if store_away {
+            self.board.direct(Directive::Abort);
+            ranks.stop(self.config.stop_grace).await;
+        }
+        let won = match self
+            .health
+            .retry(
+                "ending the generation",
+                self.shutdown,
+                RendezvousError::is_transient,
+                || self.run.bump_generation(generation, &ended),
+            )
             .await
-            .unwrap_or(false);
+        {
+            Some(Ok(won)) => won,
+            Some(Err(e)) => {
+                tracing::warn!(generation, "cannot end the generation: {e}");
+                false
+            }
+            None => false,
+        };
         // One failure per ended generation: the bump's winner records it. A loser saw a
         // consequence (its ranks lost their peers) or the same failure a moment later.
         if won {
@@ -576,8 +623,10 @@ impl Agent<'_> {
             let recorded = recorded_failure(&self.run, generation).await;
             self.ended_by_peers.extend(recorded);
         }
-        self.board.direct(Directive::Abort);
-        ranks.stop(self.config.stop_grace).await;
+        if !store_away {
+            self.board.direct(Directive::Abort);
+            ranks.stop(self.config.stop_grace).await;
+        }
         if me.first_rank == 0 || won {
             publish(
                 &self.run,
@@ -590,7 +639,19 @@ impl Agent<'_> {
             )
             .await;
         }
-        let next = self.run.current_generation().await?.max(generation + 1);
+        let next = match self
+            .health
+            .retry(
+                "reading the generation",
+                self.shutdown,
+                RendezvousError::is_transient,
+                || self.run.current_generation(),
+            )
+            .await
+        {
+            Some(next) => next?.max(generation + 1),
+            None => generation + 1,
+        };
         let backoff = backoff_delay(
             self.config.run.run.spec.fault_tolerance.backoff_seconds,
             next.saturating_sub(1),
@@ -609,6 +670,44 @@ impl Agent<'_> {
     }
 }
 
+/// A lease of `ttl`, asked for until the store answers; [`AgentError::Store`] only for a
+/// lasting error, or when `shutdown` comes first.
+async fn start_lease(
+    health: &StoreHealth,
+    store: &Arc<dyn Store>,
+    ttl: Duration,
+    shutdown: &CancellationToken,
+) -> Result<LeaseKeeper, AgentError> {
+    match health
+        .retry(
+            "granting a lease",
+            shutdown,
+            StoreError::is_transient,
+            || LeaseKeeper::start(store.clone(), ttl),
+        )
+        .await
+    {
+        Some(lease) => Ok(lease?),
+        None => Err(AgentError::Store(StoreError::Unavailable {
+            operation: "granting a lease",
+            target: store.target(),
+            message: "the agent was shut down before the store answered".into(),
+        })),
+    }
+}
+
+/// The report of an agent shut down before its first generation.
+fn stopped_before_start(config: &AgentConfig) -> AgentReport {
+    AgentReport {
+        end: AgentEnd::Stopped { checkpoint_step: 0 },
+        node: config.node.clone(),
+        generation: 0,
+        failures: Vec::new(),
+        rank_summary: None,
+        gpus: Vec::new(),
+    }
+}
+
 /// `base × 2^(restarts-1)`, capped at ten minutes.
 pub fn backoff_delay(base_seconds: u32, restarts: u64) -> Duration {
     if base_seconds == 0 || restarts == 0 {
@@ -618,16 +717,42 @@ pub fn backoff_delay(base_seconds: u32, restarts: u64) -> Duration {
     Duration::from_secs((u64::from(base_seconds) * factor).min(600))
 }
 
-/// The newest committed checkpoint that verifies; older ones are logged when a newer one is
-/// skipped, and its step. Empty and 0 when none (the trainer initialises).
-fn newest_valid_checkpoint(config: &AgentConfig) -> (String, u64) {
-    let root = config.run.checkpoint_root();
-    let Ok(listing) = list_checkpoints(&root) else {
+/// The newest committed checkpoint that verifies and that the store vouches for, and its
+/// step; older ones are tried when a newer one is skipped (logged). Empty and 0 when none (the
+/// trainer initialises).
+///
+/// The store's commit record of a step (written only while its writer's generation was
+/// current) names the SHA-256 of the commit marker: a directory whose marker hashes otherwise
+/// was renamed into place by a writer that had lost its generation, and is skipped. A step
+/// without a record is taken on the files' word (checkpoints from before fencing, or a local
+/// run resumed with a fresh store).
+async fn newest_valid_checkpoint(root: &std::path::Path, run: &RunStore) -> (String, u64) {
+    let Ok(listing) = list_checkpoints(root) else {
         return (String::new(), 0);
+    };
+    let records = match run.checkpoint_commits().await {
+        Ok(records) => records,
+        Err(e) => {
+            tracing::warn!(
+                "cannot read the checkpoint commit records ({e}); trusting the files alone"
+            );
+            Vec::new()
+        }
     };
     let mut committed: Vec<_> = listing.into_iter().filter(|c| c.committed).collect();
     committed.sort_by_key(|c| std::cmp::Reverse(c.step));
     for c in committed {
+        if let Some(record) = records.iter().find(|r| r.step == c.step) {
+            let on_disk = marker_sha256(&c.dir).unwrap_or_default();
+            if !on_disk.eq_ignore_ascii_case(&record.manifest_sha256) {
+                tracing::warn!(
+                    dir = %c.dir.display(),
+                    recorded_generation = record.generation,
+                    "this checkpoint is not the one the store recorded as committed (its writer had lost its generation); falling back to an older one"
+                );
+                continue;
+            }
+        }
         let report = verify_checkpoint(&c.dir);
         if report.is_valid() {
             return (c.dir.to_string_lossy().into_owned(), c.step);
@@ -642,6 +767,7 @@ fn newest_valid_checkpoint(config: &AgentConfig) -> (String, u64) {
 #[derive(Clone, Copy)]
 struct Generation<'a> {
     config: &'a AgentConfig,
+    health: &'a StoreHealth,
     run: &'a RunStore,
     board: &'a Board,
     metrics: &'a AgentMetrics,
@@ -669,6 +795,7 @@ struct Watched<'a> {
 async fn watch_generation(generation: Generation<'_>, watched: Watched<'_>) -> GenerationEnd {
     let Generation {
         config,
+        health,
         run,
         board,
         metrics,
@@ -706,6 +833,8 @@ async fn watch_generation(generation: Generation<'_>, watched: Watched<'_>) -> G
     };
     let superseded = run.wait_for_generation_past(generation);
     tokio::pin!(superseded);
+    // Set once the generation watch failed for good (never poll a finished future again).
+    let mut superseded_failed = false;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut last_publish = Instant::now() - Duration::from_secs(10);
     let mut exited: Vec<RankExit> = Vec::new();
@@ -746,12 +875,19 @@ async fn watch_generation(generation: Generation<'_>, watched: Watched<'_>) -> G
                 {
                     return GenerationEnd::Failed { kind: FailureKind::Hang, reason: stall.to_string() };
                 }
+                if let Some(end) = unconfirmed_generation(lease, health, generation, &config.node) {
+                    return end;
+                }
                 let beats = board.ranks();
                 metrics.ranks(&beats);
                 note_recovery(&beats, failed_at, failures, metrics);
                 if first_rank == 0 && last_publish.elapsed() > Duration::from_secs(1) {
                     last_publish = Instant::now();
-                    publish(run, board, generation, RunPhase::Running, &known(failures, ended_by_peers), "", table.world_size).await;
+                    // Progress is best effort: a store that does not answer must not hold up
+                    // the watch.
+                    let failures = known(failures, ended_by_peers);
+                    let report = publish(run, board, generation, RunPhase::Running, &failures, "", table.world_size);
+                    let _ = tokio::time::timeout(Duration::from_millis(500), report).await;
                 }
             }
             node = next_departure(&mut departures) => {
@@ -768,11 +904,13 @@ async fn watch_generation(generation: Generation<'_>, watched: Watched<'_>) -> G
                     return end;
                 }
             }
-            newer = &mut superseded => {
-                if let Ok(newer) = newer {
-                    return GenerationEnd::Superseded(newer);
+            newer = &mut superseded, if !superseded_failed => match newer {
+                Ok(newer) => return GenerationEnd::Superseded(newer),
+                Err(e) => {
+                    tracing::warn!("cannot watch the generation any longer: {e}");
+                    superseded_failed = true;
                 }
-            }
+            },
             _ = &mut lost => {
                 return GenerationEnd::Failed {
                     kind: FailureKind::LeaseLost,
@@ -782,7 +920,7 @@ async fn watch_generation(generation: Generation<'_>, watched: Watched<'_>) -> G
             event = events.recv() => match event {
                 Some(ServiceEvent::Committed(checkpoint)) => {
                     metrics.checkpoint_step(checkpoint.step);
-                    publish_checkpoint(run, &checkpoint).await;
+                    publish_checkpoint(run, generation, &checkpoint).await;
                 }
                 Some(ServiceEvent::Stop { reason, checkpoint, reply }) => {
                     tracing::info!(%reason, checkpoint, "stop requested");
@@ -860,6 +998,32 @@ fn note_recovery(
     *failed_at = None;
 }
 
+/// Whether the store still vouches for this node: its lease refreshes are reported to
+/// `health`, and once the store has not confirmed the lease for a whole TTL (it may have
+/// expired there, and the gang may have moved on) the generation ends, so the ranks stop
+/// before their next step rather than train on in a generation nobody can confirm.
+fn unconfirmed_generation(
+    lease: &LeaseKeeper,
+    health: &StoreHealth,
+    generation: u64,
+    node: &str,
+) -> Option<GenerationEnd> {
+    match &*lease.status().borrow() {
+        tessera_store::LeaseStatus::Alive => health.answered(),
+        tessera_store::LeaseStatus::Unconfirmed(e) => health.unreachable("refreshing the lease", e),
+        tessera_store::LeaseStatus::Lost(_) => {}
+    }
+    let silent = lease.unconfirmed_for();
+    (silent > lease.ttl()).then(|| GenerationEnd::Failed {
+        kind: FailureKind::StoreUnreachable,
+        reason: format!(
+            "{node} cannot confirm generation {generation}: the coordination store has not confirmed its lease for {:.1} s (TTL {} s)",
+            silent.as_secs_f64(),
+            lease.ttl().as_secs()
+        ),
+    })
+}
+
 /// A GPU given to one of this node's ranks that turned unhealthy ends the generation.
 fn unhealthy_rank_gpu(given: &[u32], gpu_health: &GpuHealth, node: &str) -> Option<GenerationEnd> {
     let unhealthy = gpu_health.now();
@@ -885,10 +1049,15 @@ fn rank_summary(exit: &RankExit) -> Option<RankSummary> {
     }
 }
 
-/// Marks this node's ranks as ended cleanly, before it leaves the generation.
+/// Marks this node's ranks as ended cleanly, before it leaves the generation; only while
+/// `generation` is current (a node that lost its generation has nothing to say about it).
 async fn mark_done(run: &RunStore, generation: u64, node: &str) {
     let key = run.keys().node_done(generation, node);
-    if let Err(e) = run.store().put(&key, b"1".to_vec(), None).await {
+    let what = format!("{node}'s done record");
+    if let Err(e) = run
+        .put_if_current(generation, &what, &key, b"1".to_vec())
+        .await
+    {
         tracing::warn!("cannot mark {node} done in generation {generation}: {e}");
     }
 }
@@ -916,9 +1085,17 @@ async fn next_departure(departures: &mut Option<tessera_store::Departures>) -> S
     }
 }
 
-async fn publish_checkpoint(run: &RunStore, checkpoint: &CheckpointRef) {
+/// Publishes the newest committed checkpoint, only while `generation` is current.
+async fn publish_checkpoint(run: &RunStore, generation: u64, checkpoint: &CheckpointRef) {
     if let Ok(json) = serde_json::to_vec(checkpoint)
-        && let Err(e) = run.publish_latest_checkpoint(&json).await
+        && let Err(e) = run
+            .put_if_current(
+                generation,
+                "the newest checkpoint",
+                &run.keys().latest_checkpoint(),
+                json,
+            )
+            .await
     {
         tracing::warn!("cannot publish the newest checkpoint: {e}");
     }
@@ -1053,6 +1230,47 @@ mod tests {
             (first, "hang")
         );
         assert_eq!(known[1], own);
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_the_store_did_not_record_as_committed_is_skipped() {
+        use tessera_api::records::{CheckpointCommit, Record};
+        use tessera_checkpoint::testing::committed;
+
+        let root = tempfile::tempdir().unwrap();
+        let run = RunStore::new(
+            Arc::new(tessera_store::EmbeddedStore::new()),
+            RunKeys::new("test", "run"),
+        );
+        let generation = run.current_generation().await.unwrap();
+        let ten = committed(root.path(), 10, b"ten");
+        let twenty = committed(root.path(), 20, b"twenty");
+        // No records (a run from before fencing, or a fresh store): the files decide.
+        let (dir, step) = newest_valid_checkpoint(root.path(), &run).await;
+        assert_eq!((dir, step), (twenty.to_string_lossy().into_owned(), 20));
+
+        let record = |step: u64, sha: String| CheckpointCommit {
+            version: CheckpointCommit::VERSION,
+            step,
+            generation,
+            node: "a".into(),
+            manifest_sha256: sha,
+            unix_ms: 0,
+        };
+        run.record_commit(&record(10, marker_sha256(&ten).unwrap()))
+            .await
+            .unwrap();
+        // The store recorded other bytes for step 20: the directory there was renamed into
+        // place by a writer that had lost its generation. Step 10 is the newest vouched for.
+        run.record_commit(&record(20, "00".repeat(32)))
+            .await
+            .unwrap();
+        let (dir, step) = newest_valid_checkpoint(root.path(), &run).await;
+        assert_eq!((dir, step), (ten.to_string_lossy().into_owned(), 10));
+        run.record_commit(&record(20, marker_sha256(&twenty).unwrap()))
+            .await
+            .unwrap();
+        assert_eq!(newest_valid_checkpoint(root.path(), &run).await.1, 20);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The agent's gRPC service to its ranks (`tessera.agent.v1.Agent`), served on a unix socket:
 //! rendezvous (publish the rank's peer address in the store, wait for every rank of the
 //! generation, answer with the rank table), heartbeats (recorded on the [`Board`], answered
-//! with the directive), checkpoint notices, and Stop.
+//! with the directive), the commit fence (rank 0 may commit a checkpoint only once the store
+//! has recorded the commit under its still-current generation), checkpoint notices, and Stop.
 //!
 //! Every request is checked: a rank of another generation, a local rank this node does not
 //! run, or a malformed address gets an error status naming the problem — never a crash.
@@ -13,15 +14,17 @@ use std::{
     time::Duration,
 };
 
+use tessera_api::records::{CheckpointCommit, Record};
 use tessera_api::{
     proto::agent::{
-        CheckpointAck, CheckpointNotice, Directive, HeartbeatReply, HeartbeatRequest, Peer,
-        RankPhase, RendezvousInfo, RendezvousRequest, StopReply, StopRequest,
+        CheckpointAck, CheckpointNotice, CommitGrant, CommitRequest, Directive, HeartbeatReply,
+        HeartbeatRequest, Peer, RankPhase, RendezvousInfo, RendezvousRequest, StopReply,
+        StopRequest,
         agent_server::{Agent, AgentServer},
     },
     status::CheckpointRef,
 };
-use tessera_store::RunStore;
+use tessera_store::{RendezvousError, RunStore};
 use tokio::{net::UnixListener, sync::mpsc};
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -242,6 +245,72 @@ impl Agent for AgentService {
             let _ = self.events.send(ServiceEvent::Committed(checkpoint)).await;
         }
         Ok(Response::new(CheckpointAck {}))
+    }
+
+    async fn confirm_commit(
+        &self,
+        request: Request<CommitRequest>,
+    ) -> Result<Response<CommitGrant>, Status> {
+        let req = request.into_inner();
+        let view = self.board.generation_view().ok_or_else(|| {
+            Status::unavailable("no generation is running on this agent; do not commit")
+        })?;
+        if req.generation != view.generation {
+            tracing::warn!(
+                step = req.step,
+                rank_generation = req.generation,
+                generation = view.generation,
+                "refused a checkpoint commit from an ended generation"
+            );
+            return Err(Status::failed_precondition(format!(
+                "the commit of step {} from generation {} is refused: this agent runs generation {}",
+                req.step, req.generation, view.generation
+            )));
+        }
+        if req.rank != 0 || view.first_rank != 0 {
+            return Err(Status::invalid_argument(format!(
+                "rank {} asked to commit step {}: only rank 0 commits, and this node's ranks start at {}",
+                req.rank, req.step, view.first_rank
+            )));
+        }
+        let digest_ok = req.manifest_sha256.len() == 64
+            && req.manifest_sha256.bytes().all(|b| b.is_ascii_hexdigit());
+        if !digest_ok {
+            return Err(Status::invalid_argument(format!(
+                "manifest_sha256 {:?} is not a SHA-256 in hex (64 characters)",
+                req.manifest_sha256
+            )));
+        }
+        let node = view
+            .table
+            .nodes
+            .iter()
+            .find(|n| n.first_rank == view.first_rank)
+            .map_or_else(String::new, |n| n.node.clone());
+        let commit = CheckpointCommit {
+            version: <CheckpointCommit as Record>::VERSION,
+            step: req.step,
+            generation: req.generation,
+            node,
+            manifest_sha256: req.manifest_sha256.to_ascii_lowercase(),
+            unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        };
+        match self.run.record_commit(&commit).await {
+            Ok(revision) => Ok(Response::new(CommitGrant { revision })),
+            Err(e @ RendezvousError::StaleGeneration { .. }) => {
+                tracing::warn!(step = req.step, "{e}");
+                Err(Status::failed_precondition(e.to_string()))
+            }
+            Err(e) => {
+                tracing::warn!(step = req.step, "cannot record the checkpoint commit: {e}");
+                Err(Status::unavailable(format!(
+                    "the store cannot confirm generation {} now ({e}); do not commit",
+                    req.generation
+                )))
+            }
+        }
     }
 
     async fn stop(&self, request: Request<StopRequest>) -> Result<Response<StopReply>, Status> {

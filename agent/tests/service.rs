@@ -1,14 +1,15 @@
 //! The agent's gRPC service answers bad and out-of-order requests with an error status (or an
 //! abort directive), never a crash: before any generation runs, from another generation, for
 //! a local rank it does not run, with a malformed address, and a checkpoint notice without a
-//! path. A good rendezvous gets the peer table.
+//! path. A good rendezvous gets the peer table. The commit fence grants rank 0's commit only
+//! while the store's generation is the rank's, and records it.
 
 use std::{sync::Arc, time::Duration};
 
 use tessera_agent::{board::Board, service::AgentService};
 use tessera_api::{
     proto::agent::{
-        CheckpointNotice, Directive, HeartbeatRequest, RankPhase, RendezvousRequest,
+        CheckpointNotice, CommitRequest, Directive, HeartbeatRequest, RankPhase, RendezvousRequest,
         agent_server::Agent,
     },
     store_keys::RunKeys,
@@ -17,12 +18,31 @@ use tessera_store::{EmbeddedStore, RankTable, RankedNode, RunStore, Store};
 use tonic::{Code, Request};
 
 fn service() -> (AgentService, Arc<Board>) {
+    let (service, board, _) = service_and_store();
+    (service, board)
+}
+
+fn service_and_store() -> (AgentService, Arc<Board>, RunStore) {
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::new());
     let run = RunStore::new(store, RunKeys::new("ns", "run"));
     let board = Arc::new(Board::default());
     let (events, _) = tokio::sync::mpsc::channel(4);
-    let service = AgentService::new(board.clone(), run, events, Duration::from_millis(300));
-    (service, board)
+    let service = AgentService::new(
+        board.clone(),
+        run.clone(),
+        events,
+        Duration::from_millis(300),
+    );
+    (service, board, run)
+}
+
+fn commit(generation: u64, rank: u32, step: u64, sha: &str) -> Request<CommitRequest> {
+    Request::new(CommitRequest {
+        generation,
+        rank,
+        step,
+        manifest_sha256: sha.into(),
+    })
 }
 
 fn table(generation: u64) -> RankTable {
@@ -116,4 +136,72 @@ async fn a_rendezvous_answers_with_the_peer_table() {
     assert_eq!(info.peers.len(), 1);
     assert_eq!(info.peers[0].address, "127.0.0.1:4242");
     assert_eq!(info.resume_checkpoint, "/ckpt/step-0000000010");
+}
+
+#[tokio::test]
+async fn the_commit_fence_grants_only_the_current_generation_and_records_the_commit() {
+    let (service, board, run) = service_and_store();
+    let sha = "ab".repeat(32);
+    // Nothing runs yet: no commit.
+    let early = service.confirm_commit(commit(1, 0, 10, &sha)).await;
+    assert_eq!(early.unwrap_err().code(), Code::Unavailable);
+
+    assert_eq!(run.current_generation().await.unwrap(), 1);
+    board.begin_generation(table(1), 0, 1, String::new());
+    let granted = service
+        .confirm_commit(commit(1, 0, 10, &sha))
+        .await
+        .unwrap();
+    assert!(granted.into_inner().revision > 0);
+    let records = run.checkpoint_commits().await.unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(
+        (
+            records[0].step,
+            records[0].generation,
+            records[0].node.as_str()
+        ),
+        (10, 1, "a")
+    );
+    assert_eq!(records[0].manifest_sha256, sha);
+
+    // Only rank 0 commits, with a real digest.
+    let other = service.confirm_commit(commit(1, 1, 20, &sha)).await;
+    assert_eq!(other.unwrap_err().code(), Code::InvalidArgument);
+    let short = service.confirm_commit(commit(1, 0, 20, "abc")).await;
+    assert_eq!(short.unwrap_err().code(), Code::InvalidArgument);
+
+    // The gang moved on in the store while this agent still runs generation 1 (it was paused
+    // or cut off and has not seen the bump): the store refuses, naming both generations.
+    assert!(run.bump_generation(1, "peer-lost: drill").await.unwrap());
+    let stale = service
+        .confirm_commit(commit(1, 0, 20, &"cd".repeat(32)))
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), Code::FailedPrecondition);
+    assert!(
+        stale.message().contains("generation 1")
+            && stale.message().contains("current generation is 2"),
+        "{stale:?}"
+    );
+    let steps: Vec<u64> = run
+        .checkpoint_commits()
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.step)
+        .collect();
+    assert_eq!(steps, [10], "the refused commit left no record");
+
+    // A rank of an older generation than the agent's is refused before the store is asked.
+    board.begin_generation(table(2), 0, 1, String::new());
+    let old = service
+        .confirm_commit(commit(1, 0, 20, &sha))
+        .await
+        .unwrap_err();
+    assert_eq!(old.code(), Code::FailedPrecondition);
+    assert!(
+        old.message().contains("this agent runs generation 2"),
+        "{old:?}"
+    );
 }

@@ -35,6 +35,11 @@ pub const AGENT_GPU_HEALTHY: &str = "tessera_agent_gpu_healthy";
 pub const AGENT_RECOVERY_SECONDS: &str = "tessera_agent_recovery_seconds";
 /// The step of the newest committed checkpoint the agent knows of (0 before the first).
 pub const AGENT_CHECKPOINT_STEP: &str = "tessera_agent_checkpoint_step";
+/// 1 while the agent's last exchange with the coordination store succeeded, 0 while it cannot
+/// reach any endpoint.
+pub const AGENT_STORE_REACHABLE: &str = "tessera_agent_store_reachable";
+/// Times the agent lost the coordination store (each outage counts once).
+pub const AGENT_STORE_OUTAGES_TOTAL: &str = "tessera_agent_store_outages_total";
 
 // === operator ===
 pub const OPERATOR_RECONCILE_TOTAL: &str = "tessera_operator_reconcile_total";
@@ -73,6 +78,8 @@ pub const ALL: &[&str] = &[
     AGENT_GPU_HEALTHY,
     AGENT_RECOVERY_SECONDS,
     AGENT_CHECKPOINT_STEP,
+    AGENT_STORE_REACHABLE,
+    AGENT_STORE_OUTAGES_TOTAL,
     OPERATOR_RECONCILE_TOTAL,
     OPERATOR_RECONCILE_ERRORS_TOTAL,
     OPERATOR_RECONCILE_SECONDS,

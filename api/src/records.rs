@@ -7,6 +7,7 @@
 //! | [`StepRecord`] | rank 0 of the trainer, each step | a line of `history.jsonl` (`--history`) | `tessera run` / `tessera status` (the loss curve) |
 //! | [`AgentProgress`] | the agent of rank 0 | the store's `progress` key | `tessera run` (progress display), `tessera status`; the operator reads its [`RunProgress`] part |
 //! | [`GenerationEnded`] | the agent whose bump ended a generation | `rendezvous/{g}/ended` | every agent (the failure a peer saw) |
+//! | [`CheckpointCommit`] | the agent of rank 0, before rank 0 commits, only while its generation is current | `checkpoints/commits/{step}` | every agent (which checkpoint directory is the committed one) |
 //! | [`Failure`], [`FailureKind`], [`RunPhase`] | parts of the above | | |
 //!
 //! Keys come from [`crate::store_keys::RunKeys`]. Versioning: every record persisted to disk
@@ -250,6 +251,9 @@ pub enum FailureKind {
     PeerLost,
     /// This agent's own lease expired.
     LeaseLost,
+    /// The coordination store did not confirm this agent's lease for a whole lease TTL: the
+    /// generation can no longer be confirmed, so the node's ranks stop.
+    StoreUnreachable,
     /// A GPU under a rank turned unhealthy.
     GpuUnhealthy,
     /// A failure recorded without a kind (an empty kind, or an old free-text record).
@@ -260,11 +264,12 @@ pub enum FailureKind {
 
 impl FailureKind {
     /// Every kind an agent detects, in the order the metrics list them.
-    pub const DETECTED: [FailureKind; 5] = [
+    pub const DETECTED: [FailureKind; 6] = [
         FailureKind::RankExit,
         FailureKind::Hang,
         FailureKind::PeerLost,
         FailureKind::LeaseLost,
+        FailureKind::StoreUnreachable,
         FailureKind::GpuUnhealthy,
     ];
 
@@ -274,6 +279,7 @@ impl FailureKind {
             FailureKind::Hang => "hang",
             FailureKind::PeerLost => "peer-lost",
             FailureKind::LeaseLost => "lease-lost",
+            FailureKind::StoreUnreachable => "store-unreachable",
             FailureKind::GpuUnhealthy => "gpu-unhealthy",
             FailureKind::Unknown => "failure",
             FailureKind::Other(kind) => kind,
@@ -379,6 +385,31 @@ impl fmt::Display for GenerationEnded {
         write!(f, "{}: {}", self.failure.kind, self.failure.reason)
     }
 }
+
+// === checkpoint commits ===
+
+/// `checkpoints/commits/{step}`: the commit of a checkpoint, recorded by the agent of rank 0 in
+/// a transaction that holds only while the writer's generation is still current, before rank 0
+/// renames the directory into place. The store, not the file system, says which bytes are the
+/// committed checkpoint of a step: a directory whose commit marker does not hash to
+/// `manifest_sha256` was left by a writer that lost its generation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointCommit {
+    #[serde(default = "version_1")]
+    pub version: u32,
+    pub step: u64,
+    /// The generation whose rank 0 wrote it.
+    pub generation: u64,
+    /// The node of that rank 0.
+    pub node: String,
+    /// SHA-256 (hex) of the commit marker (`manifest.json`) as written.
+    pub manifest_sha256: String,
+    /// Milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+}
+
+impl_record!(CheckpointCommit, 1, "a checkpoint commit record");
 
 // === progress ===
 

@@ -19,6 +19,8 @@
 //!                                   (`records::GenerationEnded`, JSON)
 //!   progress                        the newest progress report (`records::AgentProgress`)
 //!   checkpoints/latest              the newest committed checkpoint (`status::CheckpointRef`)
+//!   checkpoints/commits/{step}      the commit of that step (`records::CheckpointCommit`),
+//!                                   written only while its writer's generation is current
 //! ```
 //!
 //! Every key is built here; no other code joins key text.
@@ -112,6 +114,16 @@ impl RunKeys {
     pub fn latest_checkpoint(&self) -> String {
         format!("{}checkpoints/latest", self.prefix)
     }
+
+    /// Every checkpoint commit record (ends in `/`).
+    pub fn checkpoint_commits_prefix(&self) -> String {
+        format!("{}checkpoints/commits/", self.prefix)
+    }
+
+    /// The commit record of `step` (zero-padded, so the keys sort by step).
+    pub fn checkpoint_commit(&self, step: u64) -> String {
+        format!("{}{step:010}", self.checkpoint_commits_prefix())
+    }
 }
 
 #[cfg(test)]
@@ -167,6 +179,14 @@ mod tests {
         assert_eq!(
             keys.latest_checkpoint(),
             "/tessera/v1/runs/ml/gpt2-small/checkpoints/latest"
+        );
+        assert_eq!(
+            keys.checkpoint_commit(120),
+            "/tessera/v1/runs/ml/gpt2-small/checkpoints/commits/0000000120"
+        );
+        assert!(
+            keys.checkpoint_commit(120)
+                .starts_with(&keys.checkpoint_commits_prefix())
         );
         // Every key lives under the run's prefix, so one prefix watch sees them all.
         for key in [

@@ -13,14 +13,15 @@
 #![forbid(unsafe_code)]
 
 mod list;
+pub mod testing;
 mod verify;
 
 use std::path::{Path, PathBuf};
 
 pub use list::{CheckpointListing, checkpoint_dirs, list_checkpoints};
 pub use verify::{
-    FileCheck, InvalidReason, VerifyReport, compare, hash_file, read_manifest, read_verified,
-    verify_checkpoint,
+    FileCheck, InvalidReason, VerifyReport, compare, hash_file, marker_digest, marker_sha256,
+    read_manifest, read_verified, verify_checkpoint,
 };
 
 /// The checkpoint root could not be read.

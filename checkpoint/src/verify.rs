@@ -127,6 +127,18 @@ pub fn verify_checkpoint(dir: &Path) -> VerifyReport {
     report
 }
 
+/// SHA-256 (hex) of a directory's commit marker as it lies on disk: what the store's commit
+/// record of the step names (`tessera_api::records::CheckpointCommit`).
+pub fn marker_sha256(dir: &Path) -> std::io::Result<String> {
+    let bytes = std::fs::read(dir.join(COMMIT_MARKER))?;
+    Ok(marker_digest(&bytes))
+}
+
+/// SHA-256 (hex) of commit-marker bytes.
+pub fn marker_digest(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 /// Reads and checks a directory's manifest (the commit marker): it parses, has a known
 /// version, names the directory's step, and lists only plain file names.
 pub fn read_manifest(

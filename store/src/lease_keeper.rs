@@ -1,8 +1,8 @@
 //! `LeaseKeeper`: grants a lease and refreshes it every ttl/3 in a background task, telling its
 //! owner (a `tokio::sync::watch` channel) when the lease is in doubt or lost.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -32,6 +32,10 @@ pub struct LeaseKeeper {
     lease: LeaseId,
     ttl: Duration,
     status: watch::Receiver<LeaseStatus>,
+    /// Shared with the refresh task, so a [`LeaseKeeper::confirm`] shows at once.
+    status_tx: Arc<watch::Sender<LeaseStatus>>,
+    /// When the store last confirmed the lease (granted or refreshed).
+    confirmed: Arc<Mutex<Instant>>,
     task: JoinHandle<()>,
 }
 
@@ -39,14 +43,25 @@ impl LeaseKeeper {
     /// Grants a lease of `ttl` (whole seconds, rounded up) and starts refreshing it.
     pub async fn start(store: Arc<dyn Store>, ttl: Duration) -> Result<LeaseKeeper, StoreError> {
         let ttl = Duration::from_secs(ttl_seconds(ttl)?.unsigned_abs());
+        let asked = Instant::now();
         let lease = store.grant_lease(ttl).await?;
         let (tx, status) = watch::channel(LeaseStatus::Alive);
-        let task = tokio::spawn(refresh(store.clone(), lease, ttl, tx));
+        let status_tx = Arc::new(tx);
+        let confirmed = Arc::new(Mutex::new(asked));
+        let task = tokio::spawn(refresh(
+            store.clone(),
+            lease,
+            ttl,
+            status_tx.clone(),
+            confirmed.clone(),
+        ));
         Ok(LeaseKeeper {
             store,
             lease,
             ttl,
             status,
+            status_tx,
+            confirmed,
             task,
         })
     }
@@ -57,6 +72,33 @@ impl LeaseKeeper {
 
     pub fn ttl(&self) -> Duration {
         self.ttl
+    }
+
+    /// How long ago the store last confirmed the lease: measured from when the confirming
+    /// request was sent, so the lease surely lives until `ttl` after that. Past `ttl` the lease
+    /// may have expired in the store and the gang may have moved on without this owner.
+    pub fn unconfirmed_for(&self) -> Duration {
+        self.confirmed
+            .lock()
+            .map_or(Duration::MAX, |at| at.elapsed())
+    }
+
+    /// Refreshes the lease now (not waiting for the next period): after a store outage, this
+    /// is how an owner learns at once whether its lease survived.
+    pub async fn confirm(&self) -> Result<(), StoreError> {
+        let asked = Instant::now();
+        self.store.keep_alive(self.lease).await?;
+        if let Ok(mut at) = self.confirmed.lock() {
+            *at = (*at).max(asked);
+        }
+        self.status_tx.send_if_modified(|s| {
+            let changed = matches!(s, LeaseStatus::Unconfirmed(_));
+            if changed {
+                *s = LeaseStatus::Alive;
+            }
+            changed
+        });
+        Ok(())
     }
 
     /// The lease's status, updated as refreshes succeed or fail.
@@ -100,15 +142,31 @@ async fn refresh(
     store: Arc<dyn Store>,
     lease: LeaseId,
     ttl: Duration,
-    status: watch::Sender<LeaseStatus>,
+    status: Arc<watch::Sender<LeaseStatus>>,
+    confirmed: Arc<Mutex<Instant>>,
 ) {
     let period = ttl / 3;
     let retry = (ttl / 10).max(Duration::from_millis(50));
+    // A refresh that takes longer than this is given up and tried again (a store without
+    // quorum holds a request for long; a fresh try reaches it as soon as it answers again).
+    let patience = period.max(Duration::from_millis(500));
     let mut delay = period;
     loop {
         tokio::time::sleep(delay).await;
-        match store.keep_alive(lease).await {
+        let asked = Instant::now();
+        let refreshed = match tokio::time::timeout(patience, store.keep_alive(lease)).await {
+            Ok(refreshed) => refreshed,
+            Err(_) => Err(StoreError::Timeout {
+                target: store.target(),
+                operation: "lease keep-alive",
+                after: patience,
+            }),
+        };
+        match refreshed {
             Ok(_) => {
+                if let Ok(mut at) = confirmed.lock() {
+                    *at = (*at).max(asked);
+                }
                 status.send_if_modified(|s| {
                     let changed = *s != LeaseStatus::Alive;
                     *s = LeaseStatus::Alive;
@@ -117,7 +175,10 @@ async fn refresh(
                 delay = period;
             }
             Err(e) if e.is_transient() => {
-                tracing::warn!("cannot refresh lease {lease} yet: {e}");
+                // Said once per outage; the owner watches the status for the rest.
+                if *status.borrow() == LeaseStatus::Alive {
+                    tracing::warn!("cannot refresh lease {lease}: {e}; retrying");
+                }
                 status.send_replace(LeaseStatus::Unconfirmed(e));
                 delay = retry;
             }

@@ -48,7 +48,20 @@ pub use tessera_checkpoint::{
     CheckpointListing, FileCheck, InvalidReason, ListError, VerifyReport, list_checkpoints,
     verify_checkpoint,
 };
-pub use write::{CommittedCheckpoint, PartialCheckpoint, remove_stale_partials, write_checkpoint};
+pub use write::{
+    CommittedCheckpoint, PartialCheckpoint, remove_stale_partials, write_checkpoint,
+    write_checkpoint_fenced,
+};
+
+/// Whoever supervises the run decides whether a checkpoint may be committed: asked by the
+/// committing rank after every file is durable and before the commit marker is written, with
+/// the marker's SHA-256. Under an agent this is the store's fence (`supervised::AgentLink`):
+/// the commit is recorded only while the rank's generation is current, so a rank that was
+/// paused or cut off while the gang moved on is refused and commits nothing.
+pub trait CommitFence: Send + Sync {
+    /// `Err(why)`: do not commit.
+    fn confirm(&self, step: u64, marker_sha256: &str) -> Result<(), String>;
+}
 
 /// The parameters' file in a checkpoint directory.
 pub const MODEL_FILE: &str = "model.safetensors";
@@ -105,6 +118,8 @@ pub enum CheckpointError {
     KeepZero,
     #[error("{0}")]
     Manifest(String),
+    #[error("the commit of checkpoint step {step} was refused, so nothing was committed: {reason}")]
+    Refused { step: u64, reason: String },
     #[error("the background checkpoint writer stopped unexpectedly: {0}")]
     WriterLost(String),
 }

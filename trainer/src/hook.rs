@@ -4,8 +4,9 @@
 //! ways over the agent's socket.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use crate::checkpoint::CommittedCheckpoint;
+use crate::checkpoint::{CommitFence, CommittedCheckpoint};
 use crate::metrics::StepReport;
 
 /// What the loop is doing, for the supervisor's hang detection and status.
@@ -67,6 +68,10 @@ pub trait RunHook {
     }
     /// On the rank that committed a checkpoint.
     fn checkpoint_committed(&mut self, _done: &CommittedCheckpoint, _write_seconds: f64) {}
+    /// What the committing rank asks before each commit; `None`: commit unasked.
+    fn commit_fence(&self) -> Option<Arc<dyn CommitFence>> {
+        None
+    }
 }
 
 /// No supervisor: always go on.

@@ -21,6 +21,7 @@ use crate::lora::DropoutPlan;
 use std::{
     net::SocketAddr,
     path::PathBuf,
+    sync::Arc,
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -38,9 +39,9 @@ use tracing::{info, warn};
 use crate::{
     backend::Backend,
     checkpoint::{
-        BackgroundWriter, CheckpointError, CheckpointSnapshot, CheckpointTensors, GangWriter,
-        LoadedCheckpoint, NamedTensor, ShardSnapshot, find_latest_valid, flat_optimizer_state,
-        load_checkpoint, write_checkpoint,
+        BackgroundWriter, CheckpointError, CheckpointSnapshot, CheckpointTensors, CommitFence,
+        GangWriter, LoadedCheckpoint, NamedTensor, ShardSnapshot, find_latest_valid,
+        flat_optimizer_state, load_checkpoint, write_checkpoint_fenced,
     },
     collective::{Collective, Solo, device::CollectiveChoice},
     data::{
@@ -367,7 +368,8 @@ pub fn train_ranked<B: Backend>(
 /// (`checkpoint.async` in one process), or one shard per rank, committed by rank 0 when all
 /// are durable (a gang; a synchronous gang checkpoint is submit-then-wait).
 enum CheckpointSink {
-    Inline,
+    /// With the supervisor's commit fence, if any.
+    Inline(Option<Arc<dyn CommitFence>>),
     Background(BackgroundWriter),
     Gang(Box<GangWriter>),
 }
@@ -497,12 +499,15 @@ impl<'h, B: Backend> Trainer<'h, B> {
             info!(addr = %bound, "serving /metrics");
         }
         let keep = spec.checkpoint.keep;
+        let fence = hook.commit_fence();
         let sink = if world > 1 {
-            CheckpointSink::Gang(Box::new(GangWriter::new(&checkpoint_root, keep)?))
+            let gang = GangWriter::new(&checkpoint_root, keep)?.with_fence(fence);
+            CheckpointSink::Gang(Box::new(gang))
         } else if spec.checkpoint.async_write {
-            CheckpointSink::Background(BackgroundWriter::new(&checkpoint_root, keep)?)
+            let writer = BackgroundWriter::new(&checkpoint_root, keep)?.with_fence(fence);
+            CheckpointSink::Background(writer)
         } else {
-            CheckpointSink::Inline
+            CheckpointSink::Inline(fence)
         };
         Ok(Trainer {
             spec: spec.clone(),
@@ -825,14 +830,15 @@ impl<'h, B: Backend> Trainer<'h, B> {
                 committed(metrics, hook, started, done);
                 *started = Some(t_stall);
             }
-            CheckpointSink::Inline => {
+            CheckpointSink::Inline(fence) => {
                 let names = optimizer_names(self.model.as_ref());
                 let tensors = checkpoint_tensors(self.model.as_ref(), &params, &state, &names);
-                let done = write_checkpoint(
+                let done = write_checkpoint_fenced(
                     &self.checkpoint_root,
                     manifest,
                     &tensors,
                     spec.checkpoint.keep,
+                    fence.as_deref(),
                 )?;
                 *started = Some(t_stall);
                 committed(metrics, hook, started, Some(done));
@@ -847,7 +853,7 @@ impl<'h, B: Backend> Trainer<'h, B> {
     /// Reports a checkpoint the background or gang writer finished since the last look.
     fn poll_checkpoints(&mut self) -> Result<(), RunError> {
         let done = match &mut self.sink {
-            CheckpointSink::Inline => None,
+            CheckpointSink::Inline(_) => None,
             CheckpointSink::Background(writer) => writer.poll()?,
             CheckpointSink::Gang(gang) => gang.poll(self.dp.comm())?,
         };
@@ -858,7 +864,7 @@ impl<'h, B: Backend> Trainer<'h, B> {
     /// Waits for the last checkpoint and sums the run up.
     fn finish(mut self, stopped_at: Option<u64>) -> Result<RunSummary, RunError> {
         let done = match &mut self.sink {
-            CheckpointSink::Inline => None,
+            CheckpointSink::Inline(_) => None,
             CheckpointSink::Background(writer) => writer.wait()?,
             CheckpointSink::Gang(gang) => gang.wait(self.dp.comm())?,
         };

@@ -8,6 +8,8 @@
 //! start_heartbeats ─▶ every interval, and after every step: Heartbeat{step, phase, loss…}
 //!                      ◀── directive (sticky: the strongest one seen wins until acted on)
 //! step loop: RunHook::step_done reads the directive; checkpoint_committed sends a notice
+//! rank 0, before each commit: ConfirmCommit(generation, step, marker SHA-256) ─▶ granted, or
+//!                              refused (the generation ended, or the store cannot confirm it)
 //! ```
 //!
 //! If the agent stops answering for longer than the orphan timeout, the link turns into an
@@ -24,14 +26,14 @@ use std::{
 
 use hyper_util::rt::TokioIo;
 use tessera_api::proto::agent::{
-    CheckpointNotice, Directive as WireDirective, HeartbeatRequest, RankPhase, RendezvousInfo,
-    RendezvousRequest, agent_client::AgentClient,
+    CheckpointNotice, CommitRequest, Directive as WireDirective, HeartbeatRequest, RankPhase,
+    RendezvousInfo, RendezvousRequest, agent_client::AgentClient,
 };
 use tokio::{net::UnixStream, runtime::Runtime, sync::Notify};
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::{
-    checkpoint::CommittedCheckpoint,
+    checkpoint::{CommitFence, CommittedCheckpoint},
     hook::{Directive, Phase, ResumeFrom, RunHook},
     metrics::StepReport,
 };
@@ -254,7 +256,73 @@ fn heartbeat_request(beat: &Beat) -> HeartbeatRequest {
     }
 }
 
+/// The agent's commit fence: the store records rank 0's commit only while its generation is
+/// current ([`CommitFence`]).
+struct AgentFence {
+    runtime: tokio::runtime::Handle,
+    client: AgentClient<Channel>,
+    generation: u64,
+    rank: u32,
+}
+
+/// Fault drills only: `STEP:FILE` makes rank 0, about to ask for the commit of step STEP,
+/// write its process id to `FILE.held` and wait until FILE exists, so a test can pause or cut
+/// off its node at exactly that moment.
+pub const HOLD_COMMIT_ENV: &str = "TESSERA_DRILL_HOLD_COMMIT";
+
+fn drill_hold(step: u64) {
+    let Ok(setting) = std::env::var(HOLD_COMMIT_ENV) else {
+        return;
+    };
+    let Some((at, file)) = setting.split_once(':') else {
+        return;
+    };
+    if at.parse::<u64>().ok() != Some(step) {
+        return;
+    }
+    let release = PathBuf::from(file);
+    let _ = std::fs::write(format!("{file}.held"), std::process::id().to_string());
+    tracing::warn!(
+        step,
+        file,
+        "drill: holding the commit until the file exists"
+    );
+    while !release.exists() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl CommitFence for AgentFence {
+    fn confirm(&self, step: u64, marker_sha256: &str) -> Result<(), String> {
+        drill_hold(step);
+        let request = CommitRequest {
+            generation: self.generation,
+            rank: self.rank,
+            step,
+            manifest_sha256: marker_sha256.to_string(),
+        };
+        let mut client = self.client.clone();
+        let answer = self.runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), client.confirm_commit(request)).await
+        });
+        match answer {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(status)) => Err(format!("the agent refused it: {}", status.message())),
+            Err(_) => Err("the agent did not answer within 10 s".to_string()),
+        }
+    }
+}
+
 impl RunHook for AgentLink {
+    fn commit_fence(&self) -> Option<Arc<dyn CommitFence>> {
+        Some(Arc::new(AgentFence {
+            runtime: self.runtime.handle().clone(),
+            client: self.client.clone(),
+            generation: self.generation,
+            rank: self.rank,
+        }))
+    }
+
     /// The agent picks and verifies the checkpoint; the rank loads exactly that one.
     fn resume_from(&self) -> ResumeFrom {
         if self.resume_checkpoint.is_empty() {

@@ -38,6 +38,8 @@ pub struct EtcdStore {
     target: String,
     /// How long a broken watch keeps trying to re-open before it gives up.
     reconnect_timeout: Duration,
+    /// How many members the client was given.
+    members: usize,
 }
 
 impl EtcdStore {
@@ -65,6 +67,7 @@ impl EtcdStore {
                         client,
                         target: target.clone(),
                         reconnect_timeout: timeout.max(Duration::from_secs(1)),
+                        members: endpoints.len(),
                     };
                     // Connecting is lazy: a call proves etcd answers.
                     match store.get("/tessera/.probe").await {
@@ -95,17 +98,40 @@ impl EtcdStore {
         }
     }
 
-    /// Runs one etcd call with the call timeout, mapping its error.
-    async fn call<T, F>(
+    /// Runs one etcd call with the call timeout, mapping its error. A try that never reached
+    /// a member (the connection to the endpoint the client picked was refused: a member is
+    /// down) is made again at once, so the client's balancer moves on to another endpoint;
+    /// nothing was sent, so even a transaction is safe to repeat. Twice as many tries as there
+    /// are members, then the error is the caller's (every member refused).
+    async fn call<T, F, Fut>(
         &self,
         operation: &'static str,
         lease: Option<LeaseId>,
-        f: F,
+        mut attempt: F,
     ) -> Result<T, StoreError>
     where
-        F: Future<Output = Result<T, etcd_client::Error>>,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        match tokio::time::timeout(CALL_TIMEOUT, f).await {
+        let tries = async {
+            let mut delay = Duration::from_millis(5);
+            let mut left = 2 * self.members;
+            loop {
+                left = left.saturating_sub(1);
+                match attempt().await {
+                    Err(e) if never_sent(&e) && left > 0 => {
+                        tracing::debug!(
+                            "{operation} on {}: {e}; trying another member",
+                            self.target
+                        );
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_millis(200));
+                    }
+                    other => return other,
+                }
+            }
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, tries).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(from_etcd(e, &self.target, operation, lease)),
             Err(_) => Err(StoreError::Timeout {
@@ -115,6 +141,16 @@ impl EtcdStore {
             }),
         }
     }
+}
+
+/// Whether a call failed before anything reached etcd: the connection was refused.
+fn never_sent(e: &etcd_client::Error) -> bool {
+    let text = match e {
+        etcd_client::Error::GRpcStatus(status) => status.message().to_string(),
+        etcd_client::Error::TransportError(e) => format!("{e:?}"),
+        _ => return false,
+    };
+    text.contains("tcp connect error") || text.contains("Connection refused")
 }
 
 /// The revision in a response header (0 if etcd sent none).
@@ -177,16 +213,21 @@ impl Store for EtcdStore {
 
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         check_key(key)?;
-        let mut kv = self.client.kv_client();
-        let resp = self.call("get", None, kv.get(key, None)).await?;
+        let resp = self
+            .call("get", None, || {
+                let mut kv = self.client.kv_client();
+                async move { kv.get(key, None).await }
+            })
+            .await?;
         Ok(resp.kvs().first().map(kv_from_etcd))
     }
 
     async fn range(&self, prefix: &str) -> Result<Range, StoreError> {
-        let mut kv = self.client.kv_client();
-        let options = GetOptions::new().with_prefix();
         let resp = self
-            .call("range", None, kv.get(prefix, Some(options)))
+            .call("range", None, || {
+                let mut kv = self.client.kv_client();
+                async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await }
+            })
             .await?;
         // etcd answers in key order.
         Ok(Range {
@@ -202,24 +243,37 @@ impl Store for EtcdStore {
         lease: Option<LeaseId>,
     ) -> Result<i64, StoreError> {
         check_key(key)?;
-        let mut kv = self.client.kv_client();
-        let options = lease.map(|l| PutOptions::new().with_lease(l.0));
-        let resp = self.call("put", lease, kv.put(key, value, options)).await?;
+        let resp = self
+            .call("put", lease, || {
+                let mut kv = self.client.kv_client();
+                let options = lease.map(|l| PutOptions::new().with_lease(l.0));
+                let value = value.clone();
+                async move { kv.put(key, value, options).await }
+            })
+            .await?;
         Ok(header_revision(resp.header()))
     }
 
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
         check_key(key)?;
-        let mut kv = self.client.kv_client();
-        let resp = self.call("delete", None, kv.delete(key, None)).await?;
+        let resp = self
+            .call("delete", None, || {
+                let mut kv = self.client.kv_client();
+                async move { kv.delete(key, None).await }
+            })
+            .await?;
         Ok(resp.deleted() > 0)
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
-        let mut kv = self.client.kv_client();
-        let options = DeleteOptions::new().with_prefix();
         let resp = self
-            .call("delete", None, kv.delete(prefix, Some(options)))
+            .call("delete", None, || {
+                let mut kv = self.client.kv_client();
+                async move {
+                    kv.delete(prefix, Some(DeleteOptions::new().with_prefix()))
+                        .await
+                }
+            })
             .await?;
         Ok(resp.deleted().unsigned_abs())
     }
@@ -236,8 +290,13 @@ impl Store for EtcdStore {
             )
             .and_then(txn.success.into_iter().map(op_to_etcd).collect::<Vec<_>>())
             .or_else(txn.failure.into_iter().map(op_to_etcd).collect::<Vec<_>>());
-        let mut kv = self.client.kv_client();
-        let resp = self.call("txn", lease, kv.txn(etcd_txn)).await?;
+        let resp = self
+            .call("txn", lease, || {
+                let mut kv = self.client.kv_client();
+                let etcd_txn = etcd_txn.clone();
+                async move { kv.txn(etcd_txn).await }
+            })
+            .await?;
         Ok(TxnOutcome {
             succeeded: resp.succeeded(),
             revision: header_revision(resp.header()),
@@ -246,9 +305,11 @@ impl Store for EtcdStore {
 
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
         let secs = ttl_seconds(ttl)?;
-        let mut leases = self.client.lease_client();
         let resp = self
-            .call("lease grant", None, leases.grant(secs, None))
+            .call("lease grant", None, || {
+                let mut leases = self.client.lease_client();
+                async move { leases.grant(secs, None).await }
+            })
             .await?;
         if !resp.error().is_empty() {
             return Err(StoreError::Refused {
@@ -261,16 +322,17 @@ impl Store for EtcdStore {
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<Duration, StoreError> {
-        let mut leases = self.client.lease_client();
         // One round trip on a keep-alive stream refreshes the lease (and fails when it is gone).
-        self.call("lease keep-alive", Some(lease), leases.keep_alive(lease.0))
-            .await?;
+        self.call("lease keep-alive", Some(lease), || {
+            let mut leases = self.client.lease_client();
+            async move { leases.keep_alive(lease.0).await }
+        })
+        .await?;
         let resp = self
-            .call(
-                "lease keep-alive",
-                Some(lease),
-                leases.time_to_live(lease.0, None),
-            )
+            .call("lease keep-alive", Some(lease), || {
+                let mut leases = self.client.lease_client();
+                async move { leases.time_to_live(lease.0, None).await }
+            })
             .await?;
         // etcd answers -1 for a lease that is gone; 0 only means "under a second left".
         if resp.ttl() < 0 {
@@ -280,9 +342,11 @@ impl Store for EtcdStore {
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
-        let mut leases = self.client.lease_client();
-        self.call("lease revoke", Some(lease), leases.revoke(lease.0))
-            .await?;
+        self.call("lease revoke", Some(lease), || {
+            let mut leases = self.client.lease_client();
+            async move { leases.revoke(lease.0).await }
+        })
+        .await?;
         Ok(())
     }
 

@@ -39,11 +39,30 @@ async fn create(
     if let Some(start) = start_revision {
         options = options.with_start_revision(start);
     }
-    let mut client = store.client.watch_client();
     let mut stream = store
-        .call("watch", None, client.watch(prefix, Some(options)))
+        .call("watch", None, || {
+            let mut client = store.client.watch_client();
+            let options = options.clone();
+            async move { client.watch(prefix, Some(options)).await }
+        })
         .await?;
-    let first = store.call("watch", None, stream.message()).await?;
+    // The first answer comes on the stream just opened: awaited once, never repeated.
+    let first = {
+        let mut once = Some(stream.message());
+        store
+            .call("watch", None, || {
+                let next = once.take();
+                async move {
+                    match next {
+                        Some(next) => next.await,
+                        None => Err(etcd_client::Error::WatchError(
+                            "the watch's first answer was already awaited".into(),
+                        )),
+                    }
+                }
+            })
+            .await?
+    };
     match first {
         Some(resp) if resp.canceled() => Err(canceled(store, &resp, start_revision.unwrap_or(0))),
         Some(resp) if resp.created() => {
@@ -130,6 +149,9 @@ async fn pump(
     }
 }
 
+/// The first delay before a broken watch is re-opened.
+const FIRST_REOPEN: Duration = Duration::from_millis(50);
+
 /// Re-opens a broken watch from `next`, retrying with backoff; `None` when it gave up (the error
 /// was sent to the caller) or the caller went away.
 async fn reopen(
@@ -139,7 +161,7 @@ async fn reopen(
     tx: &Sender,
 ) -> Option<EtcdWatchStream> {
     let started = Instant::now();
-    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+    let mut backoff = Backoff::new(FIRST_REOPEN, Duration::from_secs(1));
     loop {
         let error = match create(store, prefix, Some(next)).await {
             Ok((stream, _)) => return Some(stream),
@@ -154,9 +176,16 @@ async fn reopen(
             let _ = tx.send(Err(error)).await;
             return None;
         }
-        tracing::warn!(
-            "cannot re-open the watch of {prefix:?} yet ({error}); retrying in {delay:?}"
-        );
+        // Said once per outage; the repeats are debug lines.
+        if delay == FIRST_REOPEN {
+            tracing::warn!(
+                "cannot re-open the watch of {prefix:?} yet ({error}); retrying with backoff"
+            );
+        } else {
+            tracing::debug!(
+                "cannot re-open the watch of {prefix:?} yet ({error}); retrying in {delay:?}"
+            );
+        }
         tokio::select! {
             _ = tx.closed() => return None,
             _ = tokio::time::sleep(delay) => {}

@@ -53,6 +53,16 @@ pub enum RendezvousError {
         "cannot join generation {requested}: the run's current generation is {current}; join the current generation"
     )]
     NotCurrent { requested: u64, current: u64 },
+    /// A write fenced by generation was refused: the writer's generation is no longer the
+    /// current one (a paused or partitioned writer woke up after the gang moved on).
+    #[error(
+        "refused {what}: it was written by generation {writer}, but the run's current generation is {current}; a writer of an ended generation must stop"
+    )]
+    StaleGeneration {
+        what: String,
+        writer: u64,
+        current: String,
+    },
     /// A key holds something the protocol never writes.
     #[error("{key} holds {value}, which is not {expected}: fix or delete the key")]
     Corrupt {

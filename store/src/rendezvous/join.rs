@@ -14,6 +14,9 @@ use super::{RunStore, parse_json};
 use crate::backoff::Backoff;
 use crate::kv::{Compare, KeyValue, LeaseId, Txn, TxnOp};
 
+/// The first delay before a join retries a store call.
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+
 /// What one look at the state decided.
 enum Step {
     /// The join is over.
@@ -76,7 +79,7 @@ pub(super) async fn join(
         vec![keys.rendezvous_prefix(generation), keys.generation()],
     );
     let mut registered = false;
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+    let mut backoff = Backoff::new(FIRST_RETRY, Duration::from_secs(1));
     let mut retries_in_a_row = 0;
     loop {
         // Watch before reading, so a change after the read always wakes us.
@@ -112,10 +115,18 @@ pub(super) async fn join(
                     return Err(e);
                 }
                 let delay = backoff.next_delay();
-                tracing::warn!(
-                    "{} joining generation {generation}: {store_error}; retrying in {delay:?}",
-                    join.record.node
-                );
+                // Said once per outage; the repeats are debug lines.
+                if delay == FIRST_RETRY {
+                    tracing::warn!(
+                        "{} joining generation {generation}: {store_error}; retrying with backoff",
+                        join.record.node
+                    );
+                } else {
+                    tracing::debug!(
+                        "{} joining generation {generation}: {store_error}; retrying in {delay:?}",
+                        join.record.node
+                    );
+                }
                 tokio::time::sleep_until((Instant::now() + delay).min(join.deadline)).await;
             }
         }

@@ -28,6 +28,13 @@
 //! - **Endings.** The table holds this node: [`JoinOutcome::Joined`]. It was fixed without this
 //!   node: [`RendezvousError::FixedWithout`] (wait for, or bump to, the next generation). The
 //!   generation moved on: [`JoinOutcome::Superseded`].
+//! - **Fencing.** A write that decides anything after the rank table is fixed (a checkpoint's
+//!   commit record, a node's "done" record, the newest checkpoint) goes through
+//!   [`RunStore::put_if_current`]: one transaction that writes only while the generation key
+//!   still holds the writer's generation. A writer paused or cut off while the gang moved on
+//!   gets [`RendezvousError::StaleGeneration`], whatever it believes. etcd serves every read
+//!   and transaction linearizably (Tessera never asks for serializable reads), so a refusal or
+//!   a grant reflects the newest generation.
 //! - **Store restarts.** Transient store errors during a join are logged and retried with
 //!   backoff until the join's timeout; then the store error is returned.
 
@@ -38,6 +45,7 @@ mod watch;
 
 use std::sync::Arc;
 
+use tessera_api::records::{CheckpointCommit, Record};
 use tessera_api::store_keys::RunKeys;
 
 use crate::kv::{Compare, LeaseId, Txn, TxnOp};
@@ -113,6 +121,71 @@ impl RunStore {
                 TxnOp::put(self.keys.generation_end(from), reason),
             ]);
         Ok(self.store.txn(bump).await?.succeeded)
+    }
+
+    /// Puts `key` only if the run's generation is still `generation`, in one transaction;
+    /// returns the revision written. [`RendezvousError::StaleGeneration`] (naming `what` and
+    /// the current generation) when it is not.
+    pub async fn put_if_current(
+        &self,
+        generation: u64,
+        what: &str,
+        key: &str,
+        value: Vec<u8>,
+    ) -> Result<i64, RendezvousError> {
+        let generation_key = self.keys.generation();
+        let put = Txn::new()
+            .when([Compare::value(&generation_key, generation.to_string())])
+            .and_then([TxnOp::Put {
+                key: key.to_string(),
+                value,
+                lease: None,
+            }]);
+        let outcome = self.store.txn(put).await?;
+        if outcome.succeeded {
+            return Ok(outcome.revision);
+        }
+        let current = match self.read_generation().await {
+            Ok(Some(g)) => g.to_string(),
+            Ok(None) => "unset".to_string(),
+            Err(e) => format!("unreadable ({e})"),
+        };
+        Err(RendezvousError::StaleGeneration {
+            what: what.to_string(),
+            writer: generation,
+            current,
+        })
+    }
+
+    /// Records the commit of checkpoint `commit.step` while `commit.generation` is current
+    /// ([`RunStore::put_if_current`]); returns the revision written.
+    pub async fn record_commit(&self, commit: &CheckpointCommit) -> Result<i64, RendezvousError> {
+        self.put_if_current(
+            commit.generation,
+            &format!("the commit of checkpoint step {}", commit.step),
+            &self.keys.checkpoint_commit(commit.step),
+            commit.to_json().into_bytes(),
+        )
+        .await
+    }
+
+    /// Every recorded checkpoint commit, by step (unreadable records are skipped with a
+    /// warning: they cannot vouch for anything).
+    pub async fn checkpoint_commits(&self) -> Result<Vec<CheckpointCommit>, RendezvousError> {
+        let kvs = self
+            .store
+            .get_prefix(&self.keys.checkpoint_commits_prefix())
+            .await?;
+        Ok(kvs
+            .iter()
+            .filter_map(|kv| match CheckpointCommit::from_json(&kv.value) {
+                Ok(commit) => Some(commit),
+                Err(e) => {
+                    tracing::warn!(key = %kv.key, "skipping a checkpoint commit record: {e}");
+                    None
+                }
+            })
+            .collect())
     }
 
     /// Why `generation` ended, as recorded by the bump that ended it; `None` while it has not

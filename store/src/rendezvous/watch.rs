@@ -66,6 +66,7 @@ impl RunStore {
     pub async fn wait_for_generation_past(&self, generation: u64) -> Result<u64, RendezvousError> {
         let key = self.keys.generation();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let mut quiet = false;
         loop {
             // Watch first, then read: a bump after the read is then always seen.
             let outcome = async {
@@ -91,7 +92,16 @@ impl RunStore {
                 Ok(Some(g)) => return Ok(g),
                 Ok(None) => {}
                 Err(e) if e.is_transient() => {
-                    tracing::warn!("waiting for generation {generation} to end: {e}; retrying");
+                    // Said once per outage; the repeats are debug lines.
+                    if std::mem::replace(&mut quiet, true) {
+                        tracing::debug!(
+                            "waiting for generation {generation} to end: {e}; retrying"
+                        );
+                    } else {
+                        tracing::warn!(
+                            "waiting for generation {generation} to end: {e}; retrying with backoff"
+                        );
+                    }
                 }
                 Err(e) => return Err(e),
             }

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! trainer thread:  step … capture ─submit──▶ step … step … poll() ─▶ Ok(Some(committed))
-//! writer thread:                   └─ write_checkpoint(root, manifest, snapshot, keep) ─┘
+//! writer thread:                   └─ write_checkpoint_fenced(root, manifest, snapshot, …) ┘
 //! ```
 //!
 //! One write is in flight at a time: `submit` first waits for the previous one. A failed
@@ -11,19 +11,22 @@
 //! writer is dropped is logged, so no error is lost silently.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use tessera_api::checkpoint::CheckpointManifest;
 
-use super::{CheckpointError, CheckpointSnapshot, CommittedCheckpoint, write_checkpoint};
+use super::{
+    CheckpointError, CheckpointSnapshot, CommitFence, CommittedCheckpoint, write_checkpoint_fenced,
+};
 
 type WriteResult = Result<CommittedCheckpoint, CheckpointError>;
 
 /// Writes checkpoints on a background thread, one at a time.
-#[derive(Debug)]
 pub struct BackgroundWriter {
     root: PathBuf,
     keep: u32,
+    fence: Option<Arc<dyn CommitFence>>,
     in_flight: Option<(u64, JoinHandle<WriteResult>)>,
 }
 
@@ -35,8 +38,15 @@ impl BackgroundWriter {
         Ok(BackgroundWriter {
             root: root.into(),
             keep,
+            fence: None,
             in_flight: None,
         })
+    }
+
+    /// Commits only what `fence` confirms ([`CommitFence`]).
+    pub fn with_fence(mut self, fence: Option<Arc<dyn CommitFence>>) -> BackgroundWriter {
+        self.fence = fence;
+        self
     }
 
     /// The step of the write in flight, if any.
@@ -54,9 +64,13 @@ impl BackgroundWriter {
     ) -> Result<Option<CommittedCheckpoint>, CheckpointError> {
         let previous = self.wait()?;
         let (root, keep, step) = (self.root.clone(), self.keep, manifest.step);
+        let fence = self.fence.clone();
         let handle = std::thread::Builder::new()
             .name(format!("checkpoint-{step}"))
-            .spawn(move || write_checkpoint(&root, manifest, &snapshot.as_tensors(), keep))
+            .spawn(move || {
+                let tensors = snapshot.as_tensors();
+                write_checkpoint_fenced(&root, manifest, &tensors, keep, fence.as_deref())
+            })
             .map_err(|e| {
                 CheckpointError::WriterLost(format!("cannot start the writer thread: {e}"))
             })?;

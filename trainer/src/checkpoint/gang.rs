@@ -6,7 +6,8 @@
 //! step N:        wait for the previous write ─▶ rank 0 begins step-N.partial ─▶ barrier
 //!                ─▶ every rank: snapshot of its shard (rank 0: and the model) ─▶ writer thread
 //! steps N+1 …:   poll: each rank sends pending | done(file entry) | failed(why) to all
-//!                all done ─▶ rank 0 commits (manifest, rename, prune); any failed ─▶ every rank errs
+//!                all done ─▶ rank 0 asks the fence, commits (manifest, rename, prune);
+//!                any failed ─▶ every rank errs
 //! end, stop, the next checkpoint: wait (join the own thread, one exchange, commit)
 //! ```
 //!
@@ -14,12 +15,12 @@
 //! disagrees on whether a write is in flight. A synchronous checkpoint is `submit` then `wait`.
 //! A crash before the commit leaves a `.partial` directory, which is never loaded.
 
-use std::{ops::Range, path::PathBuf, thread::JoinHandle};
+use std::{ops::Range, path::PathBuf, sync::Arc, thread::JoinHandle};
 
 use tessera_api::checkpoint::{CheckpointFile, CheckpointManifest};
 
 use super::{
-    CheckpointError, CommittedCheckpoint, MODEL_FILE, OwnedTensor, PartialCheckpoint,
+    CheckpointError, CommitFence, CommittedCheckpoint, MODEL_FILE, OwnedTensor, PartialCheckpoint,
     remove_stale_partials,
 };
 use crate::collective::Collective;
@@ -53,6 +54,8 @@ struct InFlight {
 pub struct GangWriter {
     root: PathBuf,
     keep: u32,
+    /// Asked by rank 0 before it commits.
+    fence: Option<Arc<dyn CommitFence>>,
     in_flight: Option<InFlight>,
 }
 
@@ -72,8 +75,15 @@ impl GangWriter {
         Ok(GangWriter {
             root: root.into(),
             keep,
+            fence: None,
             in_flight: None,
         })
+    }
+
+    /// Rank 0 commits only what `fence` confirms ([`CommitFence`]).
+    pub fn with_fence(mut self, fence: Option<Arc<dyn CommitFence>>) -> GangWriter {
+        self.fence = fence;
+        self
     }
 
     /// Starts the gang's checkpoint of `manifest.step` (every rank calls this at the same
@@ -197,7 +207,9 @@ impl GangWriter {
         };
         // Rank 0's own files are in `partial`; the others' entries follow.
         let others = files.into_iter().skip(1).collect();
-        partial.commit(manifest, others, self.keep).map(Some)
+        partial
+            .commit_fenced(manifest, others, self.keep, self.fence.as_deref())
+            .map(Some)
     }
 }
 

@@ -631,3 +631,74 @@ fn master_weights_round_trip_in_single_and_sharded_checkpoints() {
     assert_eq!(bits(&flat.v), bits(&state.v));
     assert_eq!(bits(flat.master.as_deref().unwrap()), bits(&master));
 }
+
+/// A fence that grants the steps in `allow` and records what it was asked.
+struct Fence {
+    allow: Vec<u64>,
+    asked: std::sync::Mutex<Vec<(u64, String)>>,
+}
+
+impl CommitFence for Fence {
+    fn confirm(&self, step: u64, marker_sha256: &str) -> Result<(), String> {
+        self.asked
+            .lock()
+            .unwrap()
+            .push((step, marker_sha256.to_string()));
+        if self.allow.contains(&step) {
+            Ok(())
+        } else {
+            Err(format!("generation 1 ended; step {step} is not ours"))
+        }
+    }
+}
+
+#[test]
+fn a_refused_commit_writes_no_marker_and_renames_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let fence = std::sync::Arc::new(Fence {
+        allow: vec![10],
+        asked: Default::default(),
+    });
+    let state = State::new(10);
+    let done = write_checkpoint_fenced(
+        root.path(),
+        manifest(10),
+        &state.tensors(),
+        2,
+        Some(&*fence),
+    )
+    .unwrap();
+    // The fence was asked with the SHA-256 of the marker exactly as it lies on disk.
+    let on_disk = tessera_checkpoint::marker_sha256(&done.dir).unwrap();
+    assert_eq!(fence.asked.lock().unwrap()[0], (10, on_disk));
+
+    // Refused in the background: an error naming the step and the reason, no step-20
+    // directory, no marker anywhere but step 10's; the newest checkpoint is still step 10.
+    let mut writer = BackgroundWriter::new(root.path(), 2)
+        .unwrap()
+        .with_fence(Some(fence.clone() as std::sync::Arc<dyn CommitFence>));
+    writer
+        .submit(
+            manifest(20),
+            CheckpointSnapshot::capture(&State::new(20).tensors()),
+        )
+        .unwrap();
+    let err = writer.wait().unwrap_err();
+    assert!(
+        matches!(err, CheckpointError::Refused { step: 20, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("is not ours"), "{err}");
+    assert!(!root.path().join(checkpoint_dir_name(20)).exists());
+    let partial = root.path().join(format!(
+        "{}{}",
+        checkpoint_dir_name(20),
+        tessera_api::checkpoint::PARTIAL_SUFFIX
+    ));
+    assert!(
+        !partial
+            .join(tessera_api::checkpoint::COMMIT_MARKER)
+            .exists()
+    );
+    assert_is_state(latest(root.path()).loaded.as_ref().unwrap(), 10);
+}

@@ -4,7 +4,9 @@
 //! ```text
 //! PartialCheckpoint::begin(root, N)      step-N.partial/ created empty
 //!   .write_tensor_file("model...", ..)   file written, fsynced, size + SHA-256 → CheckpointFile
-//!   .commit(manifest)                    manifest.json written + fsynced, dir fsynced,
+//!   .commit_fenced(manifest, fence)      the fence confirms the marker's SHA-256 (or refuses:
+//!                                        nothing committed), then
+//!                                        manifest.json written + fsynced, dir fsynced,
 //!                                        rename → step-N, root fsynced, prune beyond keep
 //! ```
 //!
@@ -22,9 +24,10 @@ use tessera_api::checkpoint::{
     COMMIT_MARKER, CheckpointFile, CheckpointManifest, FORMAT_VERSION, PARTIAL_SUFFIX,
     checkpoint_dir_name, parse_checkpoint_dir_name,
 };
+use tessera_checkpoint::marker_digest;
 
 use super::{
-    CheckpointError, CheckpointTensors, MODEL_FILE, NamedTensor, OPTIMIZER_FILE,
+    CheckpointError, CheckpointTensors, CommitFence, MODEL_FILE, NamedTensor, OPTIMIZER_FILE,
     OPTIMIZER_STEP_KEY, optimizer_shard_file,
 };
 
@@ -208,9 +211,23 @@ impl PartialCheckpoint {
     /// A failure to prune is logged, not returned: the checkpoint is committed by then.
     pub fn commit(
         self,
+        manifest: CheckpointManifest,
+        other_ranks_files: Vec<CheckpointFile>,
+        keep: u32,
+    ) -> Result<CommittedCheckpoint, CheckpointError> {
+        self.commit_fenced(manifest, other_ranks_files, keep, None)
+    }
+
+    /// [`PartialCheckpoint::commit`], first asking `fence` (with the commit marker's SHA-256)
+    /// whether it may: a refusal writes no marker and renames nothing
+    /// ([`CheckpointError::Refused`]); the partial directory stays for the next writer to
+    /// remove (a writer that lost its generation must not touch what the gang may be writing).
+    pub fn commit_fenced(
+        self,
         mut manifest: CheckpointManifest,
         other_ranks_files: Vec<CheckpointFile>,
         keep: u32,
+        fence: Option<&dyn CommitFence>,
     ) -> Result<CommittedCheckpoint, CheckpointError> {
         if keep == 0 {
             return Err(CheckpointError::KeepZero);
@@ -221,6 +238,14 @@ impl PartialCheckpoint {
         manifest.files.extend(other_ranks_files);
         let json = serde_json::to_vec_pretty(&manifest)
             .map_err(|e| CheckpointError::Manifest(format!("cannot encode the manifest: {e}")))?;
+        if let Some(fence) = fence {
+            fence
+                .confirm(self.step, &marker_digest(&json))
+                .map_err(|reason| CheckpointError::Refused {
+                    step: self.step,
+                    reason,
+                })?;
+        }
         let marker = self.dir.join(COMMIT_MARKER);
         let mut out = File::create(&marker).map_err(|e| CheckpointError::io(&marker, e))?;
         out.write_all(&json)
@@ -271,6 +296,17 @@ pub fn write_checkpoint(
     tensors: &CheckpointTensors<'_>,
     keep: u32,
 ) -> Result<CommittedCheckpoint, CheckpointError> {
+    write_checkpoint_fenced(root, manifest, tensors, keep, None)
+}
+
+/// [`write_checkpoint`], committing only if `fence` confirms ([`PartialCheckpoint::commit_fenced`]).
+pub fn write_checkpoint_fenced(
+    root: &Path,
+    manifest: CheckpointManifest,
+    tensors: &CheckpointTensors<'_>,
+    keep: u32,
+    fence: Option<&dyn CommitFence>,
+) -> Result<CommittedCheckpoint, CheckpointError> {
     if keep == 0 {
         return Err(CheckpointError::KeepZero);
     }
@@ -289,7 +325,7 @@ pub fn write_checkpoint(
         Ok(())
     })();
     match written {
-        Ok(()) => partial.commit(manifest, Vec::new(), keep),
+        Ok(()) => partial.commit_fenced(manifest, Vec::new(), keep, fence),
         Err(e) => {
             // Nothing was committed; leave no partial behind either.
             let _ = std::fs::remove_dir_all(partial.dir());
