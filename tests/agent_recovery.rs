@@ -10,6 +10,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use common::hosts::{EtcdInHost, TestHosts};
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
@@ -60,6 +61,10 @@ struct Gang {
     cluster: Option<EtcdCluster>,
     store_url: String,
     agents: Vec<(String, Child)>,
+    /// Test hosts, when the gang runs across them: etcd in host 0, agent k in host k + 1.
+    /// Dropped after the agents (Drop) and the etcd inside (declared first).
+    _etcd_in_host: Option<EtcdInHost>,
+    hosts: Option<TestHosts>,
 }
 
 impl Gang {
@@ -95,7 +100,27 @@ impl Gang {
             cluster,
             store_url,
             agents: Vec::new(),
+            _etcd_in_host: None,
+            hosts: None,
         }
+    }
+
+    /// [`Gang::new`] across `nodes` + 1 test hosts: etcd alone in host 0, and each agent
+    /// [`Gang::start_agent`] starts in a host of its own (`n{k}` in host k + 1), its ranks
+    /// listening on that host's address, so the ring and the store traffic cross the bridge.
+    fn across_hosts(manifest: &str, nodes: usize) -> Gang {
+        let hosts = TestHosts::new(nodes + 1);
+        let mut gang = Gang::with_store(manifest, None, None, String::new());
+        let etcd = hosts.start_etcd(0, gang.dir.path(), 1);
+        gang.store_url = format!("etcd://{}:2379", hosts.addr(0));
+        gang._etcd_in_host = Some(etcd);
+        gang.hosts = Some(hosts);
+        gang
+    }
+
+    /// The test host of `node` (`n{k}` → k + 1).
+    fn host_of(node: &str) -> usize {
+        node.trim_start_matches('n').parse::<usize>().unwrap() + 1
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -111,7 +136,16 @@ impl Gang {
     /// [`Gang::start_agent`] with extra environment for the agent and its ranks.
     fn start_agent_with_env(&mut self, node: &str, extra: &[&str], env: &[(&str, String)]) {
         let log = std::fs::File::create(self.path(&format!("agent-{node}.log"))).unwrap();
-        let child = Command::new(common::bin("tessera-agent"))
+        let mut command = match &self.hosts {
+            Some(hosts) => {
+                let host = Gang::host_of(node);
+                let mut command = hosts.command(host, common::bin("tessera-agent"));
+                command.args(["--listen-host", &hosts.addr(host).to_string()]);
+                command
+            }
+            None => Command::new(common::bin("tessera-agent")),
+        };
+        let child = command
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .arg("--config")
             .arg(self.path("run.yaml"))
@@ -157,8 +191,14 @@ impl Gang {
                 if Instant::now() > deadline {
                     let _ = kill(Pid::from_raw(-(child.id() as i32)), Signal::SIGKILL);
                     let _ = child.wait();
+                    let others: String = out
+                        .iter()
+                        .map(|(n, ..): &(String, bool, Json)| {
+                            format!("\n--- {n}:\n{}", self.log(n))
+                        })
+                        .collect();
                     panic!(
-                        "agent {node} did not finish within {limit:?}:\n{}",
+                        "agent {node} did not finish within {limit:?}:\n{}{others}",
                         self.log(&node)
                     );
                 }
@@ -176,6 +216,20 @@ impl Gang {
             out.push((node, status.success(), report));
         }
         out
+    }
+
+    /// The test host `node`'s agent runs in.
+    fn hosts(&self) -> &TestHosts {
+        self.hosts.as_ref().expect("a gang across test hosts")
+    }
+
+    /// The ranks `node`'s agent runs now (trainers in its process group).
+    fn ranks_of(&self, node: &str) -> Vec<i32> {
+        let group = self.agent_pid(node);
+        common::trainers_of(self.dir.path())
+            .into_iter()
+            .filter(|pid| process_group(*pid) == Some(group))
+            .collect()
     }
 
     /// The process id of `node`'s agent (its process group holds its ranks).
@@ -740,7 +794,8 @@ fn a_stale_rank_zero_that_wakes_in_an_ended_generation_cannot_commit() {
     // Wake rank 0 first, let it ask its (still paused) agent, then wake the agent.
     std::fs::write(&release, "go").unwrap();
     kill(Pid::from_raw(rank0), Signal::SIGCONT).unwrap();
-    std::thread::sleep(Duration::from_secs(1));
+    wait_for_file(&release.with_extension("asking"), Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(500));
     kill(Pid::from_raw(-n0), Signal::SIGCONT).unwrap();
     let refusal = "refused the commit of checkpoint step 20: it was written by generation 1, \
                    but the run's current generation is 2";
@@ -748,8 +803,9 @@ fn a_stale_rank_zero_that_wakes_in_an_ended_generation_cannot_commit() {
     while !gang.log("n0").contains(refusal) {
         assert!(
             Instant::now() < deadline,
-            "n0's agent did not refuse the stale commit:\n{}",
-            gang.log("n0")
+            "n0's agent did not refuse the stale commit:\n{}\nrank 0:\n{}",
+            gang.log("n0"),
+            std::fs::read_to_string(gang.path("gen-1-rank-0.log")).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -794,5 +850,191 @@ fn a_stale_rank_zero_that_wakes_in_an_ended_generation_cannot_commit() {
     assert!(
         records.iter().all(|r| r.step <= 10 || r.generation == 2),
         "generation 1 recorded a commit after the pause: {records:?}"
+    );
+}
+
+/// The process group of `pid` (`/proc/PID/stat`, the field after the state).
+fn process_group(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// The newest step in the run's history.
+fn last_step(gang: &Gang) -> u64 {
+    std::fs::read_to_string(gang.path("history.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Json>(l).ok())
+        .filter_map(|r| r["step"].as_u64())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Cuts `node`'s host off for `cut_for`, checking on the way that its ranks stop themselves
+/// while cut off; heals it and lets the gang finish. Returns the reports and when the
+/// partition was healed (ms since the Unix epoch).
+fn partition_and_heal(
+    gang: &mut Gang,
+    node: &str,
+    cut_for: Duration,
+) -> (Vec<(String, bool, Json)>, u128) {
+    let host = Gang::host_of(node);
+    gang.hosts().partition(host);
+    let cut = Instant::now();
+    let at_cut = last_step(gang);
+    let mut stopped = None;
+    while cut.elapsed() < cut_for {
+        if stopped.is_none() && gang.ranks_of(node).is_empty() {
+            stopped = Some(cut.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stopped = stopped.unwrap_or_else(|| {
+        panic!(
+            "{node}'s ranks still run after {cut_for:?} cut off:\n{}",
+            gang.log(node)
+        )
+    });
+    gang.hosts().heal(host);
+    let healed = now_ms();
+    let reports = gang.finish(Duration::from_secs(120));
+    assert_succeeded(gang, &reports);
+    let (step, at) = first_step_after(gang, healed);
+    println!(
+        "{node} cut off at step {at_cut} for {:.0} s: its ranks stopped {:.2} s into the \
+         partition; step {step} completed {:.2} s after healing; generations: {:?}",
+        cut_for.as_secs_f64(),
+        stopped.as_secs_f64(),
+        (at - healed) as f64 / 1000.0,
+        reports
+            .iter()
+            .map(|(_, _, r)| r["generation"].clone())
+            .collect::<Vec<_>>()
+    );
+    (reports, healed)
+}
+
+/// Scenario 1: a worker node (n1, ranks 2 and 3) partitioned from etcd and the other node for
+/// longer than the heartbeat timeout, then healed. Its ranks stop themselves while it is cut
+/// off (its agent cannot confirm the generation); the fixed-size gang waits for it and
+/// restarts when it returns, ending with the weights of a run without faults.
+#[test]
+fn a_partitioned_worker_stops_its_ranks_and_the_fixed_gang_resumes_when_it_returns() {
+    let text = manifest("heartbeatTimeoutSeconds: 3");
+    let clean = undisturbed_weights(&text);
+    let mut gang = Gang::across_hosts(&text, 2);
+    gang.start_agent("n0", &[]);
+    gang.start_agent("n1", &[]);
+    common::wait_for_step(&gang.path("history.jsonl"), 15, Duration::from_secs(120));
+    let (reports, _) = partition_and_heal(&mut gang, "n1", Duration::from_secs(8));
+    assert!(
+        gang.log("n1").contains("n1 cannot confirm generation 1"),
+        "n1 did not stop for want of the store:\n{}",
+        gang.log("n1")
+    );
+    for (_, _, report) in &reports {
+        assert_eq!(report["rankSummary"]["worldSize"], 4, "{report}");
+    }
+    assert_eq!(weights(&reports), clean);
+}
+
+/// Scenario 2: rank 0's node (n0) partitioned while a background checkpoint (step 20) is in
+/// flight, held just before its commit. The commit cannot be recorded, so it never happens: no
+/// torn, partial or doubled checkpoint; every committed checkpoint verifies and was written
+/// by the generation current at the time; the gang resumes when n0 returns and ends with the
+/// weights of a run without faults.
+#[test]
+fn rank_zero_partitioned_mid_checkpoint_commits_nothing_torn_and_the_run_ends_identical() {
+    let text = manifest("heartbeatTimeoutSeconds: 3");
+    assert!(
+        !text.contains("async: false"),
+        "the checkpoints are written in the background"
+    );
+    let clean = undisturbed_weights(&text);
+    let mut gang = Gang::across_hosts(&text, 2);
+    let release = gang.path("release-commit");
+    let hold = format!("20:{}", release.display());
+    gang.start_agent_with_env("n0", &[], &[("TESSERA_DRILL_HOLD_COMMIT", hold)]);
+    gang.start_agent("n1", &[]);
+    wait_for_file(&release.with_extension("held"), Duration::from_secs(120));
+    // Let the commit go on once the partition is in place.
+    let releaser = {
+        let release = release.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            std::fs::write(release, "go").unwrap();
+        })
+    };
+    let (reports, _) = partition_and_heal(&mut gang, "n0", Duration::from_secs(8));
+    releaser.join().unwrap();
+    assert_eq!(weights(&reports), clean);
+
+    let root = gang.path("checkpoints");
+    let mut steps = Vec::new();
+    for entry in std::fs::read_dir(&root).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        assert!(
+            !name.contains("partial"),
+            "{name} is left in the checkpoint directory"
+        );
+        let Some(step) = tessera_api::checkpoint::parse_checkpoint_dir_name(&name) else {
+            continue;
+        };
+        let report = tessera_checkpoint::verify_checkpoint(&entry.path());
+        assert!(report.is_valid(), "{name} does not verify: {report:?}");
+        let manifest = tessera_checkpoint::read_manifest(&entry.path(), Some(step)).unwrap();
+        assert_eq!(
+            manifest.generation,
+            if step <= 10 { 1 } else { 2 },
+            "{name} was committed by generation {}",
+            manifest.generation
+        );
+        steps.push(step);
+    }
+    steps.sort();
+    assert_eq!(steps, [10, 20, 30, 40], "one committed checkpoint per step");
+}
+
+/// Scenario 1, elastic: the same partition of n1 in a gang that may shrink to one node. n0
+/// goes on alone (generation 2, 2 ranks) while n1's ranks stop themselves; when n1 is back it
+/// asks to join, and the gang checkpoints and grows back to 4 ranks (generation 3). The sum
+/// of gradients runs in another order on 2 ranks than on 4, so the weights cannot be the
+/// fault-free run's bits: the run must end on 4 ranks at the last step, with a final loss
+/// within 2% of the fault-free run's.
+#[test]
+fn a_partitioned_worker_of_an_elastic_gang_is_taken_back_at_a_checkpoint() {
+    // Long enough that n0 is still training alone when n1 returns.
+    let text = manifest("heartbeatTimeoutSeconds: 3, minNodes: 1")
+        .replace("training: {steps: 40,", "training: {steps: 200,");
+    assert!(text.contains("steps: 200"));
+    let clean = {
+        let mut gang = Gang::new(&text);
+        gang.start_agent("n0", &[]);
+        gang.start_agent("n1", &[]);
+        let reports = gang.finish(Duration::from_secs(120));
+        assert_succeeded(&gang, &reports);
+        reports[0].2["rankSummary"]["finalLoss"].as_f64().unwrap()
+    };
+    let mut gang = Gang::across_hosts(&text, 2);
+    gang.start_agent("n0", &[]);
+    gang.start_agent("n1", &[]);
+    common::wait_for_step(&gang.path("history.jsonl"), 12, Duration::from_secs(120));
+    let (reports, _) = partition_and_heal(&mut gang, "n1", Duration::from_secs(5));
+    let failures = all_failures(&reports);
+    let grow = failures
+        .iter()
+        .find(|f| f["kind"] == "grow")
+        .unwrap_or_else(|| panic!("the gang did not grow: {failures:?}\n{}", gang.log("n0")));
+    println!("scenario 1, elastic: {}", grow["reason"]);
+    for (node, _, report) in &reports {
+        assert_eq!(report["rankSummary"]["worldSize"], 4, "{node}: {report}");
+        assert_eq!(report["rankSummary"]["steps"], 200, "{node}: {report}");
+        assert_eq!(report["generation"], 3, "{node}: {report}");
+    }
+    let loss = reports[0].2["rankSummary"]["finalLoss"].as_f64().unwrap();
+    assert!(
+        (loss - clean).abs() <= 0.02 * clean,
+        "final loss {loss} against {clean} without faults"
     );
 }

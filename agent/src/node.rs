@@ -12,12 +12,26 @@
 //!     a member of g leaves (lease expired) ─▶ failure        g bumped by a peer ─▶ next g
 //!     a GPU given to a rank turns unhealthy ─▶ failure (the GPU is left out from then on;
 //!       a node left with fewer healthy GPUs than ranks leaves the run)
+//!     the store has not confirmed the lease for a TTL ─▶ failure (store-unreachable): the
+//!       ranks stop first, then the bump waits for the store
+//!     (rank 0's agent) a node waits to join a gang below its size ─▶ CHECKPOINT_NOW, and at
+//!       the commit ─▶ grow
 //!     SIGTERM / Stop RPC ─▶ directive STOP: ranks checkpoint and exit 0 ─▶ Stopped
-//!   failure: bump g (compare-and-swap; one agent wins), stop the ranks, back off, next g
+//!   failure or grow: bump g (compare-and-swap; one agent wins), stop the ranks, back off
+//!     (not to grow), next g
 //! ```
 //! Elastic runs: the rendezvous takes between `minNodes` and `nodes` members, so a gang that
 //! lost a node continues on fewer ranks (the trainer reshards the checkpoint), and a run below
-//! `minNodes` waits for a replacement.
+//! `minNodes` waits for a replacement. A node that comes back to a gang running below its size
+//! finds the table fixed without it and records itself under `waiting/{node}`; the agent of
+//! rank 0 sees it, has the ranks checkpoint, and bumps the generation at that commit, so the
+//! gang grows back without losing steps. A waiting node whose gang finishes without it ends
+//! too.
+//!
+//! Fencing: rank 0 commits a checkpoint only after this agent recorded the commit under the
+//! still-current generation (`service.rs`, `ConfirmCommit`); done and newest-checkpoint
+//! records are written the same way; a generation resumes only from a checkpoint the store
+//! vouches for.
 
 use std::{
     net::IpAddr,
@@ -141,8 +155,16 @@ pub enum AgentError {
 enum GenerationEnd {
     Succeeded(Option<RankSummary>),
     Stopped(u64, Option<RankSummary>),
-    Failed { kind: FailureKind, reason: String },
+    Failed {
+        kind: FailureKind,
+        reason: String,
+    },
     Superseded(u64),
+    /// A waiting node joins: the gang committed `step` and restarts with it.
+    Grow {
+        node: String,
+        step: u64,
+    },
 }
 
 /// Runs this node's part of the run until it succeeds, stops or fails: a generation at a
@@ -204,6 +226,7 @@ pub async fn run_agent(
         ended_by_peers: Vec::new(),
         failed_at: None,
         gpus_used: Vec::new(),
+        waiting: false,
     };
     loop {
         metrics.generation(generation);
@@ -229,6 +252,19 @@ pub async fn run_agent(
             Joined::Retry(next) => {
                 generation = next;
                 continue;
+            }
+            Joined::RunEnded(phase) => {
+                let reason = format!(
+                    "the run ended ({phase:?}) while {} waited to join it",
+                    config.node
+                );
+                tracing::info!("{reason}");
+                let end = match phase {
+                    RunPhase::Failed => AgentEnd::Failed { reason },
+                    RunPhase::Stopped => AgentEnd::Stopped { checkpoint_step: 0 },
+                    _ => AgentEnd::Succeeded,
+                };
+                return Ok(agent.leave_quietly(end, generation).await);
             }
         };
         let (mut ranks, end) = agent.run_generation(generation, &table, &me, &pool).await?;
@@ -268,6 +304,21 @@ pub async fn run_agent(
                     .restart_after(generation, &table, &me, &mut ranks, kind, reason)
                     .await?;
             }
+            GenerationEnd::Grow { node, step } => {
+                let reason = format!(
+                    "node {node} is back: the gang grows from the checkpoint of step {step}"
+                );
+                generation = agent
+                    .restart_after(
+                        generation,
+                        &table,
+                        &me,
+                        &mut ranks,
+                        FailureKind::Grow,
+                        reason,
+                    )
+                    .await?;
+            }
         }
     }
 }
@@ -277,6 +328,8 @@ pub async fn run_agent(
 enum Joined {
     Table(RankTable, RankedNode),
     Retry(u64),
+    /// The gang this node waited for ended without it.
+    RunEnded(RunPhase),
 }
 
 /// One node agent's state across generations.
@@ -300,6 +353,8 @@ struct Agent<'a> {
     failed_at: Option<Instant>,
     /// GPU per local rank of the latest generation (empty: CPU ranks).
     gpus_used: Vec<u32>,
+    /// Whether this node asked to join a gang running without it (`waiting/{node}`).
+    waiting: bool,
 }
 
 impl Agent<'_> {
@@ -381,6 +436,14 @@ impl Agent<'_> {
         Err(reason)
     }
 
+    /// This node's part ends with `end` without it having run a generation's ranks (the run
+    /// ended while it waited): its lease goes.
+    async fn leave_quietly(self, end: AgentEnd, generation: u64) -> AgentReport {
+        let report = self.report(end, generation, None);
+        let _ = self.lease.revoke().await;
+        report
+    }
+
     /// This node leaves the run for `reason`: its lease goes, so the others see it gone.
     async fn leave(self, generation: u64, reason: String) -> AgentReport {
         let report = self.report(AgentEnd::Failed { reason }, generation, None);
@@ -432,8 +495,28 @@ impl Agent<'_> {
             Err(RendezvousError::NotCurrent { current, .. }) => return Ok(Joined::Retry(current)),
             Err(e @ RendezvousError::FixedWithout { .. }) => {
                 tracing::warn!("{e}; waiting for the next generation");
+                let below_size = matches!(&e, RendezvousError::FixedWithout { members, .. } if members.len() < nodes);
+                if below_size && !self.waiting {
+                    // An elastic gang running below its size takes this node back at its next
+                    // checkpoint (the agent of rank 0 watches the waiting nodes).
+                    match self
+                        .run
+                        .wait_to_join(&member, generation, self.lease.lease())
+                        .await
+                    {
+                        Ok(()) => {
+                            tracing::info!(
+                                generation,
+                                "waiting to join: the gang grows at its next checkpoint"
+                            );
+                            self.waiting = true;
+                        }
+                        Err(e) => tracing::warn!("cannot ask to join the running gang: {e}"),
+                    }
+                }
                 let next = tokio::select! {
                     g = self.run.wait_for_generation_past(generation) => g?,
+                    phase = run_ended(&self.run) => return Ok(Joined::RunEnded(phase)),
                     _ = self.shutdown.cancelled() => generation,
                 };
                 return Ok(Joined::Retry(next));
@@ -442,7 +525,11 @@ impl Agent<'_> {
                 tracing::warn!("{e}; still waiting");
                 return Ok(Joined::Retry(generation));
             }
-            Err(e @ RendezvousError::MembershipLost { .. }) => {
+            Err(
+                e @ (RendezvousError::MembershipLost { .. }
+                | RendezvousError::Store(StoreError::LeaseExpired(_))),
+            ) => {
+                // The lease ran out (this node was cut off or paused): a new one, and again.
                 tracing::warn!("{e}");
                 self.lease =
                     start_lease(self.health, &self.store, config.lease_ttl, self.shutdown).await?;
@@ -458,6 +545,12 @@ impl Agent<'_> {
         let Some(me) = table.node(&config.node).cloned() else {
             return Ok(Joined::Retry(generation));
         };
+        if self.waiting {
+            self.waiting = false;
+            if let Err(e) = self.run.stop_waiting(&config.node).await {
+                tracing::warn!("cannot clear this node's waiting record: {e}");
+            }
+        }
         // The lease's last refresh may predate a store outage: confirm it before the ranks
         // start, so the generation begins confirmed (or is retried).
         if let Err(e) = self.lease.confirm().await {
@@ -465,6 +558,10 @@ impl Agent<'_> {
                 generation,
                 "cannot confirm this node's lease after joining: {e}"
             );
+            if matches!(e, StoreError::LeaseExpired(_)) {
+                self.lease =
+                    start_lease(self.health, &self.store, config.lease_ttl, self.shutdown).await?;
+            }
             return Ok(Joined::Retry(generation));
         }
         self.health.answered();
@@ -574,12 +671,17 @@ impl Agent<'_> {
         kind: FailureKind,
         reason: String,
     ) -> Result<u64, AgentError> {
-        tracing::warn!(generation, %reason, "failure detected; restarting the gang");
+        if kind == FailureKind::Grow {
+            tracing::info!(generation, %reason, "restarting the gang to grow");
+        } else {
+            tracing::warn!(generation, %reason, "failure detected; restarting the gang");
+        }
         self.failed_at = Some(Instant::now());
         let detected_unix_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let store_away = kind == FailureKind::StoreUnreachable;
+        let kind_is_grow = kind == FailureKind::Grow;
         let failure = Failure {
             generation,
             kind,
@@ -652,10 +754,15 @@ impl Agent<'_> {
             Some(next) => next?.max(generation + 1),
             None => generation + 1,
         };
-        let backoff = backoff_delay(
-            self.config.run.run.spec.fault_tolerance.backoff_seconds,
-            next.saturating_sub(1),
-        );
+        // Growing is not a failure: no backoff.
+        let backoff = if kind_is_grow {
+            Duration::ZERO
+        } else {
+            backoff_delay(
+                self.config.run.run.spec.fault_tolerance.backoff_seconds,
+                next.saturating_sub(1),
+            )
+        };
         if !backoff.is_zero() {
             tracing::info!(
                 seconds = backoff.as_secs_f64(),
@@ -841,6 +948,8 @@ async fn watch_generation(generation: Generation<'_>, watched: Watched<'_>) -> G
     let mut stopping: Option<(Instant, Option<tokio::sync::oneshot::Sender<u64>>)> = None;
     let lost = lease.lost();
     tokio::pin!(lost);
+    // A node waiting to join this gang (rank 0's agent only): the gang grows at the next commit.
+    let mut grow: Option<String> = None;
 
     loop {
         tokio::select! {
@@ -888,6 +997,13 @@ async fn watch_generation(generation: Generation<'_>, watched: Watched<'_>) -> G
                     let failures = known(failures, ended_by_peers);
                     let report = publish(run, board, generation, RunPhase::Running, &failures, "", table.world_size);
                     let _ = tokio::time::timeout(Duration::from_millis(500), report).await;
+                    if grow.is_none() && stopping.is_none() {
+                        grow = waiting_to_join(run, table, config).await;
+                        if let Some(node) = &grow {
+                            tracing::info!(node, "a node waits to join: the gang checkpoints, then grows");
+                            board.direct(Directive::CheckpointNow);
+                        }
+                    }
                 }
             }
             node = next_departure(&mut departures) => {
@@ -921,6 +1037,9 @@ async fn watch_generation(generation: Generation<'_>, watched: Watched<'_>) -> G
                 Some(ServiceEvent::Committed(checkpoint)) => {
                     metrics.checkpoint_step(checkpoint.step);
                     publish_checkpoint(run, generation, &checkpoint).await;
+                    if let Some(node) = grow.take() {
+                        return GenerationEnd::Grow { node, step: checkpoint.step };
+                    }
                 }
                 Some(ServiceEvent::Stop { reason, checkpoint, reply }) => {
                     tracing::info!(%reason, checkpoint, "stop requested");
@@ -996,6 +1115,43 @@ fn note_recovery(
         f.recovery_seconds.get_or_insert(seconds);
     }
     *failed_at = None;
+}
+
+/// Resolves once the run's published progress says it ended (succeeded, stopped or failed),
+/// looking every second: how a node waiting to join learns the gang finished without it.
+async fn run_ended(run: &RunStore) -> RunPhase {
+    loop {
+        if let Ok(Some(bytes)) = run.progress().await
+            && let Ok(progress) = AgentProgress::from_json(&bytes)
+            && let Some(phase @ (RunPhase::Succeeded | RunPhase::Stopped | RunPhase::Failed)) =
+                progress.phase
+        {
+            return phase;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// A node waiting to join `table`'s gang, when the gang runs below its size (elastic runs
+/// after a node was lost): the store's `waiting/` records, read with a short timeout (a store
+/// that does not answer must not hold up the watch).
+async fn waiting_to_join(
+    run: &RunStore,
+    table: &RankTable,
+    config: &AgentConfig,
+) -> Option<String> {
+    let size = config.run.run.spec.parallelism.nodes as usize;
+    if table.nodes.len() >= size {
+        return None;
+    }
+    let waiting = tokio::time::timeout(Duration::from_millis(500), run.waiting_members())
+        .await
+        .ok()?
+        .ok()?;
+    waiting
+        .into_iter()
+        .find(|w| table.node(&w.node).is_none())
+        .map(|w| w.node)
 }
 
 /// Whether the store still vouches for this node: its lease refreshes are reported to

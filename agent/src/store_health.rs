@@ -16,7 +16,7 @@ use crate::metrics::AgentMetrics;
 
 /// The first retry delay, and the longest.
 const FIRST_RETRY: Duration = Duration::from_millis(200);
-const MAX_RETRY: Duration = Duration::from_secs(5);
+const MAX_RETRY: Duration = Duration::from_secs(2);
 
 /// This agent's view of the store's reachability.
 pub struct StoreHealth {

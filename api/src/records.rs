@@ -256,6 +256,9 @@ pub enum FailureKind {
     StoreUnreachable,
     /// A GPU under a rank turned unhealthy.
     GpuUnhealthy,
+    /// Not a failure: a node came back to an elastic gang running below its size; the gang
+    /// checkpointed and restarts with it.
+    Grow,
     /// A failure recorded without a kind (an empty kind, or an old free-text record).
     Unknown,
     /// A kind this build does not know.
@@ -264,13 +267,14 @@ pub enum FailureKind {
 
 impl FailureKind {
     /// Every kind an agent detects, in the order the metrics list them.
-    pub const DETECTED: [FailureKind; 6] = [
+    pub const DETECTED: [FailureKind; 7] = [
         FailureKind::RankExit,
         FailureKind::Hang,
         FailureKind::PeerLost,
         FailureKind::LeaseLost,
         FailureKind::StoreUnreachable,
         FailureKind::GpuUnhealthy,
+        FailureKind::Grow,
     ];
 
     pub fn as_str(&self) -> &str {
@@ -281,6 +285,7 @@ impl FailureKind {
             FailureKind::LeaseLost => "lease-lost",
             FailureKind::StoreUnreachable => "store-unreachable",
             FailureKind::GpuUnhealthy => "gpu-unhealthy",
+            FailureKind::Grow => "grow",
             FailureKind::Unknown => "failure",
             FailureKind::Other(kind) => kind,
         }

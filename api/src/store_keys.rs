@@ -17,6 +17,9 @@
 //!   rendezvous/{generation}/done/{node}   the node's ranks ended cleanly (it leaves on purpose)
 //!   rendezvous/{generation}/ended   why that generation ended, written with the bump
 //!                                   (`records::GenerationEnded`, JSON)
+//!   waiting/{node}                  a node the rank table of an elastic gang was fixed without,
+//!                                   waiting to join (leased JSON member record): the gang
+//!                                   grows at its next checkpoint
 //!   progress                        the newest progress report (`records::AgentProgress`)
 //!   checkpoints/latest              the newest committed checkpoint (`status::CheckpointRef`)
 //!   checkpoints/commits/{step}      the commit of that step (`records::CheckpointCommit`),
@@ -105,6 +108,16 @@ impl RunKeys {
     /// peers do not take its departure for a failure.
     pub fn node_done(&self, generation: u64, node: &str) -> String {
         format!("{}done/{node}", self.rendezvous_prefix(generation))
+    }
+
+    /// Every waiting node (ends in `/`).
+    pub fn waiting_prefix(&self) -> String {
+        format!("{}waiting/", self.prefix)
+    }
+
+    /// A node waiting to join an elastic gang that runs without it.
+    pub fn waiting(&self, node: &str) -> String {
+        format!("{}{node}", self.waiting_prefix())
     }
 
     pub fn progress(&self) -> String {

@@ -15,8 +15,10 @@
 //! veth pairs and the bridge; processes started in a host are the test's to stop.
 
 use std::net::Ipv4Addr;
-use std::process::Command;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 /// Hosts made by one test.
 pub struct TestHosts {
@@ -107,6 +109,53 @@ impl TestHosts {
         cmd
     }
 
+    /// Whether a TCP connection from host `from` to `addr:port` opens within 2 s.
+    pub fn connects(&self, from: usize, addr: Ipv4Addr, port: u16) -> bool {
+        self.command(from, "timeout")
+            .args([
+                "2",
+                "bash",
+                "-c",
+                &format!("exec 3<>/dev/tcp/{addr}/{port}"),
+            ])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    }
+
+    /// A one-member etcd (Debian's etcd-server) inside host `i`, on its address (client port
+    /// 2379), its data under `data`; returns once host `from` reaches it.
+    pub fn start_etcd(&self, i: usize, data: &Path, from: usize) -> EtcdInHost {
+        let addr = self.addr(i);
+        let client = format!("http://{addr}:2379");
+        let peer = format!("http://{addr}:2380");
+        let child = self
+            .command(i, "etcd")
+            .arg(format!("--name=h{i}"))
+            .arg(format!("--data-dir={}", data.join("etcd").display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=h{i}={peer}"))
+            .arg("--log-level=error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd (Debian's etcd-server; bash scripts/setup.sh installs it)");
+        let etcd = EtcdInHost(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.connects(from, addr, 2379) {
+            assert!(
+                Instant::now() < deadline,
+                "etcd in host {i} is not reachable from host {from}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        etcd
+    }
+
     /// Cuts host `i` off from every other host (its bridge port down).
     pub fn partition(&self, i: usize) {
         ip(&[
@@ -129,6 +178,16 @@ impl TestHosts {
         let mut names: Vec<String> = (0..self.count).map(|i| self.name(i)).collect();
         names.push(self.switch());
         names
+    }
+}
+
+/// An etcd started inside a test host; killed on drop.
+pub struct EtcdInHost(Child);
+
+impl Drop for EtcdInHost {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

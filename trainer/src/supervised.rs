@@ -267,7 +267,7 @@ struct AgentFence {
 
 /// Fault drills only: `STEP:FILE` makes rank 0, about to ask for the commit of step STEP,
 /// write its process id to `FILE.held` and wait until FILE exists, so a test can pause or cut
-/// off its node at exactly that moment.
+/// off its node at exactly that moment; `FILE.asking` then says it goes on to ask.
 pub const HOLD_COMMIT_ENV: &str = "TESSERA_DRILL_HOLD_COMMIT";
 
 fn drill_hold(step: u64) {
@@ -290,6 +290,7 @@ fn drill_hold(step: u64) {
     while !release.exists() {
         std::thread::sleep(Duration::from_millis(20));
     }
+    let _ = std::fs::write(format!("{file}.asking"), step.to_string());
 }
 
 impl CommitFence for AgentFence {

@@ -228,6 +228,38 @@ impl RunStore {
             .collect()
     }
 
+    /// Records `member` as waiting to join the gang (held by `lease`): the table of
+    /// `generation` was fixed without it.
+    pub async fn wait_to_join(
+        &self,
+        member: &Member,
+        generation: u64,
+        lease: LeaseId,
+    ) -> Result<(), RendezvousError> {
+        let record = MemberRecord::new(member, generation);
+        let json = serde_json::to_vec(&record).map_err(|e| {
+            RendezvousError::Invalid(format!("cannot encode the member record: {e}"))
+        })?;
+        self.store
+            .put(&self.keys.waiting(&member.node), json, Some(lease))
+            .await?;
+        Ok(())
+    }
+
+    /// No longer waiting (it joined, or left).
+    pub async fn stop_waiting(&self, node: &str) -> Result<(), RendezvousError> {
+        self.store.delete(&self.keys.waiting(node)).await?;
+        Ok(())
+    }
+
+    /// Every node waiting to join, in node-name order.
+    pub async fn waiting_members(&self) -> Result<Vec<MemberRecord>, RendezvousError> {
+        let kvs = self.store.get_prefix(&self.keys.waiting_prefix()).await?;
+        kvs.iter()
+            .map(|kv| parse_json(&kv.key, &kv.value, "a member record (JSON)"))
+            .collect()
+    }
+
     /// The rank table of `generation`, once fixed.
     pub async fn rank_table(&self, generation: u64) -> Result<Option<RankTable>, RendezvousError> {
         let key = self.keys.rank_table(generation);
