@@ -879,12 +879,28 @@ fn partition_and_heal(
     node: &str,
     cut_for: Duration,
 ) -> (Vec<(String, bool, Json)>, u128) {
+    partition_and_heal_when(gang, node, cut_for, |_| true)
+}
+
+/// [`partition_and_heal`], healing only once `ready` also holds (checked every 50 ms; at most
+/// 60 s more).
+fn partition_and_heal_when(
+    gang: &mut Gang,
+    node: &str,
+    cut_for: Duration,
+    ready: impl Fn(&Gang) -> bool,
+) -> (Vec<(String, bool, Json)>, u128) {
     let host = Gang::host_of(node);
     gang.hosts().partition(host);
     let cut = Instant::now();
     let at_cut = last_step(gang);
     let mut stopped = None;
-    while cut.elapsed() < cut_for {
+    while cut.elapsed() < cut_for || !ready(gang) {
+        assert!(
+            cut.elapsed() < cut_for + Duration::from_secs(60),
+            "the gang was not ready to heal within a minute:\n{}",
+            gang.log("n0")
+        );
         if stopped.is_none() && gang.ranks_of(node).is_empty() {
             stopped = Some(cut.elapsed());
         }
@@ -1020,12 +1036,22 @@ fn a_partitioned_worker_of_an_elastic_gang_is_taken_back_at_a_checkpoint() {
     gang.start_agent("n0", &[]);
     gang.start_agent("n1", &[]);
     common::wait_for_step(&gang.path("history.jsonl"), 12, Duration::from_secs(120));
-    let (reports, _) = partition_and_heal(&mut gang, "n1", Duration::from_secs(5));
+    // Healed once n0 goes on alone, so n1 comes back to a gang fixed without it.
+    let alone = "n0 fixed the rank table of generation 2: n0 (world size 2)";
+    let (reports, _) = partition_and_heal_when(&mut gang, "n1", Duration::from_secs(5), |gang| {
+        gang.log("n0").contains(alone)
+    });
     let failures = all_failures(&reports);
     let grow = failures
         .iter()
         .find(|f| f["kind"] == "grow")
-        .unwrap_or_else(|| panic!("the gang did not grow: {failures:?}\n{}", gang.log("n0")));
+        .unwrap_or_else(|| {
+            panic!(
+                "the gang did not grow: {failures:?}\n--- n0:\n{}\n--- n1:\n{}",
+                gang.log("n0"),
+                gang.log("n1")
+            )
+        });
     println!("scenario 1, elastic: {}", grow["reason"]);
     for (node, _, report) in &reports {
         assert_eq!(report["rankSummary"]["worldSize"], 4, "{node}: {report}");

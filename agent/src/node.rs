@@ -189,37 +189,53 @@ pub async fn run_agent(
     );
     let serving = CancellationToken::new();
     let socket = config.launch.socket.clone();
-    let _server = serve_on_socket(service, &socket, serving.clone())
+    let server = serve_on_socket(service, &socket, serving.clone())
         .await
         .map_err(|source| AgentError::Socket {
             path: socket.clone(),
             source,
         })?;
-    let _stop_serving = serving.drop_guard();
+    let ended = run_generations(&config, store, run, board, events, &metrics, &shutdown).await;
+    // Answer what the ranks asked before the end (a commit request, a last heartbeat) rather
+    // than drop it with the process.
+    serving.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    ended
+}
 
+/// [`run_agent`]'s loop over generations, with the agent service serving the ranks.
+async fn run_generations(
+    config: &AgentConfig,
+    store: Arc<dyn Store>,
+    run: RunStore,
+    board: Arc<Board>,
+    events: mpsc::Receiver<ServiceEvent>,
+    metrics: &AgentMetrics,
+    shutdown: &CancellationToken,
+) -> Result<AgentReport, AgentError> {
     let health = StoreHealth::new(store.target(), metrics.clone());
-    let lease = start_lease(&health, &store, config.lease_ttl, &shutdown).await?;
+    let lease = start_lease(&health, &store, config.lease_ttl, shutdown).await?;
     let Some(generation) = health
         .retry(
             "reading the generation",
-            &shutdown,
+            shutdown,
             RendezvousError::is_transient,
             || run.current_generation(),
         )
         .await
     else {
-        return Ok(stopped_before_start(&config));
+        return Ok(stopped_before_start(config));
     };
     let mut generation = generation?;
     let mut agent = Agent {
         health: &health,
         gpu_health: config.gpu_health.clone(),
-        config: &config,
+        config,
         store,
         run,
         board,
-        metrics: &metrics,
-        shutdown: &shutdown,
+        metrics,
+        shutdown,
         lease,
         events,
         failures: Vec::new(),
@@ -499,11 +515,21 @@ impl Agent<'_> {
                 if below_size && !self.waiting {
                     // An elastic gang running below its size takes this node back at its next
                     // checkpoint (the agent of rank 0 watches the waiting nodes).
-                    match self
+                    let mut asked = self
                         .run
                         .wait_to_join(&member, generation, self.lease.lease())
-                        .await
-                    {
+                        .await;
+                    if let Err(RendezvousError::Store(StoreError::LeaseExpired(_))) = asked {
+                        // Cut off or paused long enough for the lease to run out: a new one.
+                        self.lease =
+                            start_lease(self.health, &self.store, config.lease_ttl, self.shutdown)
+                                .await?;
+                        asked = self
+                            .run
+                            .wait_to_join(&member, generation, self.lease.lease())
+                            .await;
+                    }
+                    match asked {
                         Ok(()) => {
                             tracing::info!(
                                 generation,

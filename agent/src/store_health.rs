@@ -17,6 +17,8 @@ use crate::metrics::AgentMetrics;
 /// The first retry delay, and the longest.
 const FIRST_RETRY: Duration = Duration::from_millis(200);
 const MAX_RETRY: Duration = Duration::from_secs(2);
+/// How long one try may take before it is made again.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// This agent's view of the store's reachability.
 pub struct StoreHealth {
@@ -71,7 +73,8 @@ impl StoreHealth {
 
     /// Runs `attempt` until it succeeds or fails for a reason other than the store being
     /// away (`transient` says which), backing off between tries; `None` when `shutdown` is
-    /// cancelled first.
+    /// cancelled first. A try may be given up unanswered and made again: `attempt` must be
+    /// safe to repeat (reads, and compare-and-swap transactions).
     pub async fn retry<T, E, F, Fut>(
         &self,
         what: &str,
@@ -86,7 +89,19 @@ impl StoreHealth {
     {
         let mut delay = FIRST_RETRY;
         loop {
-            match attempt().await {
+            // A try that hangs (sent into a partition) is given up after ATTEMPT_TIMEOUT and
+            // made again, so the first try after the store returns is not minutes away.
+            let outcome = tokio::time::timeout(ATTEMPT_TIMEOUT, attempt()).await;
+            let Ok(outcome) = outcome else {
+                self.unreachable(what, &format_args!("no answer within {ATTEMPT_TIMEOUT:?}"));
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => return None,
+                }
+                delay = (delay * 2).min(MAX_RETRY);
+                continue;
+            };
+            match outcome {
                 Err(e) if transient(&e) => {
                     self.unreachable(what, &e);
                     tokio::select! {
