@@ -100,6 +100,43 @@ pub async fn serve_on_socket(
     }))
 }
 
+/// Records `commit`, trying again while the store is briefly away (a leader election takes a
+/// second or two) for at most [`COMMIT_PATIENCE`]: repeating the fenced put is harmless, and a
+/// commit lost to a blip costs the gang a restart. A stale generation is refused at once.
+async fn record_commit_riding_out_blips(
+    run: &RunStore,
+    commit: &CheckpointCommit,
+) -> Result<i64, RendezvousError> {
+    let deadline = tokio::time::Instant::now() + COMMIT_PATIENCE;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let outcome = tokio::time::timeout(left, run.record_commit(commit)).await;
+        match outcome {
+            Ok(Err(e))
+                if e.is_transient() && tokio::time::Instant::now() + COMMIT_RETRY < deadline =>
+            {
+                tracing::debug!(
+                    step = commit.step,
+                    "recording the commit: {e}; trying again"
+                );
+                tokio::time::sleep(COMMIT_RETRY).await;
+            }
+            Ok(done) => return done,
+            Err(_) => {
+                return Err(RendezvousError::Store(tessera_store::StoreError::Timeout {
+                    target: run.store().target(),
+                    operation: "txn",
+                    after: COMMIT_PATIENCE,
+                }));
+            }
+        }
+    }
+}
+
+/// How long a commit may wait for the store (the rank waits 10 s for the answer).
+const COMMIT_PATIENCE: Duration = Duration::from_secs(6);
+const COMMIT_RETRY: Duration = Duration::from_millis(250);
+
 #[tonic::async_trait]
 impl Agent for AgentService {
     async fn rendezvous(
@@ -297,7 +334,7 @@ impl Agent for AgentService {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
         };
-        match self.run.record_commit(&commit).await {
+        match record_commit_riding_out_blips(&self.run, &commit).await {
             Ok(revision) => Ok(Response::new(CommitGrant { revision })),
             Err(e @ RendezvousError::StaleGeneration { .. }) => {
                 tracing::warn!(step = req.step, "{e}");

@@ -14,7 +14,7 @@ use tessera_api::{
     },
     store_keys::RunKeys,
 };
-use tessera_store::{EmbeddedStore, RankTable, RankedNode, RunStore, Store};
+use tessera_store::{EmbeddedStore, RankTable, RankedNode, RunStore, Store, StoreError};
 use tonic::{Code, Request};
 
 fn service() -> (AgentService, Arc<Board>) {
@@ -204,4 +204,108 @@ async fn the_commit_fence_grants_only_the_current_generation_and_records_the_com
         old.message().contains("this agent runs generation 2"),
         "{old:?}"
     );
+}
+
+/// The embedded store, whose next `failures` transactions fail as if etcd were electing a
+/// leader.
+struct Blipping {
+    inner: EmbeddedStore,
+    failures: std::sync::atomic::AtomicU32,
+}
+
+#[tonic::async_trait]
+impl Store for Blipping {
+    fn target(&self) -> String {
+        "a blipping store".into()
+    }
+    async fn get(&self, key: &str) -> Result<Option<tessera_store::KeyValue>, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn range(&self, prefix: &str) -> Result<tessera_store::Range, StoreError> {
+        self.inner.range(prefix).await
+    }
+    async fn put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        lease: Option<tessera_store::LeaseId>,
+    ) -> Result<i64, StoreError> {
+        self.inner.put(key, value, lease).await
+    }
+    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        self.inner.delete(key).await
+    }
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
+        self.inner.delete_prefix(prefix).await
+    }
+    async fn txn(&self, txn: tessera_store::Txn) -> Result<tessera_store::TxnOutcome, StoreError> {
+        let left = self.failures.load(std::sync::atomic::Ordering::SeqCst);
+        if left > 0 {
+            self.failures
+                .store(left - 1, std::sync::atomic::Ordering::SeqCst);
+            return Err(StoreError::Unavailable {
+                target: self.target(),
+                operation: "txn",
+                message: "etcdserver: leader changed".into(),
+            });
+        }
+        self.inner.txn(txn).await
+    }
+    async fn grant_lease(&self, ttl: Duration) -> Result<tessera_store::LeaseId, StoreError> {
+        self.inner.grant_lease(ttl).await
+    }
+    async fn keep_alive(&self, lease: tessera_store::LeaseId) -> Result<Duration, StoreError> {
+        self.inner.keep_alive(lease).await
+    }
+    async fn revoke_lease(&self, lease: tessera_store::LeaseId) -> Result<(), StoreError> {
+        self.inner.revoke_lease(lease).await
+    }
+    async fn watch_prefix(
+        &self,
+        prefix: &str,
+        start_revision: Option<i64>,
+    ) -> Result<tessera_store::WatchStream, StoreError> {
+        self.inner.watch_prefix(prefix, start_revision).await
+    }
+}
+
+#[tokio::test]
+async fn a_commit_rides_out_a_store_blip_but_not_an_outage() {
+    let store = Arc::new(Blipping {
+        inner: EmbeddedStore::new(),
+        failures: std::sync::atomic::AtomicU32::new(0),
+    });
+    let run = RunStore::new(store.clone(), RunKeys::new("ns", "run"));
+    assert_eq!(run.current_generation().await.unwrap(), 1);
+    let board = Arc::new(Board::default());
+    let (events, _) = tokio::sync::mpsc::channel(4);
+    let service = AgentService::new(board.clone(), run.clone(), events, Duration::from_secs(1));
+    board.begin_generation(table(1), 0, 1, String::new());
+    let sha = "ef".repeat(32);
+
+    // Two failed tries (a leader election): the third records the commit.
+    store.failures.store(2, std::sync::atomic::Ordering::SeqCst);
+    service
+        .confirm_commit(commit(1, 0, 10, &sha))
+        .await
+        .unwrap();
+    assert_eq!(run.checkpoint_commits().await.unwrap().len(), 1);
+
+    // A store away for longer than the commit's patience: refused as unavailable, and the
+    // rank must not commit.
+    store
+        .failures
+        .store(1000, std::sync::atomic::Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let away = service
+        .confirm_commit(commit(1, 0, 20, &sha))
+        .await
+        .unwrap_err();
+    assert_eq!(away.code(), Code::Unavailable, "{away:?}");
+    assert!(away.message().contains("do not commit"), "{away:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "the rank waits 10 s at most"
+    );
+    assert_eq!(run.checkpoint_commits().await.unwrap().len(), 1);
 }
