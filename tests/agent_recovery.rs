@@ -52,6 +52,9 @@ fn llama_manifest(extra_fault_tolerance: &str) -> String {
         .replace(", tokenizer: bytes}", "}")
 }
 
+/// The test hosts of a gang across hosts that hold its etcd members.
+const ETCD_HOSTS: [usize; 3] = [0, 1, 2];
+
 /// One test's world: a run directory, etcd (one member, or a cluster), and the agents it
 /// started.
 struct Gang {
@@ -61,9 +64,10 @@ struct Gang {
     cluster: Option<EtcdCluster>,
     store_url: String,
     agents: Vec<(String, Child)>,
-    /// Test hosts, when the gang runs across them: etcd in host 0, agent k in host k + 1.
+    /// Test hosts, when the gang runs across them: etcd members in hosts 0-2, agent k in host
+    /// k + 3.
     /// Dropped after the agents (Drop) and the etcd inside (declared first).
-    _etcd_in_host: Option<EtcdInHost>,
+    _etcd_in_host: Vec<EtcdInHost>,
     hosts: Option<TestHosts>,
 }
 
@@ -100,27 +104,28 @@ impl Gang {
             cluster,
             store_url,
             agents: Vec::new(),
-            _etcd_in_host: None,
+            _etcd_in_host: Vec::new(),
             hosts: None,
         }
     }
 
-    /// [`Gang::new`] across `nodes` + 1 test hosts: etcd alone in host 0, and each agent
-    /// [`Gang::start_agent`] starts in a host of its own (`n{k}` in host k + 1), its ranks
-    /// listening on that host's address, so the ring and the store traffic cross the bridge.
+    /// [`Gang::new`] across `nodes` + 3 test hosts: a 3-member etcd cluster on hosts 0, 1 and 2
+    /// (the agents given every member), and each agent [`Gang::start_agent`] starts in a host of
+    /// its own (`n{k}` in host k + 3), its ranks listening on that host's address, so the ring
+    /// and the store traffic cross the bridge.
     fn across_hosts(manifest: &str, nodes: usize) -> Gang {
-        let hosts = TestHosts::new(nodes + 1);
+        let hosts = TestHosts::new(ETCD_HOSTS.len() + nodes);
         let mut gang = Gang::with_store(manifest, None, None, String::new());
-        let etcd = hosts.start_etcd(0, gang.dir.path(), 1);
-        gang.store_url = format!("etcd://{}:2379", hosts.addr(0));
-        gang._etcd_in_host = Some(etcd);
+        let etcd = hosts.start_etcd_cluster(&ETCD_HOSTS, gang.dir.path(), ETCD_HOSTS.len());
+        gang.store_url = hosts.etcd_url(&ETCD_HOSTS);
+        gang._etcd_in_host = etcd;
         gang.hosts = Some(hosts);
         gang
     }
 
-    /// The test host of `node` (`n{k}` → k + 1).
+    /// The test host of `node` (`n{k}` → k + 3).
     fn host_of(node: &str) -> usize {
-        node.trim_start_matches('n').parse::<usize>().unwrap() + 1
+        node.trim_start_matches('n').parse::<usize>().unwrap() + ETCD_HOSTS.len()
     }
 
     fn path(&self, name: &str) -> PathBuf {

@@ -9,6 +9,9 @@
 //!   <p>-h2 [eth0 10.77.0.3] ─veth─ [p2]┘
 //! ```
 //!
+//! [`TestHosts::start_etcd_cluster`] runs an etcd member in each of some hosts, so the store
+//! is a cluster spread over hosts like a real one.
+//!
 //! Needs root, or a user + network + mount namespace of one's own (`unshare -rnm`), and
 //! iproute2's `ip` (scripts/setup.sh installs it). Without them the helper fails saying so:
 //! never a silent skip. Every namespace it made is deleted on drop, which also ends the
@@ -127,33 +130,68 @@ impl TestHosts {
     /// A one-member etcd (Debian's etcd-server) inside host `i`, on its address (client port
     /// 2379), its data under `data`; returns once host `from` reaches it.
     pub fn start_etcd(&self, i: usize, data: &Path, from: usize) -> EtcdInHost {
-        let addr = self.addr(i);
-        let client = format!("http://{addr}:2379");
-        let peer = format!("http://{addr}:2380");
-        let child = self
-            .command(i, "etcd")
-            .arg(format!("--name=h{i}"))
-            .arg(format!("--data-dir={}", data.join("etcd").display()))
-            .arg(format!("--listen-client-urls={client}"))
-            .arg(format!("--advertise-client-urls={client}"))
-            .arg(format!("--listen-peer-urls={peer}"))
-            .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=h{i}={peer}"))
-            .arg("--log-level=error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("etcd (Debian's etcd-server; bash scripts/setup.sh installs it)");
-        let etcd = EtcdInHost(child);
+        self.start_etcd_cluster(&[i], data, from).remove(0)
+    }
+
+    /// An etcd cluster of one member in each host of `members` (client port 2379 on each
+    /// host's address), their data under `data`; returns once host `from` reaches every
+    /// member's client port (the cluster elects its leader on its own).
+    pub fn start_etcd_cluster(
+        &self,
+        members: &[usize],
+        data: &Path,
+        from: usize,
+    ) -> Vec<EtcdInHost> {
+        let peer = |i: usize| format!("http://{}:2380", self.addr(i));
+        let cluster: Vec<String> = members
+            .iter()
+            .map(|&i| format!("h{i}={}", peer(i)))
+            .collect();
+        let started: Vec<EtcdInHost> = members
+            .iter()
+            .map(|&i| {
+                let client = format!("http://{}:2379", self.addr(i));
+                let child = self
+                    .command(i, "etcd")
+                    .arg(format!("--name=h{i}"))
+                    .arg(format!(
+                        "--data-dir={}",
+                        data.join(format!("etcd-h{i}")).display()
+                    ))
+                    .arg(format!("--listen-client-urls={client}"))
+                    .arg(format!("--advertise-client-urls={client}"))
+                    .arg(format!("--listen-peer-urls={}", peer(i)))
+                    .arg(format!("--initial-advertise-peer-urls={}", peer(i)))
+                    .arg(format!("--initial-cluster={}", cluster.join(",")))
+                    .arg("--initial-cluster-state=new")
+                    .arg("--log-level=error")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("etcd (Debian's etcd-server; bash scripts/setup.sh installs it)");
+                EtcdInHost(child)
+            })
+            .collect();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.connects(from, addr, 2379) {
-            assert!(
-                Instant::now() < deadline,
-                "etcd in host {i} is not reachable from host {from}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
+        for &i in members {
+            while !self.connects(from, self.addr(i), 2379) {
+                assert!(
+                    Instant::now() < deadline,
+                    "etcd in host {i} is not reachable from host {from}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
-        etcd
+        started
+    }
+
+    /// `etcd://` with every member of a cluster in `members` (client port 2379).
+    pub fn etcd_url(&self, members: &[usize]) -> String {
+        let endpoints: Vec<String> = members
+            .iter()
+            .map(|&i| format!("{}:2379", self.addr(i)))
+            .collect();
+        format!("etcd://{}", endpoints.join(","))
     }
 
     /// Cuts host `i` off from every other host (its bridge port down).
