@@ -1270,14 +1270,7 @@ async fn next_departure(departures: &mut Option<tessera_store::Departures>) -> S
 /// Publishes the newest committed checkpoint, only while `generation` is current.
 async fn publish_checkpoint(run: &RunStore, generation: u64, checkpoint: &CheckpointRef) {
     if let Ok(json) = serde_json::to_vec(checkpoint)
-        && let Err(e) = run
-            .put_if_current(
-                generation,
-                "the newest checkpoint",
-                &run.keys().latest_checkpoint(),
-                json,
-            )
-            .await
+        && let Err(e) = run.publish_latest_checkpoint(generation, &json).await
     {
         tracing::warn!("cannot publish the newest checkpoint: {e}");
     }

@@ -310,9 +310,18 @@ impl RunStore {
             .map(|kv| kv.value))
     }
 
-    /// Publishes the run's newest committed checkpoint (any JSON document).
-    pub async fn publish_latest_checkpoint(&self, json: &[u8]) -> Result<(), RendezvousError> {
-        self.put_json(&self.keys.latest_checkpoint(), json).await
+    /// Publishes the run's newest committed checkpoint (any JSON document), only while
+    /// `generation` is current ([`RunStore::put_if_current`]).
+    pub async fn publish_latest_checkpoint(
+        &self,
+        generation: u64,
+        json: &[u8],
+    ) -> Result<(), RendezvousError> {
+        let key = self.keys.latest_checkpoint();
+        check_json(&key, json)?;
+        self.put_if_current(generation, "the newest checkpoint", &key, json.to_vec())
+            .await?;
+        Ok(())
     }
 
     /// The newest committed checkpoint, as published.
@@ -322,13 +331,19 @@ impl RunStore {
     }
 
     async fn put_json(&self, key: &str, json: &[u8]) -> Result<(), RendezvousError> {
-        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(json) {
-            return Err(RendezvousError::Invalid(format!(
-                "the document for {key} is not JSON ({e}); publish a JSON document"
-            )));
-        }
+        check_json(key, json)?;
         self.store.put(key, json.to_vec(), None).await?;
         Ok(())
+    }
+}
+
+/// A document published under `key` must be JSON.
+fn check_json(key: &str, json: &[u8]) -> Result<(), RendezvousError> {
+    match serde_json::from_slice::<serde::de::IgnoredAny>(json) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(RendezvousError::Invalid(format!(
+            "the document for {key} is not JSON ({e}); publish a JSON document"
+        ))),
     }
 }
 

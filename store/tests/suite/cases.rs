@@ -641,13 +641,45 @@ pub async fn progress_checkpoints_and_pruning(h: &Harness) {
         Err(RendezvousError::Invalid(_))
     ));
     assert_eq!(run.latest_checkpoint().await.unwrap(), None);
-    run.publish_latest_checkpoint(br#"{"step":10}"#)
+    let generation = run.current_generation().await.unwrap();
+    run.publish_latest_checkpoint(generation, br#"{"step":10}"#)
         .await
         .unwrap();
     assert_eq!(
         run.latest_checkpoint().await.unwrap().as_deref(),
         Some(&br#"{"step":10}"#[..])
     );
+    // Fenced: a writer of an ended generation is refused and changes nothing (on a run of
+    // its own, so the pruning below counts only this run's generations).
+    let fenced = RunStore::new(h.store(), RunKeys::new("test", "fenced"));
+    let generation = fenced.current_generation().await.unwrap();
+    fenced
+        .publish_latest_checkpoint(generation, br#"{"step":10}"#)
+        .await
+        .unwrap();
+    assert!(fenced.bump_generation(generation, "drill").await.unwrap());
+    let stale = fenced
+        .publish_latest_checkpoint(generation, br#"{"step":20}"#)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(stale, RendezvousError::StaleGeneration { .. }),
+        "{stale}"
+    );
+    assert!(
+        stale.to_string().contains("refused the newest checkpoint"),
+        "{stale}"
+    );
+    assert_eq!(
+        fenced.latest_checkpoint().await.unwrap().as_deref(),
+        Some(&br#"{"step":10}"#[..])
+    );
+    assert!(matches!(
+        fenced
+            .publish_latest_checkpoint(generation + 1, b"step 20")
+            .await,
+        Err(RendezvousError::Invalid(_))
+    ));
 
     let keys = run_keys();
     let s = h.store();
