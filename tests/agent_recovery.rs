@@ -1,7 +1,11 @@
 //! Node agents end to end: `tessera-agent` processes against a real etcd (Debian's
-//! etcd-server, started here on free loopback ports), each supervising real `tessera-trainer`
-//! ranks (CPU, the `tiny` model). Failures — a rank killed, a rank stopped, a whole agent
-//! killed with its ranks, restarts exhausted, etcd unreachable — and what the gang does.
+//! etcd-server, started here on free loopback ports, as a 3-member cluster, or inside test
+//! hosts), each supervising real `tessera-trainer` ranks (CPU, the `tiny` model). Failures — a
+//! rank killed, a rank stopped, a whole agent killed with its ranks, restarts exhausted, etcd
+//! unreachable — and what the gang does. The faults across hosts of README's table: a worker
+//! and rank 0's node partitioned (on test hosts, `common/hosts.rs`), the etcd leader killed,
+//! etcd without quorum, and a stale rank 0 woken in an ended generation; each compares the
+//! final weights with the same spec run without faults and prints its recovery time.
 
 use std::{
     os::unix::process::CommandExt,
