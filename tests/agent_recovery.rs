@@ -456,13 +456,7 @@ fn etcd_without_quorum_for_longer_than_the_heartbeat_leaves_the_weights_of_a_run
     let lost = now_ms();
     // Quorum lost for longer than the heartbeat timeout (2 s) and the agents' lease TTL (2 s).
     std::thread::sleep(Duration::from_secs(5));
-    let last_before = std::fs::read_to_string(gang.path("history.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Json>(l).ok())
-        .filter_map(|r| r["step"].as_u64())
-        .max()
-        .unwrap_or(0);
+    let last_before = last_step(&gang);
     let cluster = gang.cluster.as_mut().unwrap();
     cluster.start_member(leader);
     let back = now_ms();
@@ -871,13 +865,7 @@ fn process_group(pid: i32) -> Option<i32> {
 
 /// The newest step in the run's history.
 fn last_step(gang: &Gang) -> u64 {
-    std::fs::read_to_string(gang.path("history.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Json>(l).ok())
-        .filter_map(|r| r["step"].as_u64())
-        .max()
-        .unwrap_or(0)
+    common::last_step(&gang.path("history.jsonl"))
 }
 
 /// Cuts `node`'s host off for `cut_for`, checking on the way that its ranks stop themselves

@@ -43,6 +43,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tessera_api::{
     ResolvedRun,
+    clock::unix_ms_now,
     progress::RunProgress,
     proto::agent::{Directive, RankPhase},
     records::{
@@ -467,6 +468,18 @@ impl Agent<'_> {
         report
     }
 
+    /// A new lease in place of one that ran out (this node was cut off or paused).
+    async fn renew_lease(&mut self) -> Result<(), AgentError> {
+        self.lease = start_lease(
+            self.health,
+            &self.store,
+            self.config.lease_ttl,
+            self.shutdown,
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Joins `generation`'s rendezvous with a leased member record.
     async fn join(&mut self, generation: u64) -> Result<Joined, AgentError> {
         let config = self.config;
@@ -498,8 +511,7 @@ impl Agent<'_> {
             *self.lease.status().borrow(),
             tessera_store::LeaseStatus::Lost(_)
         ) {
-            self.lease =
-                start_lease(self.health, &self.store, config.lease_ttl, self.shutdown).await?;
+            self.renew_lease().await?;
         }
         let joined = tokio::select! {
             j = self.run.join(generation, &member, self.lease.lease(), &rdzv) => j,
@@ -521,9 +533,7 @@ impl Agent<'_> {
                         .await;
                     if let Err(RendezvousError::Store(StoreError::LeaseExpired(_))) = asked {
                         // Cut off or paused long enough for the lease to run out: a new one.
-                        self.lease =
-                            start_lease(self.health, &self.store, config.lease_ttl, self.shutdown)
-                                .await?;
+                        self.renew_lease().await?;
                         asked = self
                             .run
                             .wait_to_join(&member, generation, self.lease.lease())
@@ -557,8 +567,7 @@ impl Agent<'_> {
             ) => {
                 // The lease ran out (this node was cut off or paused): a new one, and again.
                 tracing::warn!("{e}");
-                self.lease =
-                    start_lease(self.health, &self.store, config.lease_ttl, self.shutdown).await?;
+                self.renew_lease().await?;
                 return Ok(Joined::Retry(generation));
             }
             Err(e) if e.is_transient() => {
@@ -585,8 +594,7 @@ impl Agent<'_> {
                 "cannot confirm this node's lease after joining: {e}"
             );
             if matches!(e, StoreError::LeaseExpired(_)) {
-                self.lease =
-                    start_lease(self.health, &self.store, config.lease_ttl, self.shutdown).await?;
+                self.renew_lease().await?;
             }
             return Ok(Joined::Retry(generation));
         }
@@ -703,9 +711,7 @@ impl Agent<'_> {
             tracing::warn!(generation, %reason, "failure detected; restarting the gang");
         }
         self.failed_at = Some(Instant::now());
-        let detected_unix_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let detected_unix_ms = unix_ms_now();
         let store_away = kind == FailureKind::StoreUnreachable;
         let kind_is_grow = kind == FailureKind::Grow;
         let failure = Failure {
@@ -1293,9 +1299,7 @@ async fn generation_ended(run: &RunStore, generation: u64) -> Option<GenerationE
 async fn recorded_failure(run: &RunStore, generation: u64) -> Option<Failure> {
     let mut failure = generation_ended(run, generation).await?.failure;
     if failure.detected_unix_ms == 0 {
-        failure.detected_unix_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        failure.detected_unix_ms = unix_ms_now();
     }
     Some(failure)
 }

@@ -30,7 +30,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use tessera_api::clock::rfc3339_now;
+use tessera_api::clock::{rfc3339_now, unix_ms_now};
 
 use crate::board::Board;
 
@@ -330,9 +330,7 @@ impl Agent for AgentService {
             generation: req.generation,
             node,
             manifest_sha256: req.manifest_sha256.to_ascii_lowercase(),
-            unix_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            unix_ms: unix_ms_now(),
         };
         match record_commit_riding_out_blips(&self.run, &commit).await {
             Ok(revision) => Ok(Response::new(CommitGrant { revision })),

@@ -91,32 +91,22 @@ impl StoreHealth {
         loop {
             // A try that hangs (sent into a partition) is given up after ATTEMPT_TIMEOUT and
             // made again, so the first try after the store returns is not minutes away.
-            let outcome = tokio::time::timeout(ATTEMPT_TIMEOUT, attempt()).await;
-            let Ok(outcome) = outcome else {
-                self.unreachable(what, &format_args!("no answer within {ATTEMPT_TIMEOUT:?}"));
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.cancelled() => return None,
-                }
-                delay = (delay * 2).min(MAX_RETRY);
-                continue;
-            };
-            match outcome {
-                Err(e) if transient(&e) => {
-                    self.unreachable(what, &e);
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.cancelled() => return None,
-                    }
-                    delay = (delay * 2).min(MAX_RETRY);
-                }
-                other => {
-                    if other.is_ok() {
+            let why = match tokio::time::timeout(ATTEMPT_TIMEOUT, attempt()).await {
+                Err(_) => format!("no answer within {ATTEMPT_TIMEOUT:?}"),
+                Ok(Err(e)) if transient(&e) => e.to_string(),
+                Ok(done) => {
+                    if done.is_ok() {
                         self.answered();
                     }
-                    return Some(other);
+                    return Some(done);
                 }
+            };
+            self.unreachable(what, &why);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.cancelled() => return None,
             }
+            delay = (delay * 2).min(MAX_RETRY);
         }
     }
 }

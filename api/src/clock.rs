@@ -1,5 +1,5 @@
 //! Wall-clock times as RFC 3339 text (UTC, second precision), the form Kubernetes status
-//! fields and the store's progress reports use. The calendar arithmetic is jiff's.
+//! fields and the store's progress reports use, and as Unix milliseconds. The calendar arithmetic is jiff's.
 
 use std::time::SystemTime;
 
@@ -14,6 +14,14 @@ pub fn rfc3339(t: SystemTime) -> String {
         .unwrap_or(Timestamp::UNIX_EPOCH);
     // `{:.0}`: no fractional digits (truncated, as the seconds of a clock are).
     format!("{t:.0}")
+}
+
+/// Now, in milliseconds since the Unix epoch (0 for a clock before it): the form records
+/// crossing the store carry.
+pub fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Now, as RFC 3339.

@@ -25,6 +25,47 @@ pub enum LeaseStatus {
     Lost(StoreError),
 }
 
+/// What the owner and the refresh task share: when the store last confirmed the lease, and
+/// its status. Either side records a confirmation the same way ([`Confirmation::confirmed`]).
+struct Confirmation {
+    /// When the confirming request was sent (the lease surely lives `ttl` past it).
+    at: Mutex<Instant>,
+    status: watch::Sender<LeaseStatus>,
+}
+
+impl Confirmation {
+    /// The store confirmed the lease in answer to a request sent at `asked`.
+    fn confirmed(&self, asked: Instant) {
+        if let Ok(mut at) = self.at.lock() {
+            *at = (*at).max(asked);
+        }
+        self.status.send_if_modified(|s| {
+            let changed = matches!(s, LeaseStatus::Unconfirmed(_));
+            if changed {
+                *s = LeaseStatus::Alive;
+            }
+            changed
+        });
+    }
+}
+
+/// Marks the lease lost when the refresh task ends for any reason (aborted, or a panic), so
+/// an owner waiting in [`LeaseKeeper::lost`] never waits on a lease nobody refreshes.
+struct LostOnExit(Arc<Confirmation>, LeaseId);
+
+impl Drop for LostOnExit {
+    fn drop(&mut self) {
+        let lease = self.1;
+        self.0.status.send_if_modified(|s| {
+            let changed = !matches!(s, LeaseStatus::Lost(_));
+            if changed {
+                *s = LeaseStatus::Lost(StoreError::LeaseExpired(lease));
+            }
+            changed
+        });
+    }
+}
+
 /// A lease kept alive in the background. Dropping the keeper stops the refreshes (the lease then
 /// expires after its TTL, as if the owner had crashed); [`LeaseKeeper::revoke`] ends it at once.
 pub struct LeaseKeeper {
@@ -32,10 +73,7 @@ pub struct LeaseKeeper {
     lease: LeaseId,
     ttl: Duration,
     status: watch::Receiver<LeaseStatus>,
-    /// Shared with the refresh task, so a [`LeaseKeeper::confirm`] shows at once.
-    status_tx: Arc<watch::Sender<LeaseStatus>>,
-    /// When the store last confirmed the lease (granted or refreshed).
-    confirmed: Arc<Mutex<Instant>>,
+    confirmation: Arc<Confirmation>,
     task: JoinHandle<()>,
 }
 
@@ -46,22 +84,22 @@ impl LeaseKeeper {
         let asked = Instant::now();
         let lease = store.grant_lease(ttl).await?;
         let (tx, status) = watch::channel(LeaseStatus::Alive);
-        let status_tx = Arc::new(tx);
-        let confirmed = Arc::new(Mutex::new(asked));
+        let confirmation = Arc::new(Confirmation {
+            at: Mutex::new(asked),
+            status: tx,
+        });
         let task = tokio::spawn(refresh(
             store.clone(),
             lease,
             ttl,
-            status_tx.clone(),
-            confirmed.clone(),
+            LostOnExit(confirmation.clone(), lease),
         ));
         Ok(LeaseKeeper {
             store,
             lease,
             ttl,
             status,
-            status_tx,
-            confirmed,
+            confirmation,
             task,
         })
     }
@@ -78,7 +116,8 @@ impl LeaseKeeper {
     /// request was sent, so the lease surely lives until `ttl` after that. Past `ttl` the lease
     /// may have expired in the store and the gang may have moved on without this owner.
     pub fn unconfirmed_for(&self) -> Duration {
-        self.confirmed
+        self.confirmation
+            .at
             .lock()
             .map_or(Duration::MAX, |at| at.elapsed())
     }
@@ -88,16 +127,7 @@ impl LeaseKeeper {
     pub async fn confirm(&self) -> Result<(), StoreError> {
         let asked = Instant::now();
         self.store.keep_alive(self.lease).await?;
-        if let Ok(mut at) = self.confirmed.lock() {
-            *at = (*at).max(asked);
-        }
-        self.status_tx.send_if_modified(|s| {
-            let changed = matches!(s, LeaseStatus::Unconfirmed(_));
-            if changed {
-                *s = LeaseStatus::Alive;
-            }
-            changed
-        });
+        self.confirmation.confirmed(asked);
         Ok(())
     }
 
@@ -113,9 +143,8 @@ impl LeaseKeeper {
             if let LeaseStatus::Lost(e) = &*status.borrow_and_update() {
                 return e.clone();
             }
+            // The refresh task marks the lease lost however it ends (`LostOnExit`).
             if status.changed().await.is_err() {
-                // The refresh task is gone without saying so (it panicked): nothing keeps the
-                // lease alive any more.
                 return StoreError::LeaseExpired(self.lease);
             }
         }
@@ -138,13 +167,9 @@ impl Drop for LeaseKeeper {
 }
 
 /// Refreshes every ttl/3; after a transient failure retries sooner, every ttl/10.
-async fn refresh(
-    store: Arc<dyn Store>,
-    lease: LeaseId,
-    ttl: Duration,
-    status: Arc<watch::Sender<LeaseStatus>>,
-    confirmed: Arc<Mutex<Instant>>,
-) {
+async fn refresh(store: Arc<dyn Store>, lease: LeaseId, ttl: Duration, shared: LostOnExit) {
+    let confirmation = shared.0.clone();
+    let status = &confirmation.status;
     let period = ttl / 3;
     let retry = (ttl / 10).max(Duration::from_millis(50));
     // A refresh that takes longer than this is given up and tried again (a store without
@@ -164,14 +189,7 @@ async fn refresh(
         };
         match refreshed {
             Ok(_) => {
-                if let Ok(mut at) = confirmed.lock() {
-                    *at = (*at).max(asked);
-                }
-                status.send_if_modified(|s| {
-                    let changed = *s != LeaseStatus::Alive;
-                    *s = LeaseStatus::Alive;
-                    changed
-                });
+                confirmation.confirmed(asked);
                 delay = period;
             }
             Err(e) if e.is_transient() => {

@@ -76,17 +76,22 @@ pub fn trainers_of(marker: &Path) -> Vec<i32> {
     pids
 }
 
+/// The newest step `history` (a run's history.jsonl) has a line for (0 before the first).
+pub fn last_step(history: &Path) -> u64 {
+    std::fs::read_to_string(history)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["step"].as_u64())
+        .max()
+        .unwrap_or(0)
+}
+
 /// Waits until `history` (a run's history.jsonl) has a line for `step`; panics after `limit`.
 pub fn wait_for_step(history: &Path, step: u64, limit: Duration) {
     let deadline = Instant::now() + limit;
     loop {
-        let reached = std::fs::read_to_string(history)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|v| v["step"].as_u64())
-            .max()
-            .unwrap_or(0);
+        let reached = last_step(history);
         if reached >= step {
             return;
         }
